@@ -1,0 +1,5 @@
+import sys
+
+from medwb.cli import main
+
+sys.exit(main())

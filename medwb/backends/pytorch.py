@@ -1,0 +1,57 @@
+"""PyTorch / transformers backend: the FP32 reference every other route is compared to."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medwb.paths import check_model_dir
+
+
+class PyTorchBackend:
+    name = "pytorch"
+
+    def __init__(self, model, tokenizer, model_dir: Path, dtype: str, threads: int):
+        self.model, self.tokenizer = model, tokenizer
+        self.model_dir, self.dtype, self.threads = Path(model_dir), dtype, threads
+
+    @classmethod
+    def load(cls, model_dir, dtype: str = "float32", threads: int | None = None,
+             parameter: str = "model_path") -> "PyTorchBackend":
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_dir = check_model_dir(model_dir, parameter)
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype {dtype!r} is not supported on CPU: use float32 or bfloat16")
+        threads = threads or os.cpu_count() or 1
+        torch.set_num_threads(threads)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        tokenizer.padding_side = "left"  # batched greedy decoding needs left padding
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, local_files_only=True, dtype=getattr(torch, dtype))
+        model.eval()
+        return cls(model, tokenizer, model_dir, dtype, threads)
+
+    def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+                 streamer=None) -> list[str]:
+        """Greedy completions (decoded, special tokens dropped) of formatted prompts."""
+        import torch
+
+        outputs: list[str] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            enc = self.tokenizer(chunk, return_tensors="pt", padding=True)
+            with torch.inference_mode():
+                out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                          pad_token_id=self.tokenizer.pad_token_id,
+                                          streamer=streamer if len(chunk) == 1 else None)
+            new = out[:, enc["input_ids"].shape[1]:]
+            outputs += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return outputs
+
+    def describe(self) -> dict:
+        import torch
+        import transformers
+        return {"backend": self.name, "precision": self.dtype, "model_dir": str(self.model_dir),
+                "threads": self.threads, "torch": torch.__version__,
+                "transformers": transformers.__version__}

@@ -1,0 +1,101 @@
+"""`medwb` command line: demo-model, run, data, sysinfo.
+
+User errors (MedwbError) print one line, `medwb: error: ...`, and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import medwb  # noqa: F401  (offline switches before any model library)
+from medwb.errors import MedwbError
+
+
+def cmd_demo_model(args) -> int:
+    from medwb import demo_model
+    path = demo_model.export(args.out, force=args.force) if args.out else \
+        demo_model.ensure(force=args.force)
+    manifest = demo_model.read_manifest(path)
+    print(demo_model.format_quality(manifest["quality"]))
+    print(f"(measured when this model was built, {manifest['built_at']}; "
+          f"training {manifest['training']['seconds']:.0f} s, {manifest['parameters'] / 1e6:.2f} M parameters)")
+    print(f"demo model: {path}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from medwb import demo_model, runner
+    demo_model.ensure()  # built once, before the notebooks, so none of them trains it
+    notebooks = [Path(p) for p in args.notebooks] if args.notebooks else runner.discover()
+    missing = [str(p) for p in notebooks if not p.exists()]
+    if missing:
+        raise MedwbError(f"notebook(s) not found: {', '.join(missing)}")
+    params = dict(kv.split("=", 1) for kv in args.param or [])
+    run, records = runner.run_all(notebooks, Path(args.runs_dir) if args.runs_dir else None, params)
+    failed = [r["notebook"] for r in records if r["status"] != "ok"]
+    print(f"results: {run}  (also {run.parent / 'latest'})")
+    if failed:
+        print(f"failed notebooks: {', '.join(failed)}; see {run / 'summary.json'}", file=sys.stderr)
+        return 1
+    print(f"all {len(records)} notebooks ran")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from medwb import corpus
+    for path in corpus.write_heldout(Path(args.out) if args.out else corpus.HELDOUT_DIR):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_sysinfo(args) -> int:
+    from medwb import sysinfo
+    rep = sysinfo.report("main")
+    if args.bigdl:
+        rep["bigdl_env"] = sysinfo.bigdl_report()
+    print(json.dumps(rep, ensure_ascii=False, indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medwb", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo-model", help="build (or reuse) the embedded demo model and print its quality")
+    d.add_argument("--out", help="also copy the model to this directory")
+    d.add_argument("--force", action="store_true", help="rebuild even if a valid cached model exists")
+    d.set_defaults(func=cmd_demo_model)
+
+    r = sub.add_parser("run", help="execute every notebook into runs/<timestamp>/")
+    r.add_argument("notebooks", nargs="*", help="notebooks to run (default: notebooks/NN_*.ipynb)")
+    r.add_argument("--runs-dir", help="parent of the run folders (default: ./runs)")
+    r.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
+                   help="override a notebook parameter (string value)")
+    r.set_defaults(func=cmd_run)
+
+    g = sub.add_parser("data", help="regenerate the held-out evaluation sets in data/heldout")
+    g.add_argument("--out", help="directory to write (default: data/heldout)")
+    g.set_defaults(func=cmd_data)
+
+    s = sub.add_parser("sysinfo", help="print CPU features and both stacks' versions as JSON")
+    s.add_argument("--bigdl", action="store_true", help="also query the bigdl environment")
+    s.set_defaults(func=cmd_sysinfo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MedwbError as e:
+        print(f"medwb: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medwb: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

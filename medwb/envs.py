@@ -1,0 +1,54 @@
+"""The two Python environments and their Jupyter kernels.
+
+bigdl-llm 2.4.0 needs transformers 4.31 while optimum-intel needs >= 4.51, so the
+workbench keeps two virtual environments (created by `make setup`):
+
+| env   | path           | kernel       | holds                                          |
+|-------|----------------|--------------|------------------------------------------------|
+| main  | .venvs/main    | medwb-main   | OpenVINO, optimum-intel, genai, Jupyter, papermill |
+| bigdl | .venvs/bigdl   | medwb-bigdl  | bigdl-llm[all] 2.4.0, transformers 4.31, langchain |
+
+Both kernels are registered inside the main env (its Jupyter and papermill find them).
+$MEDWB_MAIN_PYTHON / $MEDWB_BIGDL_PYTHON point elsewhere (e.g. conda envs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from medwb.errors import MedwbError
+from medwb.paths import REPO_DIR, VENVS_DIR
+
+KERNELS = {"main": "medwb-main", "bigdl": "medwb-bigdl"}
+
+
+def python_of(env: str) -> Path:
+    """The interpreter of ``env`` ('main' or 'bigdl')."""
+    if env not in KERNELS:
+        raise MedwbError(f"environment {env!r} is unknown: use 'main' or 'bigdl'")
+    override = os.environ.get(f"MEDWB_{env.upper()}_PYTHON")
+    return Path(override) if override else VENVS_DIR / env / "bin" / "python"
+
+
+def available(env: str) -> bool:
+    return python_of(env).exists()
+
+
+def run_in(env: str, module_args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m ...`` in another environment (offline switches inherited)."""
+    python = python_of(env)
+    if not python.exists():
+        raise MedwbError(f"the {env} environment is missing ({python}): run `make setup`")
+    return subprocess.run([str(python), *module_args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO_DIR, env=os.environ.copy())
+
+
+def query_json(env: str, module_args: list[str], timeout: float = 300):
+    """Run a medwb module in ``env`` that prints JSON on its last stdout line."""
+    proc = run_in(env, module_args, timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise MedwbError(f"{env} environment: `{' '.join(module_args)}` failed: {tail[0]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

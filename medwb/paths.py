@@ -1,0 +1,114 @@
+"""Where things live: the repository, the cache, the run folders; atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from medwb.errors import MedwbError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+DATA_DIR = REPO_DIR / "data"
+NOTEBOOKS_DIR = REPO_DIR / "notebooks"
+VENVS_DIR = REPO_DIR / ".venvs"
+
+# Weight files by which a directory is recognised as a model of a given kind.
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                   "pytorch_model.bin.index.json")
+OPENVINO_IR_FILES = ("openvino_model.xml",)
+
+
+def cache_dir() -> Path:
+    """The cache root: $MEDWB_CACHE, else $XDG_CACHE_HOME/medwb, else ~/.cache/medwb.
+
+    Outside the repository on purpose: a fresh clone on the same machine reuses the
+    demo model instead of training it again.
+    """
+    if os.environ.get("MEDWB_CACHE"):
+        return Path(os.environ["MEDWB_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "medwb"
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("MEDWB_RUNS", REPO_DIR / "runs"))
+
+
+def check_model_dir(path, parameter: str = "model_path") -> Path:
+    """Return ``path`` as a Path if it is a local model directory, else raise MedwbError.
+
+    Never falls back to a hub download: a name like "THUDM/chatglm-6b" that is not a
+    local directory is an error naming that path.
+    """
+    if path is None or str(path).strip() == "":
+        raise MedwbError(f"{parameter} is empty: pass a local model directory "
+                         "(the demo model: `medwb demo-model` prints its path)")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise MedwbError(f"{parameter} '{p}' does not exist: pass a local model directory "
+                         "(models are never downloaded)")
+    if not p.is_dir():
+        raise MedwbError(f"{parameter} '{p}' is not a directory: pass the folder that holds "
+                         "config.json and the weights")
+    has_weights = any((p / f).exists() for f in HF_WEIGHT_FILES + OPENVINO_IR_FILES)
+    if not (p / "config.json").exists() or not has_weights:
+        raise MedwbError(f"{parameter} '{p}' is not a model directory: it needs config.json and "
+                         f"one of {', '.join(HF_WEIGHT_FILES + OPENVINO_IR_FILES)}")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, overwrite: bool = False):
+    """Build a directory under a temporary name next to ``final``, rename on success.
+
+    On any error the temporary directory is removed, so readers never see a half-written
+    artifact. Yields the temporary path to write into.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; others may need to read it
+        if final.exists():
+            if not overwrite:
+                raise MedwbError(f"'{final}' already exists; pass --force to replace it")
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")

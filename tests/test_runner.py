@@ -1,0 +1,52 @@
+"""The main job: every notebook into runs/<timestamp>/, runs/latest, failures recorded."""
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+
+from medwb import runner
+
+
+def _notebook(path, source):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('run_dir = ""', metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(source)]
+    nb.metadata["kernelspec"] = {"name": "medwb-main", "display_name": "MedWB main", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_main_job_runs_every_notebook_into_a_run_folder(tmp_path, demo_model_dir):
+    out = subprocess.run([sys.executable, "-m", "medwb", "run", "--runs-dir", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    latest = tmp_path / "latest"
+    assert latest.is_symlink() and latest.resolve().parent == tmp_path.resolve()
+    summary = json.loads((latest / "summary.json").read_text())
+    names = [r["notebook"] for r in summary["notebooks"]]
+    assert names == [p.name for p in runner.discover()]
+    assert all(r["status"] == "ok" for r in summary["notebooks"])
+    for name in names:
+        assert (latest / name).exists()
+    assert (latest / "environment.json").exists()  # run_dir reached the notebook
+    assert str(latest.resolve()) in out.stdout
+
+
+def test_a_failing_notebook_is_recorded_and_the_rest_still_run(tmp_path):
+    nbs = [_notebook(tmp_path / "01_fails.ipynb", "raise ValueError('boom')"),
+           _notebook(tmp_path / "02_ok.ipynb", "open('ok.txt', 'w').write('fine')")]
+    run, records = runner.run_all(nbs, tmp_path / "runs", log=lambda *_: None)
+    assert [r["status"] for r in records] == ["failed", "ok"]
+    assert "boom" in records[0]["error"]
+    assert (run / "ok.txt").read_text() == "fine"  # notebooks run inside their run folder
+    assert os.readlink(tmp_path / "runs" / "latest") == run.name
+
+
+def test_unknown_notebook_parameter_is_rejected(tmp_path):
+    nb = _notebook(tmp_path / "01_x.ipynb", "pass")
+    out = subprocess.run([sys.executable, "-m", "medwb", "run", str(nb), "--runs-dir", str(tmp_path / "r"),
+                          "-p", "modle_path=/x"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "modle_path" in out.stderr and "declares run_dir" in out.stderr
