@@ -7,6 +7,21 @@ from pathlib import Path
 from medwb.paths import check_model_dir
 
 
+def dtype_kwarg(dtype) -> dict:
+    """transformers >= 4.56 names it ``dtype``; 4.31 (bigdl env) only knows ``torch_dtype``
+    and would silently ignore ``dtype``."""
+    import transformers
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def load_tokenizer(model_dir):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    tokenizer.padding_side = "left"  # batched greedy decoding needs left padding
+    return tokenizer
+
+
 class PyTorchBackend:
     name = "pytorch"
 
@@ -18,17 +33,16 @@ class PyTorchBackend:
     def load(cls, model_dir, dtype: str = "float32", threads: int | None = None,
              parameter: str = "model_path") -> "PyTorchBackend":
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         model_dir = check_model_dir(model_dir, parameter)
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype {dtype!r} is not supported on CPU: use float32 or bfloat16")
         threads = threads or os.cpu_count() or 1
         torch.set_num_threads(threads)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        tokenizer.padding_side = "left"  # batched greedy decoding needs left padding
+        tokenizer = load_tokenizer(model_dir)
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, local_files_only=True, dtype=getattr(torch, dtype))
+            model_dir, local_files_only=True, **dtype_kwarg(getattr(torch, dtype)))
         model.eval()
         return cls(model, tokenizer, model_dir, dtype, threads)
 

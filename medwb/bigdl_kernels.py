@@ -1,0 +1,119 @@
+"""Which native kernel build bigdl-llm loads, and an opt-in way to choose it (bigdl env).
+
+bigdl-llm 2.4.0 ships one build of its low-bit kernels per instruction set
+(``libs/lib<family>_{avx,avx2,avxvnni,avx512,amx}.so``); ``lib<family>-api.so`` picks one
+at load time. It decides by the CPU's *vendor string*, so on a non-Intel CPU it loads the
+plain-AVX build even when AVX-512 and VNNI are present (seen here on AMD EPYC), and
+decode runs far slower than the hardware allows.
+
+:func:`loaded_builds` reports what really got loaded (from /proc/self/maps, not assumed).
+:func:`use_build` is the opt-in override: it never touches the installed package. It makes
+a private folder of symlinks in the medwb cache in which every ISA name points at the
+requested build, and points bigdl's library locator there. It must run before bigdl's
+ggml bindings are imported (so: at the start of a fresh process or kernel).
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from medwb.errors import MedwbError
+from medwb.paths import cache_dir
+
+BUILDS = ("avx", "avx2", "avxvnni", "avx512", "amx")
+_BUILD_RE = re.compile(r"/bigdl/llm/libs/lib(?P<family>[a-z]+)_(?P<build>avx|avx2|avxvnni|avx512|amx)\.so$")
+
+
+def libs_dir() -> Path:
+    import importlib.util
+    spec = importlib.util.find_spec("bigdl.llm")
+    if spec is None or not spec.submodule_search_locations:
+        raise MedwbError("bigdl-llm is not installed in this environment: use the bigdl kernel")
+    return Path(list(spec.submodule_search_locations)[0]) / "libs"
+
+
+def loaded_builds() -> dict[str, str]:
+    """{model family: ISA build} of the bigdl kernel libraries mapped into this process.
+
+    Symlinked libraries show their real file in /proc/self/maps, so an override shows up
+    as the build it really is.
+    """
+    found = {}
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            for line in f:
+                m = _BUILD_RE.search(line.strip())
+                if m:
+                    found[m["family"]] = m["build"]
+    except OSError:
+        pass
+    return found
+
+
+def matching_build(flags: set[str] | None = None) -> str:
+    """The build the CPU's own flags support (what bigdl would pick on an Intel CPU)."""
+    from medwb.sysinfo import cpu_flags
+    flags = cpu_flags() if flags is None else flags
+    if {"amx_int8", "amx_bf16", "avx512_vnni"} <= flags:
+        return "amx"
+    if {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_vnni"} <= flags:
+        return "avx512"
+    if {"avx_vnni", "avx2"} <= flags:
+        return "avxvnni"
+    return "avx2" if "avx2" in flags else "avx"
+
+
+def shadow_libs(build: str, parameter: str = "kernel_build") -> Path:
+    """A private copy of bigdl's libs/ in which every ISA build name is ``build``.
+
+    Libraries are symlinks; the ``main-*`` executables (what llm-cli runs) are copied,
+    because they find their kernel library next to their own resolved path.
+    """
+    if build not in BUILDS:
+        raise MedwbError(f"{parameter}: {build!r} is not a bigdl build; use one of {', '.join(BUILDS)}")
+    import importlib.metadata
+    import shutil
+    src = libs_dir()
+    shadow = cache_dir() / "bigdl-libs" / f"{importlib.metadata.version('bigdl-llm')}-{build}"
+    if shadow.exists():
+        return shadow
+    tmp = shadow.with_name(shadow.name + f".tmp-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    for item in src.iterdir():
+        m = re.match(r"lib(?P<family>[a-z]+)_(avx|avx2|avxvnni|avx512|amx)\.so$", item.name)
+        if m:
+            (tmp / item.name).symlink_to(src / f"lib{m['family']}_{build}.so")
+        elif item.name.startswith("main-"):
+            shutil.copy2(item, tmp / item.name)
+        else:
+            (tmp / item.name).symlink_to(item)
+    try:
+        os.rename(tmp, shadow)
+    except OSError:  # another process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return shadow
+
+
+def use_build(build: str, parameter: str = "kernel_build") -> Path:
+    """Make this process's bigdl (transformers API) load ``build``; return the folder."""
+    if any(m.startswith("bigdl.llm.ggml.model") for m in sys.modules):
+        raise MedwbError(f"{parameter}: bigdl's kernels are already loaded in this process; set it "
+                         "before anything imports bigdl.llm.transformers (restart the kernel)")
+    shadow = shadow_libs(build, parameter)
+    import bigdl.llm.utils.utils as bigdl_utils
+    original = bigdl_utils.get_shared_lib_info
+
+    def get_shared_lib_info(lib_base_name: str):
+        _, paths = original(lib_base_name)
+        return shadow, [shadow / p.name for p in paths]
+
+    bigdl_utils.get_shared_lib_info = get_shared_lib_info
+    return shadow
+
+
+def build_of_library(path: str) -> str | None:
+    """ISA build of a kernel library path (symlinks resolved)."""
+    m = _BUILD_RE.search(os.path.realpath(path))
+    return m["build"] if m else None

@@ -1,0 +1,267 @@
+"""The quantized route, end to end, for notebook 01 (bigdl env).
+
+Validates every parameter before anything runs, then measures each variant in a fresh
+process (``medwb.bigdl_probe``) and writes records in the shared format that the
+comparison notebook reads: one JSON object per line in ``<run_dir>/records/bigdl.jsonl``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from medwb import bigdl_kernels, bigdl_native, corpus, measure, prompts
+from medwb.backends.bigdl import check_low_bit
+from medwb.errors import MedwbError
+from medwb.paths import check_model_dir, write_text_atomic
+
+
+def check_parameters(model_path, model_family: str, low_bits, out_dir, threads) -> dict:
+    """Reject bad input with one message naming the parameter, before anything is written."""
+    model_dir = check_model_dir(model_path, "model_path")
+    if model_family not in bigdl_native.FAMILIES:
+        raise MedwbError(f"model_family {model_family!r} is unknown; use one of "
+                         f"{', '.join(bigdl_native.FAMILIES)}")
+    cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    if cfg.get("model_type") not in bigdl_native.MODEL_TYPES[model_family]:
+        raise MedwbError(f"model_family {model_family!r} does not match the checkpoint at "
+                         f"'{model_dir}' (config.json model_type is {cfg.get('model_type')!r})")
+    if isinstance(low_bits, str) or not low_bits:
+        raise MedwbError("low_bits must be a non-empty list, e.g. ['sym_int4', 'sym_int8']")
+    for lb in low_bits:
+        check_low_bit(lb, "low_bits")
+    if not out_dir:
+        raise MedwbError("out_dir is empty: give a folder for the converted models")
+    out = Path(out_dir)
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("/"))
+    if not os.access(probe, os.W_OK):
+        raise MedwbError(f"out_dir '{out}' is not writable")
+    if not isinstance(threads, int) or threads < 1:
+        raise MedwbError(f"threads must be a positive integer, got {threads!r}")
+    return {"model_dir": model_dir, "config": cfg}
+
+
+def heldout_prompts(n: int) -> list[str]:
+    """Chat-formatted prompts of the first ``n`` held-out cases of each workflow, alternating."""
+    per_task = [corpus.load_records(t, limit=n) for t in corpus.TASKS]
+    mixed = [r for pair in zip(*per_task) for r in pair][:n]
+    return [prompts.render_chat([{"role": "user", "content": r["input"]}]) for r in mixed]
+
+
+def run_probe(spec: dict, timeout: float = 900) -> dict:
+    """One variant in a fresh interpreter of this environment; errors become a record field."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
+        json.dump(spec, f, ensure_ascii=False)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "medwb.bigdl_probe", f.name],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    finally:
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+        return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def agreement(result: dict, reference: dict) -> dict:
+    pairs = list(zip(result["output_ids"], reference["output_ids"]))
+    return {
+        "n_prompts": len(pairs),
+        "exact_match_rate": round(sum(a == b for a, b in pairs) / len(pairs), 4),
+        "prefix_agreement": round(sum(measure.prefix_agreement(a, b) for a, b in pairs) / len(pairs), 4),
+        "last_token_logit_cosine": round(min(measure.cosine(u, v) for u, v in
+                                             zip(result["last_logits"], reference["last_logits"])), 6),
+    }
+
+
+def make_record(route: str, precision: str, result: dict, reference: dict | None, **extra) -> dict:
+    rec = {"record_type": "variant", "backend": "bigdl", "route": route, "precision": precision,
+           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    rec.update(extra)
+    if "error" in result:
+        rec["error"] = result["error"]
+        return rec
+    for key in ("load_s", "peak_rss_mb_load", "peak_rss_mb", "ttft_ms", "tpot_ms",
+                "n_prompt_tokens", "n_new_tokens", "kernel_builds", "saved_bytes"):
+        if key in result:
+            rec[key] = result[key]
+    rec["versions"] = {k: v for k, v in result["describe"].items() if k in ("torch", "transformers", "bigdl_llm")}
+    rec["load"] = result["describe"].get("load")
+    if reference is not None and "error" not in reference:
+        rec["agreement_vs_fp32"] = agreement(result, reference)
+    return rec
+
+
+def api_route(model_path, low_bits, out_dir, threads: int, n_prompts: int = 8,
+              max_new_tokens: int = 32, timing_prompt: str | None = None, log=print) -> list[dict]:
+    """FP32 reference, then per low-bit type: quantize on load (and save_low_bit), then
+    reload from the low-bit folder; each in its own process."""
+    model_dir = check_model_dir(model_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ps = heldout_prompts(n_prompts)
+    base = {"model_path": str(model_dir), "threads": threads, "prompts": ps,
+            "timing_prompt": timing_prompt or ps[0], "max_new_tokens": max_new_tokens}
+    size_fp32 = (model_dir / "model.safetensors").stat().st_size if (model_dir / "model.safetensors").exists() else None
+    log("FP32 reference (transformers 4.31) ...")
+    reference = run_probe({**base, "low_bit": "fp32"})
+    records = [make_record("pytorch", "fp32", reference, None, model_path=str(model_dir),
+                           size_bytes=size_fp32, threads=threads)]
+    for lb in low_bits:
+        folder = out_dir / f"low_bit_{lb}"
+        log(f"{lb}: quantize on load, save_low_bit -> {folder} ...")
+        first = run_probe({**base, "low_bit": lb, "save_to": str(folder)})
+        records.append(make_record("bigdl-api", lb, first, reference, model_path=str(model_dir),
+                                   source="original checkpoint", threads=threads,
+                                   size_bytes=first.get("saved_bytes")))
+        if "error" in first:
+            log(f"  failed: {first['error']}")
+            continue
+        log(f"{lb}: load_low_bit from {folder} ...")
+        again = run_probe({**base, "low_bit": lb, "model_path": str(folder)})
+        rec = make_record("bigdl-api", lb, again, reference, model_path=str(folder),
+                          source="low-bit folder", threads=threads, size_bytes=first.get("saved_bytes"))
+        if "error" not in again:
+            rec["roundtrip_identical_tokens"] = again["output_ids"] == first["output_ids"]
+        records.append(rec)
+    return records
+
+
+def kernel_comparison(model_path, low_bit: str, threads: int, build: str, n_prompts: int = 2,
+                      max_new_tokens: int = 32) -> list[dict]:
+    """The same low-bit variant with bigdl's own kernel choice and with ``build``, measured
+    one after the other in this run."""
+    ps = heldout_prompts(n_prompts)
+    base = {"model_path": str(check_model_dir(model_path)), "threads": threads, "prompts": ps,
+            "timing_prompt": ps[0], "max_new_tokens": max_new_tokens, "low_bit": low_bit}
+    default = run_probe(base)
+    chosen = run_probe({**base, "kernel_build": build})
+    return [make_record("bigdl-api", low_bit, default, None, kernel_choice="bigdl default",
+                        threads=threads, model_path=base["model_path"]),
+            make_record("bigdl-api", low_bit, chosen, default, kernel_choice=f"override: {build}",
+                        threads=threads, model_path=base["model_path"])]
+
+
+def cli_route(model_path, model_family: str, out_dir, threads: int, prompt: str,
+              n_predict: int = 48, kernel_build: str | None = None, log=print) -> tuple[list[dict], str | None]:
+    """llm-convert to every precision the family allows, then llm-cli on each file.
+
+    Returns (records, why_not): when the model cannot take this route, no record and the
+    reason, so the notebook says why and carries on with the API route.
+    """
+    model_dir = check_model_dir(model_path)
+    problems = bigdl_native.cli_route_problems(model_dir, model_family)
+    if problems:
+        return [], "; ".join(problems)
+    records = []
+    for precision in bigdl_native.PRECISIONS[model_family]:
+        conv = bigdl_native.convert(model_dir, out_dir, model_family, precision)
+        log(f"$ {conv['command']}")
+        for kb in dict.fromkeys([None, kernel_build]):
+            cli = bigdl_native.run_cli(conv["file"], model_family, prompt, threads, n_predict, kernel_build=kb)
+            log(f"$ {cli['command'][:160]}...")
+            t = cli["timings"]
+            records.append({
+                "record_type": "variant", "backend": "bigdl", "route": "bigdl-cli", "precision": precision,
+                "model_path": str(model_dir), "file": conv["file"], "size_bytes": conv["bytes"],
+                "convert_s": conv["seconds"], "threads": threads,
+                "kernel_choice": f"override: {kb}" if kb else "bigdl default",
+                "kernel_build": cli["kernel_build"], "load_s": t.get("load_time_ms", 0) / 1e3,
+                "prompt_eval_ms_per_token": _per(t, "prompt_eval_time"),
+                "tpot_ms": _per(t, "eval_time"), "n_prompt_tokens": t.get("prompt_eval_time_count"),
+                "text": cli["text"], "convert_command": conv["command"], "cli_command": cli["command"],
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    return records, None
+
+
+def _per(timings: dict, name: str) -> float | None:
+    ms, n = timings.get(f"{name}_ms"), timings.get(f"{name}_count")
+    return round(ms / n, 3) if ms is not None and n else None
+
+
+def write_records(records: list[dict], run_dir, name: str = "bigdl") -> Path | None:
+    """Append-free, atomic: the whole file is rewritten under a temp name, then renamed."""
+    if not run_dir:
+        return None
+    path = Path(run_dir) / "records" / f"{name}.jsonl"
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+def table(records: list[dict]):
+    """A readable table of the records (pandas)."""
+    import pandas as pd
+    rows = []
+    for r in records:
+        a = r.get("agreement_vs_fp32", {})
+        rows.append({"route": r["route"], "precision": r["precision"],
+                     "from": r.get("source") or r.get("kernel_choice", ""),
+                     "kernel": (r.get("kernel_build") or ",".join(sorted(set((r.get("kernel_builds") or {}).values())))),
+                     "size_MB": round(r["size_bytes"] / 1e6, 2) if r.get("size_bytes") else None,
+                     "load_s": r.get("load_s"), "peak_rss_MB": r.get("peak_rss_mb_load"),
+                     "ttft_ms": r.get("ttft_ms"), "tpot_ms": r.get("tpot_ms"),
+                     "exact_match": a.get("exact_match_rate"), "prefix_agree": a.get("prefix_agreement"),
+                     "logit_cos": a.get("last_token_logit_cosine"), "error": r.get("error", "")})
+    return pd.DataFrame(rows)
+
+
+def cpu_kernel_summary() -> dict:
+    """The CPU's flags that matter to bigdl, and the build its flags support."""
+    from medwb.sysinfo import cpu, isa_features
+    info = cpu()
+    return {"cpu": info["model"], "vendor": info["vendor"],
+            "flags": {f["feature"]: f["present"] for f in isa_features()},
+            "build_matching_flags": bigdl_kernels.matching_build()}
+
+
+def prepare(model_path, model_family, low_bits, out_dir, threads, run_dir, prompt, kernel_build):
+    """Resolve the notebook's parameters (defaults: the demo model, all cores, a held-out
+    case) and validate them all before anything runs or is written."""
+    import types
+
+    from medwb import demo_model
+    if not model_path:
+        model_path = demo_model.ensure()
+    threads = threads or os.cpu_count() or 1
+    out_dir = out_dir or (Path(run_dir) / "bigdl" if run_dir else Path("bigdl_out"))
+    checked = check_parameters(model_path, model_family, low_bits, out_dir, threads)
+    if kernel_build == "match":
+        kernel_build = bigdl_kernels.matching_build()
+    if kernel_build and kernel_build not in bigdl_kernels.BUILDS:
+        raise MedwbError(f"kernel_build {kernel_build!r} is unknown; use '', 'match' or one of "
+                         f"{', '.join(bigdl_kernels.BUILDS)}")
+    if not prompt:
+        prompt = heldout_prompts(1)[0]
+    return types.SimpleNamespace(model_dir=checked["model_dir"], model_family=model_family,
+                                 low_bits=list(low_bits), out_dir=Path(out_dir), threads=threads,
+                                 prompt=prompt, kernel_build=kernel_build or None)
+
+
+def langchain_demo(low_bit_dir, max_new_tokens: int = 96) -> dict:
+    """A LangChain chain on the low-bit model: bigdl's TransformersLLM fills the hospital's
+    differential-diagnosis template (medwb.prompts) for one held-out case."""
+    from bigdl.llm.langchain.llms import TransformersLLM
+    from langchain import LLMChain, PromptTemplate
+    from transformers import GenerationConfig
+
+    # streaming=False: its streaming branch returns the prompt with the answer.
+    llm = TransformersLLM.from_model_id_low_bit(model_id=str(low_bit_dir), streaming=False)
+    # TransformersLLM passes no generation settings: give the model its own config (an
+    # edited config derived from the model's would be replaced by transformers 4.31).
+    tok = llm.tokenizer
+    llm.model.generation_config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    template_text = prompts.render_chat([{"role": "user", "content": prompts.DIAGNOSIS_PROMPT}])
+    template = PromptTemplate.from_template(template_text)
+    fields = corpus.load_records("diagnosis", limit=1)[0]["case"]
+    values = {k: fields[k] for k in template.input_variables}
+    answer = LLMChain(llm=llm, prompt=template).run(**values)
+    return {"template_variables": template.input_variables, "inputs": values, "answer": answer,
+            "true_diagnosis": fields["disease"]}
