@@ -23,7 +23,9 @@ from medwb.errors import MedwbError
 from medwb.paths import cache_dir
 
 BUILDS = ("avx", "avx2", "avxvnni", "avx512", "amx")
-_BUILD_RE = re.compile(r"/bigdl/llm/libs/lib(?P<family>[a-z]+)_(?P<build>avx|avx2|avxvnni|avx512|amx)\.so$")
+# lib<family>_<build>.so: one kernel library per model family and instruction set.
+_LIB_NAME = r"lib(?P<family>[a-z]+)_(?P<build>avx|avx2|avxvnni|avx512|amx)\.so$"
+_BUILD_RE = re.compile(r"/bigdl/llm/libs/" + _LIB_NAME)
 
 
 def libs_dir() -> Path:
@@ -82,7 +84,7 @@ def shadow_libs(build: str, parameter: str = "kernel_build") -> Path:
     tmp = shadow.with_name(shadow.name + f".tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     for item in src.iterdir():
-        m = re.match(r"lib(?P<family>[a-z]+)_(avx|avx2|avxvnni|avx512|amx)\.so$", item.name)
+        m = re.match(_LIB_NAME, item.name)
         if m:
             (tmp / item.name).symlink_to(src / f"lib{m['family']}_{build}.so")
         elif item.name.startswith("main-"):

@@ -133,7 +133,9 @@ def convert(model_dir, out_dir, family: str, precision: str, timeout: float = 18
         raise MedwbError(f"llm-convert: {family} takes {', '.join(PRECISIONS[family])}, not {precision!r}")
     out_dir = Path(out_dir)
     final = out_dir / f"bigdl_llm_{family}_{'q4_0' if precision == 'int4' else 'q8_0'}.bin"
-    with tempfile.TemporaryDirectory(prefix=".llm-convert-", dir=out_dir if out_dir.exists() else None) as tmp:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The work folder sits inside out_dir so the final rename never crosses filesystems.
+    with tempfile.TemporaryDirectory(prefix=".llm-convert-", dir=out_dir) as tmp:
         src = Path(tmp) / "checkpoint"
         src.mkdir()
         for name in ("config.json", "pytorch_model.bin"):
@@ -152,7 +154,6 @@ def convert(model_dir, out_dir, family: str, precision: str, timeout: float = 18
         if proc.returncode != 0 or not produced:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise MedwbError(f"llm-convert failed for {family}/{precision}: {tail[0]}")
-        out_dir.mkdir(parents=True, exist_ok=True)
         os.replace(produced[0], final)
     shown = cmd[:]
     shown[1], shown[3] = str(model_dir), str(out_dir)

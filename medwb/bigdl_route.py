@@ -52,6 +52,14 @@ def heldout_prompts(n: int) -> list[str]:
     return [prompts.render_chat([{"role": "user", "content": r["input"]}]) for r in mixed]
 
 
+def probe_spec(model_dir: Path, threads: int, n_prompts: int, max_new_tokens: int,
+               timing_prompt: str | None = None) -> dict:
+    """What every probe of one run shares: model, threads, held-out prompts, lengths."""
+    ps = heldout_prompts(n_prompts)
+    return {"model_path": str(model_dir), "threads": threads, "prompts": ps,
+            "timing_prompt": timing_prompt or ps[0], "max_new_tokens": max_new_tokens}
+
+
 def run_probe(spec: dict, timeout: float = 900) -> dict:
     """One variant in a fresh interpreter of this environment; errors become a record field."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
@@ -105,9 +113,7 @@ def api_route(model_path, low_bits, out_dir, threads: int, n_prompts: int = 8,
     model_dir = check_model_dir(model_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ps = heldout_prompts(n_prompts)
-    base = {"model_path": str(model_dir), "threads": threads, "prompts": ps,
-            "timing_prompt": timing_prompt or ps[0], "max_new_tokens": max_new_tokens}
+    base = probe_spec(model_dir, threads, n_prompts, max_new_tokens, timing_prompt)
     size_fp32 = (model_dir / "model.safetensors").stat().st_size if (model_dir / "model.safetensors").exists() else None
     log("FP32 reference (transformers 4.31) ...")
     reference = run_probe({**base, "low_bit": "fp32"})
@@ -137,9 +143,8 @@ def kernel_comparison(model_path, low_bit: str, threads: int, build: str, n_prom
                       max_new_tokens: int = 32) -> list[dict]:
     """The same low-bit variant with bigdl's own kernel choice and with ``build``, measured
     one after the other in this run."""
-    ps = heldout_prompts(n_prompts)
-    base = {"model_path": str(check_model_dir(model_path)), "threads": threads, "prompts": ps,
-            "timing_prompt": ps[0], "max_new_tokens": max_new_tokens, "low_bit": low_bit}
+    base = {**probe_spec(check_model_dir(model_path), threads, n_prompts, max_new_tokens),
+            "low_bit": low_bit}
     default = run_probe(base)
     chosen = run_probe({**base, "kernel_build": build})
     return [make_record("bigdl-api", low_bit, default, None, kernel_choice="bigdl default",
