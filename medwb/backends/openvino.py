@@ -1,0 +1,66 @@
+"""OpenVINO through optimum-intel (main env): ``OVModelForCausalLM`` with HF ``generate``.
+
+The IR is stateful: the KV cache lives in the infer request between steps (the case
+study's zero-copy KV cache), so ``generate`` only feeds the new token each step.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medwb.backends.pytorch import PyTorchBackend, load_tokenizer
+from medwb.errors import MedwbError
+from medwb.openvino_export import check_ir_dir
+
+PRECISIONS = ("f32", "bf16")
+
+
+def cpu_properties(inference_precision: str, kv_cache_precision: str | None, threads: int) -> dict:
+    if inference_precision not in PRECISIONS:
+        raise MedwbError(f"inference_precision {inference_precision!r} is not supported on CPU: "
+                         f"use {' or '.join(PRECISIONS)} (f16 silently falls back to bf16 here)")
+    props = {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": "LATENCY",
+             "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads), "CACHE_DIR": ""}
+    if kv_cache_precision:
+        props["KV_CACHE_PRECISION"] = kv_cache_precision
+    return props
+
+
+class OptimumOVBackend(PyTorchBackend):
+    name = "openvino-optimum"
+
+    def __init__(self, model, tokenizer, model_dir: Path, precision: str, threads: int, props: dict):
+        super().__init__(model, tokenizer, model_dir, precision, threads)
+        self.props = props
+
+    @classmethod
+    def load(cls, ir_dir, inference_precision: str = "f32", kv_cache_precision: str | None = None,
+             threads: int | None = None, parameter: str = "ir_dir") -> "OptimumOVBackend":
+        from optimum.intel import OVModelForCausalLM
+
+        ir_dir = check_ir_dir(ir_dir, parameter)
+        threads = threads or os.cpu_count() or 1
+        props = cpu_properties(inference_precision, kv_cache_precision, threads)
+        model = OVModelForCausalLM.from_pretrained(str(ir_dir), export=False, ov_config=props,
+                                                   local_files_only=True)
+        return cls(model, load_tokenizer(ir_dir), ir_dir, inference_precision, threads, props)
+
+    def compiled_properties(self) -> dict:
+        """What the compiled model reports back (a hint is a request, this is the answer)."""
+        compiled = self.model.request.get_compiled_model()
+        out = {}
+        for key in ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION", "INFERENCE_NUM_THREADS",
+                    "PERFORMANCE_HINT", "NUM_STREAMS"):
+            try:
+                out[key] = str(compiled.get_property(key))
+            except Exception as e:  # a property this plugin does not expose
+                out[key] = f"n/a ({type(e).__name__})"
+        return out
+
+    def describe(self) -> dict:
+        import importlib.metadata
+        info = super().describe()
+        info.update(backend=self.name, precision=self.dtype, requested=self.props,
+                    openvino=importlib.metadata.version("openvino"),
+                    optimum_intel=importlib.metadata.version("optimum-intel"))
+        return info

@@ -1,0 +1,194 @@
+"""Export a local checkpoint to OpenVINO IR (main env), the way ``optimum-cli export
+openvino`` does it, with the checks a hospital IT engineer needs around it.
+
+- Weight formats fp16, int8 (per-channel) and int4 (grouped; the group size must divide
+  every Linear input size, else NNCF fails with InvalidGroupSizeError).
+- Stateful by default: the KV cache stays inside the infer request between steps.
+- The tokenizer is converted to openvino_tokenizer.xml / openvino_detokenizer.xml, which
+  openvino-genai needs.
+- Idempotent and atomic: an IR folder counts as complete only with its manifest (written
+  last); a partial one is rebuilt, and exports are written to a temp folder, then renamed.
+- Refuses to start when the machine cannot hold the export (estimated from the checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from medwb.errors import MedwbError
+from medwb.paths import atomic_dir, check_model_dir, write_json_atomic
+
+WEIGHT_FORMATS = ("fp16", "int8", "int4")
+GROUP_SIZES = (128, 64, 32)
+MANIFEST = "medwb_export.json"
+IR_FILES = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml",
+            "openvino_tokenizer.bin", "openvino_detokenizer.xml", "openvino_detokenizer.bin",
+            "config.json")
+# Export holds the FP32 torch weights, the traced OV model and the compressed copy at
+# once; about 3x the FP32 checkpoint was the peak seen for optimum-intel exports.
+EXPORT_RAM_FACTOR = 3.0
+
+
+def linear_input_dims(model_dir: Path) -> dict:
+    cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return {k: cfg[k] for k in ("hidden_size", "intermediate_size") if k in cfg}
+
+
+def default_group_size(model_dir: Path) -> int:
+    """The largest of 128/64/32 that divides every Linear input size."""
+    dims = linear_input_dims(model_dir)
+    for g in GROUP_SIZES:
+        if all(d % g == 0 for d in dims.values()):
+            return g
+    raise MedwbError(f"model_path '{model_dir}': no int4 group size of {GROUP_SIZES} divides {dims}")
+
+
+def check_group_size(model_dir: Path, group_size: int) -> int:
+    dims = linear_input_dims(model_dir)
+    bad = {k: v for k, v in dims.items() if v % group_size}
+    if group_size <= 0 or bad:
+        ok = [g for g in (256,) + GROUP_SIZES + (16,) if all(d % g == 0 for d in dims.values())]
+        raise MedwbError(f"int4_group_size {group_size} does not divide {bad or dims}; "
+                         f"use one of {ok} (or leave it empty for the default)")
+    return group_size
+
+
+def checkpoint_bytes(model_dir: Path) -> int:
+    files = [p for p in Path(model_dir).glob("*.safetensors")] or list(Path(model_dir).glob("pytorch_model*.bin"))
+    return sum(p.stat().st_size for p in files)
+
+
+def check_memory(model_dir: Path) -> dict:
+    import psutil
+    need = int(checkpoint_bytes(model_dir) * EXPORT_RAM_FACTOR)
+    have = psutil.virtual_memory().available
+    if need > have:
+        raise MedwbError(f"exporting '{model_dir}' needs about {need / 2**30:.1f} GiB of RAM "
+                         f"({EXPORT_RAM_FACTOR:g}x the checkpoint) but {have / 2**30:.1f} GiB is "
+                         "available: not started; free memory or export on a larger machine")
+    return {"estimated_bytes": need, "available_bytes": have}
+
+
+def cli_command(model_dir, out_dir, weight_format: str, group_size: int | None, sym: bool,
+                stateful: bool = True) -> str:
+    """The optimum-cli command that does the same export, for the reader to re-run."""
+    cmd = ["optimum-cli", "export", "openvino", "--model", str(model_dir),
+           "--task", "text-generation-with-past", "--weight-format", weight_format]
+    if weight_format == "int4":
+        cmd += ["--group-size", str(group_size), "--ratio", "1.0"] + (["--sym"] if sym else [])
+    if not stateful:
+        cmd += ["--disable-stateful"]
+    return " ".join(cmd + [str(out_dir)])
+
+
+def is_complete(ir_dir: Path) -> bool:
+    ir_dir = Path(ir_dir)
+    return (ir_dir / MANIFEST).exists() and all((ir_dir / f).exists() and (ir_dir / f).stat().st_size > 0
+                                                 for f in IR_FILES)
+
+
+def check_ir_dir(ir_dir, parameter: str = "ir_dir") -> Path:
+    """An IR folder a runtime can load, or a MedwbError naming what is missing."""
+    p = Path(ir_dir)
+    if not p.is_dir():
+        raise MedwbError(f"{parameter} '{p}' is not a directory")
+    missing = [f for f in ("openvino_model.xml", "openvino_model.bin") if not (p / f).exists()]
+    if missing:
+        raise MedwbError(f"{parameter} '{p}' is missing {', '.join(missing)}: re-export it "
+                         "(an IR needs both the .xml graph and the .bin weights)")
+    return p
+
+
+def export(model_path, out_dir, weight_format: str, int4_group_size: int | None = None,
+           int4_sym: bool = False, stateful: bool = True, force: bool = False) -> dict:
+    """Export one weight format to ``out_dir``; skipped when a complete IR is already there."""
+    model_dir = check_model_dir(model_path)
+    if weight_format not in WEIGHT_FORMATS:
+        raise MedwbError(f"weight_formats: {weight_format!r} is unknown; use {', '.join(WEIGHT_FORMATS)}")
+    group = None
+    if weight_format == "int4":
+        group = check_group_size(model_dir, int4_group_size) if int4_group_size else default_group_size(model_dir)
+    out_dir = Path(out_dir)
+    command = cli_command(model_dir, out_dir, weight_format, group, int4_sym, stateful)
+    if is_complete(out_dir) and not force:
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+        return {**manifest, "skipped": True}
+    memory = check_memory(model_dir)
+
+    from optimum.exporters.openvino import main_export
+    from optimum.intel import OVConfig
+
+    started = time.perf_counter()
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        # Step 1, as optimum-cli: export (fp16 weights, or fp32 to compress next).
+        main_export(str(model_dir), tmp, task="text-generation-with-past",
+                    ov_config=OVConfig(dtype="fp16" if weight_format == "fp16" else "fp32"),
+                    stateful=stateful, convert_tokenizer=True, library_name="transformers")
+        # Step 2, as optimum-cli: weight compression (NNCF). main_export alone ignores a
+        # quantization config and silently leaves FP32 weights, so it is done here and
+        # checked below.
+        if weight_format in ("int8", "int4"):
+            compress_ir(tmp, weight_format, group, int4_sym)
+        weight_types = weight_element_types(tmp)
+        expected = {"fp16": "f16", "int8": "u8", "int4": "u4" if not int4_sym else "i4"}[weight_format]
+        if expected not in weight_types:
+            raise MedwbError(f"export to {weight_format} produced weights of types {sorted(weight_types)}, "
+                             f"no {expected}: compression did not apply; nothing was written")
+        missing = [f for f in IR_FILES if not (tmp / f).exists()]
+        if missing:
+            raise MedwbError(f"export of '{model_dir}' produced no {', '.join(missing)} "
+                             "(tokenizer conversion may have failed): nothing was written")
+        manifest = {"model_path": str(model_dir), "weight_format": weight_format,
+                    "int4_group_size": group, "int4_sym": int4_sym if group else None,
+                    "stateful": stateful, "export_s": round(time.perf_counter() - started, 2),
+                    "weight_element_types": weight_types,
+                    "ir_bytes": sum((tmp / f).stat().st_size for f in ("openvino_model.xml", "openvino_model.bin")),
+                    "command": command, "memory_check": memory}
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return {**manifest, "skipped": False}
+
+
+def compress_ir(ir_dir: Path, weight_format: str, group_size: int | None, sym: bool) -> None:
+    """NNCF weight compression of the IR in place: int8 per channel (asymmetric, as
+    optimum-cli's default), int4 grouped on every layer (ratio 1.0)."""
+    import nncf
+    import openvino as ov
+    xml = Path(ir_dir) / "openvino_model.xml"
+    model = ov.Core().read_model(str(xml))
+    if weight_format == "int8":
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    else:
+        mode = nncf.CompressWeightsMode.INT4_SYM if sym else nncf.CompressWeightsMode.INT4_ASYM
+        model = nncf.compress_weights(model, mode=mode, group_size=group_size, ratio=1.0)
+    tmp_xml = xml.with_name("compressed.xml")
+    ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+    tmp_xml.replace(xml)
+    tmp_xml.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+
+
+def weight_element_types(ir_dir) -> dict[str, int]:
+    """Element types of the IR's constants with more than 1024 values (the weights), counted."""
+    import openvino as ov
+    model = ov.Core().read_model(str(Path(ir_dir) / "openvino_model.xml"))
+    counts: dict[str, int] = {}
+    for op in model.get_ops():
+        if op.get_type_name() == "Constant" and op.get_output_partial_shape(0).is_static:
+            n = 1
+            for d in op.get_output_shape(0):
+                n *= d
+            if n > 1024:
+                t = op.get_output_element_type(0).get_type_name()
+                counts[t] = counts.get(t, 0) + 1
+    return counts
+
+
+def state_summary(ir_dir) -> dict:
+    """What 'stateful' means in the IR: ReadValue/Assign pairs (KV cache kept in the infer
+    request, 2 per layer) and the model's inputs."""
+    import openvino as ov
+    model = ov.Core().read_model(str(check_ir_dir(ir_dir) / "openvino_model.xml"))
+    ops = [op.get_type_name() for op in model.get_ops()]
+    return {"ReadValue": ops.count("ReadValue"), "Assign": ops.count("Assign"),
+            "inputs": [i.get_any_name() for i in model.inputs],
+            "outputs": [o.get_any_name() for o in model.outputs]}
