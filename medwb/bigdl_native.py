@@ -9,10 +9,8 @@ so the model directory itself is never changed).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,7 +18,7 @@ import time
 from pathlib import Path
 
 from medwb.errors import MedwbError
-from medwb.paths import atomic_dir, check_model_dir
+from medwb.paths import check_model_dir, model_config
 
 FAMILIES = ("llama", "bloom", "gptneox", "starcoder", "chatglm")
 PRECISIONS = {"llama": ("int4", "int8"), "gptneox": ("int4", "int8"), "starcoder": ("int4", "int8"),
@@ -37,16 +35,25 @@ def bin_dir() -> Path:
     return Path(sys.executable).parent
 
 
+def family_problem(model_dir: Path, family: str) -> str | None:
+    """Why ``family`` is not the model family of the checkpoint in ``model_dir`` (None: it is)."""
+    if family not in FAMILIES:
+        return f"model_family {family!r} is unknown; use one of {', '.join(FAMILIES)}"
+    model_type = model_config(model_dir).get("model_type")
+    if model_type not in MODEL_TYPES[family]:
+        return (f"model_family {family!r} does not match the checkpoint at '{model_dir}' "
+                f"(config.json model_type is {model_type!r})")
+    return None
+
+
 def cli_route_problems(model_dir: Path, family: str) -> list[str]:
     """Why ``model_dir`` cannot take the CLI route as ``family`` (empty: it can)."""
+    wrong_family = family_problem(model_dir, family)
     if family not in FAMILIES:
-        return [f"model_family {family!r} is unknown; use one of {', '.join(FAMILIES)}"]
-    cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    problems = []
+        return [wrong_family]
+    cfg = model_config(model_dir)
     model_type = cfg.get("model_type")
-    if model_type not in MODEL_TYPES[family]:
-        problems.append(f"model_family {family!r} does not match the checkpoint (config.json "
-                        f"model_type is {model_type!r})")
+    problems = [wrong_family] if wrong_family else []
     if not (model_dir / "pytorch_model.bin").exists():
         problems.append("llm-convert reads pytorch_model.bin only; this checkpoint has none "
                         "(re-save it with save_pretrained(..., safe_serialization=False))")

@@ -23,13 +23,9 @@ from medwb.paths import check_model_dir, write_text_atomic
 def check_parameters(model_path, model_family: str, low_bits, out_dir, threads) -> dict:
     """Reject bad input with one message naming the parameter, before anything is written."""
     model_dir = check_model_dir(model_path, "model_path")
-    if model_family not in bigdl_native.FAMILIES:
-        raise MedwbError(f"model_family {model_family!r} is unknown; use one of "
-                         f"{', '.join(bigdl_native.FAMILIES)}")
-    cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    if cfg.get("model_type") not in bigdl_native.MODEL_TYPES[model_family]:
-        raise MedwbError(f"model_family {model_family!r} does not match the checkpoint at "
-                         f"'{model_dir}' (config.json model_type is {cfg.get('model_type')!r})")
+    wrong_family = bigdl_native.family_problem(model_dir, model_family)
+    if wrong_family:
+        raise MedwbError(wrong_family)
     if isinstance(low_bits, str) or not low_bits:
         raise MedwbError("low_bits must be a non-empty list, e.g. ['sym_int4', 'sym_int8']")
     for lb in low_bits:
@@ -42,7 +38,7 @@ def check_parameters(model_path, model_family: str, low_bits, out_dir, threads) 
         raise MedwbError(f"out_dir '{out}' is not writable")
     if not isinstance(threads, int) or threads < 1:
         raise MedwbError(f"threads must be a positive integer, got {threads!r}")
-    return {"model_dir": model_dir, "config": cfg}
+    return {"model_dir": model_dir}
 
 
 def heldout_prompts(n: int) -> list[str]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from medwb.errors import MedwbError
-from medwb.paths import atomic_dir, check_model_dir, write_json_atomic
+from medwb.paths import atomic_dir, check_model_dir, linear_input_dims, write_json_atomic
 
 WEIGHT_FORMATS = ("fp16", "int8", "int4")
 GROUP_SIZES = (128, 64, 32)
@@ -28,11 +28,6 @@ IR_FILES = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml"
 # Export holds the FP32 torch weights, the traced OV model and the compressed copy at
 # once; about 3x the FP32 checkpoint was the peak seen for optimum-intel exports.
 EXPORT_RAM_FACTOR = 3.0
-
-
-def linear_input_dims(model_dir: Path) -> dict:
-    cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    return {k: cfg[k] for k in ("hidden_size", "intermediate_size") if k in cfg}
 
 
 def default_group_size(model_dir: Path) -> int:

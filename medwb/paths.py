@@ -61,6 +61,20 @@ def check_model_dir(path, parameter: str = "model_path") -> Path:
     return p
 
 
+def model_config(model_dir) -> dict:
+    """The checkpoint's config.json as a dict."""
+    return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+
+
+def linear_input_dims(model_dir) -> dict:
+    """The sizes every Linear layer takes as input (hidden and FFN), from config.json.
+
+    Low-bit kernels (bigdl) and grouped weight compression (OpenVINO int4) constrain them.
+    """
+    cfg = model_config(model_dir)
+    return {k: cfg[k] for k in ("hidden_size", "intermediate_size") if k in cfg}
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path, overwrite: bool = False):
     """Build a directory under a temporary name next to ``final``, rename on success.

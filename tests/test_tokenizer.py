@@ -1,5 +1,4 @@
 """The demo tokenizer: one chat format everywhere, readable by both stacks and OpenVINO."""
-import json
 
 from medwb import corpus, prompts
 from medwb.tokenizer import bytes_to_unicode

@@ -7,14 +7,13 @@ Generation reuses the transformers ``generate`` of :class:`PyTorchBackend`.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 from medwb.backends.pytorch import PyTorchBackend, load_tokenizer
 from medwb.errors import MedwbError
-from medwb.paths import atomic_dir, check_model_dir
+from medwb.paths import atomic_dir, check_model_dir, linear_input_dims, model_config
 
 # Measured with bigdl-llm 2.4.0 on CPU (see the stack notes): these load and generate.
 CPU_LOW_BITS = ("sym_int4", "asym_int4", "sym_int5", "sym_int8")
@@ -36,16 +35,14 @@ def check_low_bit(low_bit: str, parameter: str = "low_bits") -> str:
 def is_low_bit_dir(path: Path) -> str | None:
     """The low-bit type a ``save_low_bit`` folder holds, or None for an ordinary checkpoint."""
     try:
-        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+        return model_config(path).get("bigdl_transformers_low_bit") or None
     except (OSError, ValueError):
         return None
-    return cfg.get("bigdl_transformers_low_bit") or None
 
 
 def _check_linear_dims(model_dir: Path) -> None:
     """bigdl's low-bit kernels need every Linear input size to be a multiple of 64."""
-    cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    bad = {k: cfg[k] for k in ("hidden_size", "intermediate_size") if k in cfg and cfg[k] % 64}
+    bad = {k: v for k, v in linear_input_dims(model_dir).items() if v % 64}
     if bad:
         raise MedwbError(f"model_path '{model_dir}': bigdl low-bit kernels need Linear input sizes "
                          f"that are multiples of 64, got {bad}")
