@@ -1,23 +1,20 @@
 """The quantized route, end to end, for notebook 01 (bigdl env).
 
 Validates every parameter before anything runs, then measures each variant in a fresh
-process (``medwb.bigdl_probe``) and writes records in the shared format that the
+process (``medwb.probe``) and writes records in the shared format that the
 comparison notebook reads: one JSON object per line in ``<run_dir>/records/bigdl.jsonl``.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-from medwb import bigdl_kernels, bigdl_native, corpus, measure, prompts
+from medwb import bigdl_kernels, bigdl_native, corpus, evaluate, prompts
 from medwb.backends.bigdl import check_low_bit
 from medwb.errors import MedwbError
-from medwb.paths import check_model_dir, write_text_atomic
+from medwb.paths import check_model_dir
+from medwb.probe import run_probe
+from medwb.records import now, variant_record
 
 
 def check_parameters(model_path, model_family: str, low_bits, out_dir, threads) -> dict:
@@ -41,65 +38,20 @@ def check_parameters(model_path, model_family: str, low_bits, out_dir, threads) 
     return {"model_dir": model_dir}
 
 
-def heldout_prompts(n: int) -> list[str]:
-    """Chat-formatted prompts of the first ``n`` held-out cases of each workflow, alternating."""
-    per_task = [corpus.load_records(t, limit=n) for t in corpus.TASKS]
-    mixed = [r for pair in zip(*per_task) for r in pair][:n]
-    return [prompts.render_chat([{"role": "user", "content": r["input"]}]) for r in mixed]
-
-
 def probe_spec(model_dir: Path, threads: int, n_prompts: int, max_new_tokens: int,
                timing_prompt: str | None = None) -> dict:
     """What every probe of one run shares: model, threads, held-out prompts, lengths."""
-    ps = heldout_prompts(n_prompts)
+    ps = evaluate.heldout_prompts(n_prompts)
     return {"model_path": str(model_dir), "threads": threads, "prompts": ps,
             "timing_prompt": timing_prompt or ps[0], "max_new_tokens": max_new_tokens}
 
 
-def run_probe(spec: dict, timeout: float = 900) -> dict:
-    """One variant in a fresh interpreter of this environment; errors become a record field."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
-        json.dump(spec, f, ensure_ascii=False)
-    try:
-        proc = subprocess.run([sys.executable, "-m", "medwb.bigdl_probe", f.name],
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    finally:
-        os.unlink(f.name)
-    if proc.returncode != 0:
-        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-        return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def agreement(result: dict, reference: dict) -> dict:
-    pairs = list(zip(result["output_ids"], reference["output_ids"]))
-    return {
-        "n_prompts": len(pairs),
-        "exact_match_rate": round(sum(a == b for a, b in pairs) / len(pairs), 4),
-        "prefix_agreement": round(sum(measure.prefix_agreement(a, b) for a, b in pairs) / len(pairs), 4),
-        "last_token_logit_cosine": round(min(measure.cosine(u, v) for u, v in
-                                             zip(result["last_logits"], reference["last_logits"])), 6),
-    }
+def _bigdl(low_bit: str) -> dict:
+    return {"backend": "bigdl", "precision": low_bit}
 
 
 def make_record(route: str, precision: str, result: dict, reference: dict | None, **extra) -> dict:
-    rec = {"record_type": "variant", "backend": "bigdl", "route": route, "precision": precision,
-           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    rec.update(extra)
-    if "error" in result:
-        rec["error"] = result["error"]
-        return rec
-    for key in ("load_s", "peak_rss_mb_load", "peak_rss_mb", "ttft_ms", "tpot_ms",
-                "n_prompt_tokens", "n_new_tokens", "kernel_builds", "saved_bytes"):
-        if key in result:
-            rec[key] = result[key]
-    rec["versions"] = {k: v for k, v in result["describe"].items() if k in ("torch", "transformers", "bigdl_llm")}
-    rec["load"] = result["describe"].get("load")
-    if reference is not None and "error" not in reference:
-        rec["agreement_vs_fp32"] = agreement(result, reference)
-    return rec
+    return variant_record("bigdl", route, precision, result, reference, **extra)
 
 
 def api_route(model_path, low_bits, out_dir, threads: int, n_prompts: int = 8,
@@ -112,13 +64,13 @@ def api_route(model_path, low_bits, out_dir, threads: int, n_prompts: int = 8,
     base = probe_spec(model_dir, threads, n_prompts, max_new_tokens, timing_prompt)
     size_fp32 = (model_dir / "model.safetensors").stat().st_size if (model_dir / "model.safetensors").exists() else None
     log("FP32 reference (transformers 4.31) ...")
-    reference = run_probe({**base, "low_bit": "fp32"})
+    reference = run_probe({**base, "backend": "pytorch", "precision": "fp32"})
     records = [make_record("pytorch", "fp32", reference, None, model_path=str(model_dir),
                            size_bytes=size_fp32, threads=threads)]
     for lb in low_bits:
         folder = out_dir / f"low_bit_{lb}"
         log(f"{lb}: quantize on load, save_low_bit -> {folder} ...")
-        first = run_probe({**base, "low_bit": lb, "save_to": str(folder)})
+        first = run_probe({**base, **_bigdl(lb), "save_to": str(folder)})
         records.append(make_record("bigdl-api", lb, first, reference, model_path=str(model_dir),
                                    source="original checkpoint", threads=threads,
                                    size_bytes=first.get("saved_bytes")))
@@ -126,7 +78,7 @@ def api_route(model_path, low_bits, out_dir, threads: int, n_prompts: int = 8,
             log(f"  failed: {first['error']}")
             continue
         log(f"{lb}: load_low_bit from {folder} ...")
-        again = run_probe({**base, "low_bit": lb, "model_path": str(folder)})
+        again = run_probe({**base, **_bigdl(lb), "model_path": str(folder)})
         rec = make_record("bigdl-api", lb, again, reference, model_path=str(folder),
                           source="low-bit folder", threads=threads, size_bytes=first.get("saved_bytes"))
         if "error" not in again:
@@ -140,7 +92,7 @@ def kernel_comparison(model_path, low_bit: str, threads: int, build: str, n_prom
     """The same low-bit variant with bigdl's own kernel choice and with ``build``, measured
     one after the other in this run."""
     base = {**probe_spec(check_model_dir(model_path), threads, n_prompts, max_new_tokens),
-            "low_bit": low_bit}
+            **_bigdl(low_bit)}
     default = run_probe(base)
     chosen = run_probe({**base, "kernel_build": build})
     return [make_record("bigdl-api", low_bit, default, None, kernel_choice="bigdl default",
@@ -177,22 +129,13 @@ def cli_route(model_path, model_family: str, out_dir, threads: int, prompt: str,
                 "prompt_eval_ms_per_token": _per(t, "prompt_eval_time"),
                 "tpot_ms": _per(t, "eval_time"), "n_prompt_tokens": t.get("prompt_eval_time_count"),
                 "text": cli["text"], "convert_command": conv["command"], "cli_command": cli["command"],
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+                "created": now()})
     return records, None
 
 
 def _per(timings: dict, name: str) -> float | None:
     ms, n = timings.get(f"{name}_ms"), timings.get(f"{name}_count")
     return round(ms / n, 3) if ms is not None and n else None
-
-
-def write_records(records: list[dict], run_dir, name: str = "bigdl") -> Path | None:
-    """Append-free, atomic: the whole file is rewritten under a temp name, then renamed."""
-    if not run_dir:
-        return None
-    path = Path(run_dir) / "records" / f"{name}.jsonl"
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    return path
 
 
 def table(records: list[dict]):
@@ -238,7 +181,7 @@ def prepare(model_path, model_family, low_bits, out_dir, threads, run_dir, promp
         raise MedwbError(f"kernel_build {kernel_build!r} is unknown; use '', 'match' or one of "
                          f"{', '.join(bigdl_kernels.BUILDS)}")
     if not prompt:
-        prompt = heldout_prompts(1)[0]
+        prompt = evaluate.heldout_prompts(1)[0]
     return types.SimpleNamespace(model_dir=checked["model_dir"], model_family=model_family,
                                  low_bits=list(low_bits), out_dir=Path(out_dir), threads=threads,
                                  prompt=prompt, kernel_build=kernel_build or None)

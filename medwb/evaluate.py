@@ -2,7 +2,7 @@
 tests and the comparison notebook)."""
 from __future__ import annotations
 
-from medwb import prompts
+from medwb import corpus, prompts
 
 
 def named_diagnoses(text: str, vocabulary: list[str]) -> list[str]:
@@ -39,3 +39,10 @@ def has_all_sections(output: str) -> bool:
 def rate(flags) -> float:
     flags = list(flags)
     return sum(flags) / len(flags) if flags else 0.0
+
+
+def heldout_prompts(n: int) -> list[str]:
+    """Chat-formatted prompts of the first ``n`` held-out cases of each workflow, alternating."""
+    per_task = [corpus.load_records(t, limit=n) for t in corpus.TASKS]
+    mixed = [r for pair in zip(*per_task) for r in pair][:n]
+    return [prompts.render_chat([{"role": "user", "content": r["input"]}]) for r in mixed]

@@ -47,8 +47,24 @@ class TimingStreamer:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    """Peak resident memory of this process's own address space so far (VmHWM).
+
+    Not ``ru_maxrss``: Linux carries that over from the parent across fork and exec, so a
+    probe started from a 700 MB notebook kernel would report at least 700 MB.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    import psutil
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def dir_size_bytes(path) -> int:

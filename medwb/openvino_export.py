@@ -12,8 +12,10 @@ openvino`` does it, with the checks a hospital IT engineer needs around it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 from medwb.errors import MedwbError
@@ -117,9 +119,10 @@ def export(model_path, out_dir, weight_format: str, int4_group_size: int | None 
     started = time.perf_counter()
     with atomic_dir(out_dir, overwrite=True) as tmp:
         # Step 1, as optimum-cli: export (fp16 weights, or fp32 to compress next).
-        main_export(str(model_dir), tmp, task="text-generation-with-past",
-                    ov_config=OVConfig(dtype="fp16" if weight_format == "fp16" else "fp32"),
-                    stateful=stateful, convert_tokenizer=True, library_name="transformers")
+        with _quiet_tracing():
+            main_export(str(model_dir), tmp, task="text-generation-with-past",
+                        ov_config=OVConfig(dtype="fp16" if weight_format == "fp16" else "fp32"),
+                        stateful=stateful, convert_tokenizer=True, library_name="transformers")
         # Step 2, as optimum-cli: weight compression (NNCF). main_export alone ignores a
         # quantization config and silently leaves FP32 weights, so it is done here and
         # checked below.
@@ -142,6 +145,26 @@ def export(model_path, out_dir, weight_format: str, int4_group_size: int | None 
                     "command": command, "memory_check": memory}
         write_json_atomic(tmp / MANIFEST, manifest)
     return {**manifest, "skipped": False}
+
+
+@contextlib.contextmanager
+def _quiet_tracing():
+    """Tracing the model emits a TracerWarning per data-dependent branch, deprecation
+    notices and a weight-loading progress bar; they say nothing about this export, so the
+    notebook output drops them."""
+    import torch
+    import transformers
+    hf_logging = transformers.utils.logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # deprecation notices from inside optimum's tracing
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        try:
+            yield
+        finally:
+            hf_logging.enable_progress_bar()
+            hf_logging.set_verbosity(verbosity)
 
 
 def compress_ir(ir_dir: Path, weight_format: str, group_size: int | None, sym: bool) -> None:

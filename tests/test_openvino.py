@@ -1,10 +1,12 @@
 """OpenVINO route foundations (main env): export, stateful IR, both runtimes, bad input."""
 import json
+import re
 import shutil
 
+import papermill as pm
 import pytest
 
-from medwb import corpus, openvino_export as oe, prompts
+from medwb import corpus, openvino_export as oe, prompts, records, runner
 from medwb.backends.openvino import OptimumOVBackend
 from medwb.backends.openvino_genai import GenAIBackend
 from medwb.backends.pytorch import PyTorchBackend
@@ -95,3 +97,65 @@ def test_bad_input_is_named_and_leaves_nothing(demo_model_dir, tmp_path, irs):
         OptimumOVBackend.load(broken)
     with pytest.raises(MedwbError, match="inference_precision 'f16' is not supported"):
         GenAIBackend.load(irs["fp16"][0], "f16")
+
+
+NB = runner.NOTEBOOKS_DIR / "02_build_openvino_ir.ipynb"
+
+
+def _execute(tmp_path, **params):
+    out = tmp_path / "executed.ipynb"
+    pm.execute_notebook(str(NB), str(out), kernel_name="medwb-main", cwd=str(tmp_path), progress_bar=False,
+                        parameters={"run_dir": str(tmp_path), **params})
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"weight_formats": ["int4"], "int4_group_size": 128},
+     r"int4_group_size 128 does not divide .*use one of \[64, 32, 16\]"),
+    ({"weight_formats": ["fp16", "int3"]}, "weight_formats: 'int3' is unknown"),
+    ({"model_path": "__NOT_A_MODEL__"}, "is not a model directory"),
+    ({"inference_precision": "f16"}, "inference_precision 'f16' is not supported on CPU"),
+])
+def test_notebook_bad_input_names_the_parameter_and_writes_nothing(tmp_path, params, expected):
+    if params.get("model_path") == "__NOT_A_MODEL__":
+        (tmp_path / "notes").mkdir()
+        params = {**params, "model_path": str(tmp_path / "notes")}
+    out_dir = tmp_path / "ir"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        _execute(tmp_path, out_dir=str(out_dir), **params)
+    assert "MedwbError" in str(err.value) and re.search(expected, str(err.value))
+    assert not out_dir.exists() and not (tmp_path / "records").exists()
+
+
+def test_notebook_runs_headless_rebuilds_a_partial_ir_and_writes_records(tmp_path, irs):
+    out_dir = tmp_path / "ir"
+    # An IR folder missing its .bin (an interrupted copy): the notebook says so and rebuilds it.
+    shutil.copytree(irs["int8"][0], out_dir / "int8")
+    (out_dir / "int8" / "openvino_model.bin").unlink()
+    executed = _execute(tmp_path, out_dir=str(out_dir), n_prompts=4, max_new_tokens=16, trials=1,
+                        stateless_input_tokens=256)
+    text = json.dumps([o for c in executed["cells"] for o in c.get("outputs", [])], ensure_ascii=False)
+    assert "is incomplete (missing openvino_model.bin" in text and "rebuilding it" in text
+    for wf in oe.WEIGHT_FORMATS:
+        assert oe.is_complete(out_dir / wf)
+        assert (out_dir / wf / "openvino_tokenizer.xml").exists() and (out_dir / wf / "openvino_detokenizer.xml").exists()
+        assert "optimum-cli export openvino" in text and f"--weight-format {wf}" in text
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temp folders left
+    recs = records.read_records(tmp_path / "records" / "openvino.jsonl")
+    assert not [r for r in recs if r.get("error")]
+    measured = [r for r in recs if r.get("experiment") != "stateful-vs-stateless" and r["backend"] == "openvino"]
+    assert {(r["weight_format"], r["route"]) for r in measured} == {
+        (wf, rt) for wf in oe.WEIGHT_FORMATS for rt in ("openvino-optimum", "openvino-genai")}
+    for r in measured:
+        assert r["ttft_ms"] > 0 and r["tpot_ms"] > 0 and r["peak_rss_mb"] > 0 and r["size_bytes"] > 0
+        if r["weight_format"] == "fp16":  # f32 inference on fp16 weights: FP32's exact tokens
+            assert r["agreement_vs_fp32"]["exact_match_rate"] == 1.0
+        if r["weight_format"] == "int8":
+            assert r["agreement_vs_fp32"]["exact_match_rate"] >= INT8_MIN_EXACT
+    pair = {r["stateful"]: r for r in recs if r.get("experiment") == "stateful-vs-stateless"}
+    assert pair[True]["runtime_layer_types"].get("ScaledDotProductAttention", 0) > 0
+    assert pair[True]["runtime_layer_types"].get("RoPE", 0) > 0
+    assert pair[False]["runtime_layer_types"].get("MemoryInput", 0) == 0
+    assert pair[True]["n_prompt_tokens"] == pair[False]["n_prompt_tokens"] == 256
+    assert "the stateless IR needs" in text and "ScaledDotProductAttention" in text
+    assert "CPU optimization capabilities" in text and "openvino_genai.LLMPipeline, streamed" in text

@@ -57,6 +57,15 @@ class OptimumOVBackend(PyTorchBackend):
                 out[key] = f"n/a ({type(e).__name__})"
         return out
 
+    def runtime_layer_types(self) -> dict[str, int]:
+        """Layer types of the graph the CPU plugin really runs, counted. After compilation
+        the plugin has fused attention into ScaledDotProductAttention (reading the KV cache
+        in place in a stateful IR) and rotary embedding into RoPE."""
+        import collections
+        runtime = self.model.request.get_compiled_model().get_runtime_model()
+        counts = collections.Counter(op.get_rt_info()["layerType"].astype(str) for op in runtime.get_ops())
+        return dict(counts.most_common())
+
     def describe(self) -> dict:
         import importlib.metadata
         info = super().describe()

@@ -55,6 +55,38 @@ class GenAIBackend:
                 out.append(str(self.pipe.generate(prompt, cfg, lambda chunk: bool(streamer(chunk)))))
         return out
 
+    # Token-level protocol of medwb.probe (see PyTorchBackend).
+    def encode(self, prompt: str) -> list[int]:
+        return [int(t) for t in self.pipe.get_tokenizer().encode(prompt).input_ids.data[0]]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.pipe.get_tokenizer().decode(ids)
+
+    def _run_ids(self, input_ids: list[int], max_new_tokens: int, force_length: bool):
+        import numpy as np
+        import openvino as ov
+        import openvino_genai as og
+        cfg = og.GenerationConfig()
+        cfg.max_new_tokens, cfg.do_sample, cfg.apply_chat_template = max_new_tokens, False, False
+        if force_length:
+            cfg.min_new_tokens, cfg.ignore_eos = max_new_tokens, True
+        ids = np.array([input_ids], dtype=np.int64)
+        return self.pipe.generate(og.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))), cfg)
+
+    def generate_ids(self, input_ids: list[int], max_new_tokens: int, force_length: bool = False) -> list[int]:
+        return [int(t) for t in self._run_ids(input_ids, max_new_tokens, force_length).tokens[0]]
+
+    def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
+        """Timed by the pipeline's own perf metrics (no Python callback per token)."""
+        res = self._run_ids(input_ids, max_new_tokens, force_length=True)
+        pm = res.perf_metrics
+        return {"ttft_ms": float(pm.get_ttft().mean), "tpot_ms": float(pm.get_tpot().mean),
+                "n_new_tokens": int(pm.get_num_generated_tokens()),
+                "output_ids": [int(t) for t in res.tokens[0]], "timing": "openvino_genai perf_metrics"}
+
+    def last_token_logits(self, input_ids: list[int]) -> None:
+        return None  # LLMPipeline does not expose logits; agreement uses tokens only
+
     def describe(self) -> dict:
         import importlib.metadata
         return {"backend": self.name, "precision": self.precision, "model_dir": str(self.model_dir),

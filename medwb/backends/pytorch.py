@@ -63,6 +63,42 @@ class PyTorchBackend:
             outputs += self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return outputs
 
+    # Token-level protocol used by medwb.probe: the same calls on every backend, so one
+    # measurement routine times them all and compares their tokens.
+    def encode(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def generate_ids(self, input_ids: list[int], max_new_tokens: int, force_length: bool = False,
+                     streamer=None) -> list[int]:
+        """Greedy new token ids; ``force_length`` ignores EOS so every run decodes the same
+        number of tokens (what a speed measurement needs)."""
+        import torch
+        ids = torch.tensor([input_ids])
+        extra = {"min_new_tokens": max_new_tokens} if force_length else {}
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                      do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                                      streamer=streamer, **extra)
+        return out[0, len(input_ids):].tolist()
+
+    def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
+        """First-token and per-token latency of one forced-length greedy run."""
+        from medwb.measure import TimingStreamer
+        streamer = TimingStreamer()
+        streamer.begin()
+        ids = self.generate_ids(input_ids, max_new_tokens, force_length=True, streamer=streamer)
+        return {"ttft_ms": streamer.ttft_ms, "tpot_ms": streamer.tpot_ms,
+                "n_new_tokens": len(streamer.times), "output_ids": ids, "timing": "streamer timestamps"}
+
+    def last_token_logits(self, input_ids: list[int]) -> list[float]:
+        import torch
+        ids = torch.tensor([input_ids])
+        with torch.inference_mode():
+            return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float().tolist()
+
     def describe(self) -> dict:
         import torch
         import transformers

@@ -1,0 +1,54 @@
+"""The shared record format: one JSON object per line in ``<run_dir>/records/<name>.jsonl``,
+one per measured variant, read by the comparison notebook."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+from medwb.paths import write_text_atomic
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_records(records: list[dict], run_dir, name: str) -> Path | None:
+    """The whole file is written under a temp name, then renamed (never half-written)."""
+    if not run_dir:
+        return None
+    path = Path(run_dir) / "records" / f"{name}.jsonl"
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+def read_records(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# Result fields of medwb.probe copied into a record as they are.
+_MEASURED = ("load_s", "import_s", "rss_mb_before_load", "peak_rss_mb_load", "peak_rss_mb", "rss_increase_mb",
+             "ttft_ms", "tpot_ms", "ttft_ms_trials", "tpot_ms_trials", "throughput_tok_s", "trials",
+             "timing", "n_prompt_tokens", "n_new_tokens", "output_md5", "kernel_builds", "saved_bytes",
+             "compiled_properties", "runtime_layer_types")
+_VERSIONS = ("torch", "transformers", "bigdl_llm", "openvino", "optimum_intel", "openvino_genai")
+
+
+def variant_record(backend: str, route: str, precision: str, result: dict, reference: dict | None,
+                   **extra) -> dict:
+    """One variant's record from a probe result; a failed probe gives a record with its error."""
+    from medwb.probe import agreement
+    rec = {"record_type": "variant", "backend": backend, "route": route, "precision": precision,
+           "created": now()}
+    rec.update(extra)
+    if "error" in result:
+        rec["error"] = result["error"]
+        return rec
+    rec.update({k: result[k] for k in _MEASURED if k in result})
+    rec["versions"] = {k: v for k, v in result["describe"].items() if k in _VERSIONS}
+    if result["describe"].get("load"):
+        rec["load"] = result["describe"]["load"]
+    if reference is not None and "error" not in reference and result.get("output_ids"):
+        rec["agreement_vs_fp32"] = agreement(result, reference)
+    return rec
