@@ -122,9 +122,13 @@ def export_sentencepiece_vocab(model_dir: Path, out_file: Path) -> Path:
 
 
 def _run(cmd: list[str], timeout: float, env=None) -> subprocess.CompletedProcess:
+    """Run a bigdl script with this env's scripts first on PATH; ``peak_rss_mb`` is set on
+    the result (the command's own peak memory, measured from outside)."""
+    from medwb.measure import run_tracking_peak_rss
     path_env = {**os.environ, "PATH": f"{bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**path_env, **(env or {})}, stdin=subprocess.DEVNULL)
+    proc, peak = run_tracking_peak_rss(cmd, timeout, env={**path_env, **(env or {})})
+    proc.peak_rss_mb = round(peak, 1)
+    return proc
 
 
 def convert(model_dir, out_dir, family: str, precision: str, timeout: float = 1800) -> dict:
@@ -173,7 +177,8 @@ _TIMING = re.compile(r"(load time|sample time|prompt eval time|eval time|total t
 
 
 def run_cli(model_file, family: str, prompt: str, threads: int, n_predict: int = 64,
-            ctx_size: int = 2048, kernel_build: str | None = None, timeout: float = 600) -> dict:
+            ctx_size: int = 2048, kernel_build: str | None = None, timeout: float = 600,
+            ignore_eos: bool = False) -> dict:
     """``llm-cli`` on a native file (greedy); returns text, timing lines, kernel build, command.
 
     With ``kernel_build`` the same executable llm-cli would start (libs/main-<family>) runs
@@ -181,7 +186,7 @@ def run_cli(model_file, family: str, prompt: str, threads: int, n_predict: int =
     """
     from medwb import bigdl_kernels
     args = ["-t", str(threads), "-n", str(n_predict), "-c", str(ctx_size), "-m", str(model_file),
-            "--temp", "0", "--repeat-penalty", "1.0", "-p", prompt]
+            "--temp", "0", "--repeat-penalty", "1.0"] + (["--ignore-eos"] if ignore_eos else []) + ["-p", prompt]
     if kernel_build:
         exe = bigdl_kernels.shadow_libs(kernel_build) / f"main-{family}"
         cmd = [str(exe), *args]
@@ -205,7 +210,7 @@ def run_cli(model_file, family: str, prompt: str, threads: int, n_predict: int =
             timings[m[1].replace(" ", "_") + "_count"] = int(m[3])
     system_info = next((line.split(":", 1)[1].strip() for line in err.splitlines()
                         if line.startswith("system_info")), "")
-    return {"text": text.strip(), "timings": timings, "system_info": system_info,
+    return {"text": text.strip(), "timings": timings, "system_info": system_info, "peak_rss_mb": proc.peak_rss_mb,
             "kernel_build": bigdl_kernels.build_of_library(opened[0]) if opened else None,
             "kernel_library": os.path.realpath(opened[0]) if opened else None,
             "command": " ".join(cmd[:-1] + [repr(prompt)])}

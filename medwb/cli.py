@@ -1,4 +1,4 @@
-"""`medwb` command line: demo-model, run, data, sysinfo.
+"""`medwb` command line: demo-model, run, bench, data, sysinfo.
 
 User errors (MedwbError) print one line, `medwb: error: ...`, and exit with status 2.
 """
@@ -43,6 +43,27 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from medwb import bench, runner
+    cfg = bench.load_config(
+        args.config, model=args.model, trials=args.trials, threads=args.threads,
+        quality_cases=args.quality_cases, timeout_s=args.timeout,
+        variants=bench.parse_variants(args.variants) if args.variants else None,
+        token_pairs=bench.parse_token_pairs(args.token_pairs) if args.token_pairs else None)
+    bench.validate(cfg)  # before a run folder is made
+    run = Path(args.run_dir) if args.run_dir else runner.new_run_dir()
+    records = bench.run(cfg, run, progress=not args.no_progress)
+    import pandas as pd
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(bench.table(records).to_string(index=False))
+    paths = bench.write(records, run)
+    print(f"records: {paths['jsonl']}\n         {paths['csv']}")
+    failed = [r["variant"] for r in records if r.get("error")]
+    if failed:
+        print(f"failed variants (error in their records): {', '.join(failed)}", file=sys.stderr)
+    return 0
+
+
 def cmd_data(args) -> int:
     from medwb import corpus
     for path in corpus.write_heldout(Path(args.out) if args.out else corpus.HELDOUT_DIR):
@@ -60,6 +81,7 @@ def cmd_sysinfo(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from medwb.bench import DEFAULT_CONFIG as DEFAULT_BENCH_CONFIG
     p = argparse.ArgumentParser(prog="medwb", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -74,6 +96,23 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
                    help="override a notebook parameter (string value)")
     r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="benchmark a matrix of variants, each in a fresh process",
+                       description="Benchmark variants (backend:precision) of one model; records go to "
+                                   "<run>/records/bench.jsonl and bench.csv. Flags override the config file.")
+    b.add_argument("--config", help="YAML/JSON file with any of: " + ", ".join(DEFAULT_BENCH_CONFIG))
+    b.add_argument("--model", help="demo (default), shape:<name> (random weights, speed only: "
+                                   "tinyllama-1.1b, llama-26l-1.3b, llama2-7b) or a local checkpoint folder")
+    b.add_argument("--variants", help="comma-separated backend:[weights/]precision, e.g. "
+                                      "pytorch:fp32,bigdl:sym_int4,bigdl-cli:int4,openvino-genai:int4/bf16")
+    b.add_argument("--token-pairs", help="comma-separated INPUT-OUTPUT token counts, e.g. 32-64,512-128")
+    b.add_argument("--trials", type=int, help="timed runs per token pair (median reported)")
+    b.add_argument("--threads", type=int, help="CPU threads (0: all cores)")
+    b.add_argument("--quality-cases", type=int, help="held-out cases per workflow for quality (0: none)")
+    b.add_argument("--timeout", type=int, help="seconds per variant before it is recorded as timed out")
+    b.add_argument("--run-dir", help="folder for records (default: a new runs/<timestamp>)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_bench)
 
     g = sub.add_parser("data", help="regenerate the held-out evaluation sets in data/heldout")
     g.add_argument("--out", help="directory to write (default: data/heldout)")

@@ -241,7 +241,7 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
             log(f"warning: training hit its {tr['max_seconds']} s cap after "
                 f"{train_log['steps_done']}/{tr['steps']} steps; this build is not the "
                 "deterministic one (machine slower or busier than planned)")
-        _save_model(model, tmp)
+        save_checkpoint(model, tmp)
 
         ev = recipe["eval"]
         quality = evaluate_model(tmp, heldout[:ev["cases"]] if ev["cases"] else heldout,
@@ -273,14 +273,15 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def _save_model(model, out_dir: Path) -> None:
+def save_checkpoint(model, out_dir: Path, with_bin: bool = True) -> None:
     """safetensors for transformers/optimum, pytorch_model.bin for llm-convert; config
     written so that transformers 4.31 (bigdl env) reads it the same way as 5.x."""
     import torch
 
     model.save_pretrained(out_dir)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, out_dir / "pytorch_model.bin")
+    if with_bin:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        torch.save(state, out_dir / "pytorch_model.bin")
     cfg_path = out_dir / "config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg["rope_theta"] = model.config.rope_theta if hasattr(model.config, "rope_theta") else \

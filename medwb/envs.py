@@ -45,10 +45,18 @@ def run_in(env: str, module_args: list[str], timeout: float = 300) -> subprocess
                           timeout=timeout, cwd=REPO_DIR, env=os.environ.copy())
 
 
-def query_json(env: str, module_args: list[str], timeout: float = 300):
-    """Run a medwb module in ``env`` that prints JSON on its last stdout line."""
-    proc = run_in(env, module_args, timeout)
+def query_json(env: str, module_args: list[str], timeout: float = 300, raise_error: bool = True):
+    """Run a medwb module in ``env`` that prints JSON on its last stdout line. With
+    ``raise_error=False`` a failure comes back as ``{"error": "..."}``."""
+    try:
+        proc = run_in(env, module_args, timeout)
+    except subprocess.TimeoutExpired:
+        if raise_error:
+            raise
+        return {"error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        if not raise_error:
+            return {"error": tail[0]}
         raise MedwbError(f"{env} environment: `{' '.join(module_args)}` failed: {tail[0]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

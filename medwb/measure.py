@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import resource
+import subprocess
+import threading
 import time
 
 
@@ -52,14 +54,8 @@ def peak_rss_mb() -> float:
     Not ``ru_maxrss``: Linux carries that over from the parent across fork and exec, so a
     probe started from a 700 MB notebook kernel would report at least 700 MB.
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hwm = _vm_hwm_kb(os.getpid())
+    return hwm / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def current_rss_mb() -> float:
@@ -93,3 +89,51 @@ def cosine(u, v) -> float:
     import numpy as np
     u, v = np.asarray(u, dtype=np.float64).ravel(), np.asarray(v, dtype=np.float64).ravel()
     return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+
+def run_tracking_peak_rss(cmd: list[str], timeout: float, env=None, poll_s: float = 0.05):
+    """Run ``cmd`` like subprocess.run(capture_output=True, text=True) and also return the
+    peak RSS (MB) of it and its descendants, from their VmHWM (polled; VmHWM only grows, so
+    polling loses at most the last interval). ``ru_maxrss`` of children would not do: it
+    includes what they inherited from this process at fork."""
+    import psutil
+    # errors="replace": a model can stop in the middle of a multi-byte character
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                            env=env, stdin=subprocess.DEVNULL)
+    peak: dict[int, int] = {}
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            try:
+                for p in [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True):
+                    hwm = _vm_hwm_kb(p.pid)
+                    if hwm:
+                        peak[p.pid] = max(peak.get(p.pid, 0), hwm)
+            except psutil.Error:
+                pass
+            done.wait(poll_s)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    finally:
+        done.set()
+        watcher.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), max(peak.values(), default=0) / 1024
+
+
+def _vm_hwm_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None

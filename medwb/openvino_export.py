@@ -210,3 +210,15 @@ def state_summary(ir_dir) -> dict:
     return {"ReadValue": ops.count("ReadValue"), "Assign": ops.count("Assign"),
             "inputs": [i.get_any_name() for i in model.inputs],
             "outputs": [o.get_any_name() for o in model.outputs]}
+
+
+if __name__ == "__main__":
+    # python -m medwb.openvino_export MODEL_DIR OUT_DIR FORMAT [GROUP_SIZE]: one export in a
+    # fresh process (the benchmark prepares IRs this way); prints the manifest as JSON.
+    import sys
+    try:
+        group = int(sys.argv[4]) if len(sys.argv) > 4 else None
+        print(json.dumps(export(sys.argv[1], sys.argv[2], sys.argv[3], group)))
+    except MedwbError as e:
+        print(f"medwb: error: {e}", file=sys.stderr)
+        sys.exit(2)

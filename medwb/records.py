@@ -31,7 +31,7 @@ def read_records(path) -> list[dict]:
 _MEASURED = ("load_s", "import_s", "rss_mb_before_load", "peak_rss_mb_load", "peak_rss_mb", "rss_increase_mb",
              "ttft_ms", "tpot_ms", "ttft_ms_trials", "tpot_ms_trials", "throughput_tok_s", "trials",
              "timing", "n_prompt_tokens", "n_new_tokens", "output_md5", "kernel_builds", "saved_bytes",
-             "compiled_properties", "runtime_layer_types")
+             "compiled_properties", "runtime_layer_types", "kernels")
 _VERSIONS = ("torch", "transformers", "bigdl_llm", "openvino", "optimum_intel", "openvino_genai")
 
 

@@ -26,6 +26,28 @@ def cpu_properties(inference_precision: str, kv_cache_precision: str | None, thr
     return props
 
 
+def compiled_kernels(compiled, execute: bool = False) -> str:
+    """The CPU plugin's kernel implementations for the matrix multiplications of a compiled
+    model (the runtime graph's ``primitiveType``, e.g. brgemm_avx512_bf16), counted.
+
+    The plugin picks them at the first inference ("undef" before): ``execute`` runs one
+    4-token step of a stateful LLM IR on a private infer request first."""
+    import collections
+
+    import numpy as np
+    if execute:
+        ids = np.array([[1, 5, 6, 7]], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(4)[None],
+                 "beam_idx": np.zeros(1, dtype=np.int32)}
+        compiled.create_infer_request().infer({i.get_any_name(): feeds[i.get_any_name()] for i in compiled.inputs})
+    kinds = collections.Counter()
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) in ("FullyConnected", "MatMul"):
+            kinds[info["primitiveType"].astype(str)] += 1
+    return ", ".join(f"{k} x{n}" for k, n in kinds.most_common())
+
+
 class OptimumOVBackend(PyTorchBackend):
     name = "openvino-optimum"
 
@@ -65,6 +87,9 @@ class OptimumOVBackend(PyTorchBackend):
         runtime = self.model.request.get_compiled_model().get_runtime_model()
         counts = collections.Counter(op.get_rt_info()["layerType"].astype(str) for op in runtime.get_ops())
         return dict(counts.most_common())
+
+    def kernels(self) -> str:
+        return compiled_kernels(self.model.request.get_compiled_model())
 
     def describe(self) -> dict:
         import importlib.metadata

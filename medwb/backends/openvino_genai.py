@@ -87,6 +87,17 @@ class GenAIBackend:
     def last_token_logits(self, input_ids: list[int]) -> None:
         return None  # LLMPipeline does not expose logits; agreement uses tokens only
 
+    def kernels(self) -> str:
+        """LLMPipeline does not expose its compiled model: the same IR is compiled once more
+        with the same properties and run for one step to read which kernels the CPU plugin
+        picks."""
+        import openvino as ov
+
+        from medwb.backends.openvino import compiled_kernels
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(self.model_dir / "openvino_model.xml")), "CPU", self.props)
+        return compiled_kernels(compiled, execute=True)
+
     def describe(self) -> dict:
         import importlib.metadata
         return {"backend": self.name, "precision": self.precision, "model_dir": str(self.model_dir),

@@ -99,6 +99,10 @@ class PyTorchBackend:
         with torch.inference_mode():
             return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float().tolist()
 
+    def kernels(self) -> str:
+        import torch
+        return f"torch {torch.backends.cpu.get_cpu_capability()} (oneDNN {torch.backends.mkldnn.is_available()})"
+
     def describe(self) -> dict:
         import torch
         import transformers

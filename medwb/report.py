@@ -1,0 +1,186 @@
+"""Plots, a ranked recommendation and a self-contained HTML report from benchmark records
+(``medwb.bench``), for notebook 03."""
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+
+from medwb.paths import write_text_atomic
+
+
+def _variants(records: list[dict]) -> list[dict]:
+    return [r for r in records if r.get("record_type") == "variant"]
+
+
+def run_info(records: list[dict]) -> dict:
+    return next((r for r in records if r.get("record_type") == "run"), {})
+
+
+def frame(records: list[dict]):
+    from medwb.bench import table
+    return table(records)
+
+
+# ---------------------------------------------------------------- plots
+
+def plots(records: list[dict]) -> dict:
+    """name -> matplotlib Figure: latency, memory and size, quality vs speed, % of limit."""
+    import matplotlib.pyplot as plt
+
+    df = frame(records)
+    ok = df[df["error"] == ""]
+    figs = {}
+    if ok.empty:
+        return figs
+    pivot_ttft = ok.pivot_table(index="variant", columns="tokens", values="ttft_ms", sort=False)
+    pivot_tpot = ok.pivot_table(index="variant", columns="tokens", values="tpot_ms", sort=False)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(pivot_ttft) + 2))
+    pivot_ttft.plot.barh(ax=axes[0], title="first-token latency (ms, lower is better)")
+    pivot_tpot.plot.barh(ax=axes[1], title="next-token latency (ms/token, lower is better)")
+    axes[1].set_yticklabels([])
+    axes[1].set_ylabel("")
+    fig.tight_layout()
+    figs["latency"] = fig
+
+    per_variant = ok.groupby("variant", sort=False).agg(peak_rss_MB=("peak_rss_MB", "max"), size_MB=("size_MB", "max"))
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(per_variant) + 2))
+    per_variant.plot.barh(ax=ax, title="peak RSS of the process and size on disk (MB)")
+    fig.tight_layout()
+    figs["memory"] = fig
+
+    first_pair = ok["tokens"].iloc[0]
+    at = ok[ok["tokens"] == first_pair]
+    quality_col = "rougeL_vs_fp32" if at["rougeL_vs_fp32"].notna().any() else None
+    if quality_col:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        ax.scatter(at["tpot_ms"], at[quality_col])
+        for _, row in at.iterrows():
+            ax.annotate(row["variant"], (row["tpot_ms"], row[quality_col]), fontsize=8,
+                        xytext=(4, 2), textcoords="offset points")
+        ax.set_xlabel(f"next-token latency at {first_pair} tokens (ms/token)")
+        ax.set_ylabel("ROUGE-L vs FP32 output (held-out cases)")
+        ax.set_title("quality vs speed (up and left is better)")
+        fig.tight_layout()
+        figs["quality_vs_speed"] = fig
+
+    pct = ok.pivot_table(index="variant", columns="tokens", values="pct_of_limit", sort=False)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(pct) + 2))
+    pct.plot.barh(ax=ax, title="next-token latency as % of the memory-bandwidth limit (higher: closer)")
+    ax.axvline(100, color="grey", linestyle="--", linewidth=1)
+    fig.tight_layout()
+    figs["pct_of_limit"] = fig
+    return figs
+
+
+# ---------------------------------------------------------------- recommendation
+
+def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: float, side_by_side: int = 3,
+              tokens: str | None = None):
+    """Variants ranked for a next-token latency target and a RAM budget.
+
+    A variant qualifies when its next-token latency meets the target and ``side_by_side``
+    copies fit in the budget (the diagnosis workflow runs three models at once). When they
+    decode at the same time they share the memory bandwidth, so the table also gives an
+    *estimate* of the latency then: at least ``side_by_side`` x the decode floor.
+    Ranked by quality (ROUGE-L vs FP32, when measured), then by latency.
+    """
+    import pandas as pd
+    df = frame(records)
+    df = df[df["error"] == ""]
+    if df.empty:
+        return pd.DataFrame()
+    tokens = tokens or df["tokens"].iloc[-1]
+    df = df[df["tokens"] == tokens].copy()
+    budget_mb = ram_budget_gb * 1024
+    df["fit_in_budget"] = (budget_mb // df["peak_rss_MB"]).astype(int)
+    df["tpot_side_by_side_est"] = [round(max(t, side_by_side * f), 2) if f == f else None
+                                   for t, f in zip(df["tpot_ms"], df["floor_ms"])]
+    df["meets_latency"] = df["tpot_ms"] <= latency_target_ms
+    df["fits_side_by_side"] = df["fit_in_budget"] >= side_by_side
+    df["qualifies"] = df["meets_latency"] & df["fits_side_by_side"]
+    quality = df["rougeL_vs_fp32"].fillna(-1) if df["rougeL_vs_fp32"].notna().any() else 0
+    df["_q"] = quality
+    df = df.sort_values(["qualifies", "_q", "tpot_ms"], ascending=[False, False, True])
+    df.insert(0, "rank", range(1, len(df) + 1))
+    cols = ["rank", "variant", "qualifies", "tpot_ms", "tpot_side_by_side_est", "ttft_ms", "peak_rss_MB",
+            "fit_in_budget", "rougeL_vs_fp32", "dx_top3", "dc_complete", "kernels"]
+    return df[cols].reset_index(drop=True)
+
+
+def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, side_by_side: int = 3) -> str:
+    if ranked is None or len(ranked) == 0:
+        return "No variant produced measurements; see the errors in the records."
+    fastest = ranked.sort_values("tpot_ms").iloc[0]
+    lines = [f"Fastest next token here: {fastest['variant']} ({fastest['tpot_ms']:.2f} ms/token)."]
+    good = ranked[ranked["qualifies"]]
+    if len(good):
+        best = good.iloc[0]
+        q = "" if best["rougeL_vs_fp32"] != best["rougeL_vs_fp32"] or best["rougeL_vs_fp32"] is None else \
+            f", ROUGE-L vs FP32 {best['rougeL_vs_fp32']:.3f}"
+        lines.append(f"For a next-token target of {latency_target_ms:g} ms and {ram_budget_gb:g} GB of RAM with "
+                     f"{side_by_side} models side by side, deploy {best['variant']}: {best['tpot_ms']:.2f} ms/token "
+                     f"alone (estimated >= {best['tpot_side_by_side_est']} ms when all {side_by_side} decode at "
+                     f"once), {best['peak_rss_MB']:.0f} MB each, {int(best['fit_in_budget'])} fit{q}.")
+    else:
+        lines.append(f"No variant meets {latency_target_ms:g} ms/token with {side_by_side} copies in "
+                     f"{ram_budget_gb:g} GB: relax the target, add RAM, or use a smaller model.")
+    return " ".join(lines)
+
+
+# ---------------------------------------------------------------- HTML
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>MedWB comparison {{ created }}</title>
+<style>body{font-family:sans-serif;margin:2em;max-width:1300px} table{border-collapse:collapse;font-size:12px}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:right} th{background:#f3f3f3}
+.note{background:#fff8e0;padding:.6em;border-left:4px solid #e0b000}</style></head><body>
+<h1>MedWB: which route and precision to deploy</h1>
+<p>Run {{ run_id }}, {{ created }}. CPU: {{ cpu }} (flags: {{ flags }}). Threads: {{ threads }}.
+Memory bandwidth: read {{ bw.read_gb_s }} GB/s, copy {{ bw.copy_gb_s }} GB/s ({{ bw.method }}).</p>
+<p>Model: <code>{{ model }}</code>{% if speed_only %} <b>(random weights of a real shape: speed only,
+no quality)</b>{% endif %}. Protocol: each variant in a fresh process; prompt cut to the exact input
+length; greedy; output length forced; one warm-up excluded; median of {{ trials }} trials.</p>
+<h2>Recommendation</h2><p class="note">{{ recommendation }}</p>{{ ranked }}
+<h2>All records</h2>{{ table }}
+{% for name, img in images %}<h2>{{ name }}</h2><img src="data:image/png;base64,{{ img }}">{% endfor %}
+</body></html>"""
+
+
+def write_html(records: list[dict], run_dir, ranked, recommendation: str, figs: dict) -> Path:
+    """``<run_dir>/report.html`` (empty run_dir: the run folder the records came from):
+    tables and plots inline, no external files or links."""
+    import jinja2
+    info = run_info(records)
+    run_dir = run_dir or info["run_dir"]
+    cfg = info.get("config", {})
+    html = jinja2.Template(_TEMPLATE, autoescape=True).render(
+        run_id=Path(run_dir).name, created=info.get("created", ""), cpu=info.get("cpu", {}).get("model", "?"),
+        flags=", ".join(info.get("cpu", {}).get("flags", [])), threads=cfg.get("threads"),
+        bw=info.get("bandwidth", {}), model=info.get("model", ""), speed_only=info.get("speed_only"),
+        trials=cfg.get("trials"), recommendation=recommendation,
+        ranked=jinja2.utils.markupsafe.Markup(ranked.to_html(index=False, na_rep="")),
+        table=jinja2.utils.markupsafe.Markup(frame(records).to_html(index=False, na_rep="")),
+        images=[(name.replace("_", " "), _png(fig)) for name, fig in figs.items()])
+    path = Path(run_dir) / "report.html"
+    write_text_atomic(path, html)
+    return path
+
+
+def readme_table(records: list[dict]) -> str:
+    """A Markdown table of the records (for the README)."""
+    df = frame(records)
+    cols = ["variant", "tokens", "ttft_ms", "tpot_ms", "floor_ms", "pct_of_limit", "peak_rss_MB", "size_MB", "kernels", "error"]
+    df = df[cols]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        cells = ["" if (isinstance(v, float) and math.isnan(v)) or v is None else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""medwb bench: bad config rejected up front, a crashing variant recorded, notebook 03 end to end."""
+import json
+import shutil
+import subprocess
+import sys
+
+import papermill as pm
+import pytest
+
+from medwb import bench, runner
+from medwb.errors import MedwbError
+from medwb.records import read_records
+
+
+def _bench_cli(*args, timeout=1200):
+    return subprocess.run([sys.executable, "-m", "medwb", "bench", "--no-progress", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_config_is_rejected_before_anything_runs(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("token_pairs: [[32, 64], [2000, 128]]\n"
+                   "variants:\n"
+                   "  - {backend: pytorch, precision: fp32}\n"
+                   "  - {backend: tensorrt, precision: fp16}\n"
+                   "  - {backend: openvino-genai, weights: int4, precision: f16}\n"
+                   "  - {backend: bigdl, precision: nf4}\n")
+    out = tmp_path / "run"
+    proc = _bench_cli("--config", str(cfg), "--run-dir", str(out))
+    assert proc.returncode == 2
+    assert "token_pairs[1] [2000, 128]: 2128 tokens exceed the model's context of 2048" in proc.stderr
+    assert "variants[1] (tensorrt:fp16): backend 'tensorrt' is unknown" in proc.stderr
+    assert "variants[2] (openvino-genai:int4/f16): precision 'f16' is not supported by openvino-genai" in proc.stderr
+    assert "variants[3] (bigdl:nf4): 'nf4' raises 'not supported on CPU'" in proc.stderr
+    assert not out.exists()
+    with pytest.raises(MedwbError, match="unknown setting"):
+        bench.load_config(None, tokens=[1, 2])
+    assert bench.parse_variants("pytorch:fp32,openvino-genai:int4/bf16") == [
+        {"backend": "pytorch", "precision": "fp32"},
+        {"backend": "openvino-genai", "precision": "bf16", "weights": "int4"}]
+
+
+def test_a_crashing_variant_becomes_a_record_and_the_run_goes_on(tmp_path, demo_model_dir):
+    model = tmp_path / "model"
+    shutil.copytree(demo_model_dir, model)
+    (model / "pytorch_model.bin").write_bytes(b"not a checkpoint")  # only llm-convert reads it
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": str(model), "token_pairs": [[16, 8]], "trials": 1, "quality_cases": 1,
+                               "artifacts_dir": str(tmp_path / "artifacts"),
+                               "variants": [{"backend": "pytorch", "precision": "fp32"},
+                                            {"backend": "bigdl-cli", "precision": "int4"},
+                                            {"backend": "openvino-genai", "weights": "int8", "precision": "f32"}]}))
+    proc = _bench_cli("--config", str(cfg), "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = {r["variant"]: r for r in read_records(tmp_path / "run" / "records" / "bench.jsonl")
+            if r["record_type"] == "variant"}
+    assert "llm-convert failed" in recs["bigdl-cli:int4"]["error"]
+    ok = recs["openvino-genai:int8/f32"]
+    assert not ok.get("error") and ok["tpot_ms"] > 0 and ok["pct_of_limit"] > 0
+    assert ok["agreement_vs_fp32"]["n_prompts"] == 2 and "rouge_l_vs_fp32" in ok["quality"]
+    assert (tmp_path / "run" / "records" / "bench.csv").read_text().startswith("record_type,")
+
+
+NB = runner.NOTEBOOKS_DIR / "03_compare.ipynb"
+
+
+def test_compare_notebook_benchmarks_the_default_matrix_and_writes_the_report(tmp_path, demo_model_dir):
+    pm.execute_notebook(str(NB), str(tmp_path / NB.name), kernel_name="medwb-main", cwd=str(tmp_path),
+                        progress_bar=False,
+                        parameters={"run_dir": str(tmp_path), "token_pairs": [[32, 8]], "trials": 1,
+                                    "quality_cases": 1})
+    recs = [r for r in read_records(tmp_path / "records" / "bench.jsonl") if r["record_type"] == "variant"]
+    good = [r for r in recs if not r.get("error")]
+    assert len(good) >= 8, [(r["variant"], r.get("error")) for r in recs]
+    assert {r["backend"] for r in good} >= {"pytorch", "bigdl", "openvino"}
+    assert {r["route"] for r in good} >= {"bigdl-api", "bigdl-cli", "openvino-optimum", "openvino-genai"}
+    for r in good:
+        assert r["ttft_ms"] > 0 and r["tpot_ms"] > 0 and r["peak_rss_mb"] > 0 and r["size_bytes"] > 0
+        assert r["decode_floor_ms"] > 0 and r["pct_of_limit"] > 0 and len(r["output_md5"]) == 32
+        assert r["kernels"] and r["cpu"]["model"] and r["threads"] >= 1
+        assert {"diagnosis_top3_rate", "discharge_complete_rate", "rouge_l_vs_fp32"} <= set(r["quality"])
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Recommendation" in html and html.count("data:image/png;base64,") >= 4
+    assert "http://" not in html and "https://" not in html  # self-contained
+    executed = json.loads((tmp_path / NB.name).read_text(encoding="utf-8"))
+    images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 4
