@@ -309,10 +309,13 @@ def _records_for(v: dict, art: dict, result: dict, reference: dict | None, cases
     size = result.get("saved_bytes") or art.get("bytes") or 0
     base["size_bytes"] = size
     # Bytes read per token: every weight except the embedding table (one row is read).
-    params = shapes.parameter_count({**cfg_model, "num_key_value_heads": cfg_model.get("num_key_value_heads")
-                                     or cfg_model["num_attention_heads"]})
-    embed_share = cfg_model["vocab_size"] * cfg_model["hidden_size"] / params
-    weights_read = size * (1 - embed_share)
+    # Llama-style config keys; for other families the floor is left out, not guessed.
+    try:
+        params = shapes.parameter_count({**cfg_model, "num_key_value_heads": cfg_model.get("num_key_value_heads")
+                                         or cfg_model["num_attention_heads"]})
+        weights_read = size * (1 - cfg_model["vocab_size"] * cfg_model["hidden_size"] / params)
+    except (KeyError, TypeError, ZeroDivisionError):
+        weights_read = None
     kv_elem = _kv_bytes(v, result)
     qual = None
     if cases and result.get("texts"):
@@ -323,12 +326,14 @@ def _records_for(v: dict, art: dict, result: dict, reference: dict | None, cases
         rec = variant_record(family, route, v["precision"], pair_result,
                              reference if reference is not result else None,
                              input_tokens=pair["input_tokens"], output_tokens=pair["output_tokens"], **base)
-        kv_read = bandwidth.kv_bytes_per_token(cfg_model, pair["input_tokens"] + pair["output_tokens"] / 2, kv_elem)
-        floor = bandwidth.decode_floor_ms(weights_read, kv_read, ctx["bandwidth"]["read_gb_s"])
-        rec.update(weights_read_bytes=int(weights_read), kv_read_bytes=int(kv_read), kv_bytes_per_element=kv_elem,
-                   decode_floor_ms=round(floor, 4),
-                   pct_of_limit=round(100 * floor / rec["tpot_ms"], 1) if rec.get("tpot_ms") else None,
-                   kernel_build=pair.get("kernel_build") or ",".join(sorted(set((result.get("kernel_builds") or {}).values()))) or None)
+        if weights_read is not None:
+            kv_read = bandwidth.kv_bytes_per_token(cfg_model, pair["input_tokens"] + pair["output_tokens"] / 2, kv_elem)
+            floor = bandwidth.decode_floor_ms(weights_read, kv_read, ctx["bandwidth"]["read_gb_s"])
+            rec.update(weights_read_bytes=int(weights_read), kv_read_bytes=int(kv_read), kv_bytes_per_element=kv_elem,
+                       decode_floor_ms=round(floor, 4),
+                       pct_of_limit=round(100 * floor / rec["tpot_ms"], 1) if rec.get("tpot_ms") else None)
+        builds = sorted(set((result.get("kernel_builds") or {}).values()))
+        rec["kernel_build"] = pair.get("kernel_build") or ",".join(builds) or None
         if v["backend"].startswith("bigdl"):  # its own ISA build of the low-bit kernels
             rec["kernels"] = f"{'llm-cli' if v['backend'] == 'bigdl-cli' else 'bigdl'} {rec['kernel_build']} build"
         if qual:
