@@ -27,10 +27,12 @@ import time
 from pathlib import Path
 
 from medwb import bandwidth, envs, evaluate, openvino_export as oe, shapes
+from medwb.backends.openvino import KV_CACHE_PRECISIONS
 from medwb.errors import MedwbError
-from medwb.paths import cache_dir, check_model_dir, model_config, write_text_atomic
+from medwb.measure import dir_size_bytes
+from medwb.paths import cache_dir, checkpoint_bytes, check_model_dir, model_config, write_text_atomic
 from medwb.probe import BACKEND_ENV, BACKENDS, run_probe
-from medwb.records import now, read_records, variant_record
+from medwb.records import now, read_records, variant_record, write_records
 
 DEFAULT_VARIANTS = [
     {"backend": "pytorch", "precision": "fp32"},
@@ -179,8 +181,9 @@ def validate(cfg: dict) -> dict:
             if why:
                 problems.append(f"{where}: this model cannot take the llm-cli route: {'; '.join(why)}")
         kv = v.get("kv_cache_precision")
-        if kv and (not backend.startswith("openvino") or kv not in ("f32", "bf16", "f16", "u8")):
-            problems.append(f"{where}: kv_cache_precision {kv!r}: OpenVINO backends take f32, bf16, f16 or u8")
+        if kv and (not backend.startswith("openvino") or kv not in KV_CACHE_PRECISIONS):
+            problems.append(f"{where}: kv_cache_precision {kv!r}: OpenVINO backends take "
+                            f"{', '.join(KV_CACHE_PRECISIONS)}")
         if BACKEND_ENV[backend] == "bigdl" and not envs.available("bigdl"):
             problems.append(f"{where}: the bigdl environment is missing ({envs.python_of('bigdl')}): run `make setup`")
     if problems:
@@ -208,7 +211,7 @@ def prepare(model_dir: Path, variants: list[dict], cfg: dict, log=print) -> dict
     for v in variants:
         b = v["backend"]
         if b == "pytorch":
-            out[label(v)] = {"path": model_dir, "bytes": oe.checkpoint_bytes(model_dir) // (2 if v["precision"] == "bf16" else 1)}
+            out[label(v)] = {"path": model_dir, "bytes": checkpoint_bytes(model_dir) // (2 if v["precision"] == "bf16" else 1)}
         elif b.startswith("openvino"):
             ir = root / f"openvino-{v['weights']}"
             if not oe.is_complete(ir):
@@ -227,7 +230,6 @@ def prepare(model_dir: Path, variants: list[dict], cfg: dict, log=print) -> dict
                 if "error" in res:
                     out[label(v)] = {"error": f"save_low_bit failed: {res['error']}"}
                     continue
-            from medwb.measure import dir_size_bytes
             out[label(v)] = {"path": folder, "bytes": dir_size_bytes(folder)}
         elif b == "bigdl-cli":  # converted inside the probe (llm-convert needs the bigdl env)
             out[label(v)] = {"path": model_dir, "native_dir": root / "bigdl-cli"}
@@ -342,18 +344,19 @@ def _records_for(v: dict, art: dict, result: dict, reference: dict | None, cases
     return records
 
 
-def run(cfg: dict, run_dir, log=print, progress: bool = True) -> list[dict]:
+def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]:
     """Validate, measure bandwidth, prepare artifacts, then every variant in a fresh process.
+    ``run_dir`` empty: a new ``runs/<timestamp>``, made only once the config is valid.
     Records are rewritten after every variant (JSON lines and CSV), so a run cut short
     keeps what it measured."""
     from tqdm.auto import tqdm
 
-    from medwb import sysinfo
+    from medwb import runner, sysinfo
     checked = validate(cfg)
     model_dir = checked["model_dir"]
     threads = cfg["threads"] or os.cpu_count() or 1
     cfg = {**cfg, "threads": threads}
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir) if run_dir else runner.new_run_dir()
     cpu = sysinfo.cpu()
     log(f"model {model_dir}{' (random weights: speed only)' if checked['speed_only'] else ''}; "
         f"{len(cfg['variants'])} variants x {len(cfg['token_pairs'])} token pairs, {cfg['trials']} trials, "
@@ -368,7 +371,7 @@ def run(cfg: dict, run_dir, log=print, progress: bool = True) -> list[dict]:
     cases = [] if checked["speed_only"] or not cfg["quality_cases"] else quality_cases(cfg["quality_cases"])
     pair_prompt = cases[0]["prompt"] if cases else evaluate.heldout_prompts(1)[0]
     kb = cfg.get("kernel_build") or None
-    if kb == "match":
+    if kb == "match" and any(v["backend"].startswith("bigdl") for v in cfg["variants"]):
         kb = None if not envs.available("bigdl") else envs.query_json(
             "bigdl", ["-c", "import json; from medwb import bigdl_kernels; print(json.dumps(bigdl_kernels.matching_build()))"])
     # FP32 PyTorch first: the reference for agreement.
@@ -410,8 +413,7 @@ def run(cfg: dict, run_dir, log=print, progress: bool = True) -> list[dict]:
 def write(records: list[dict], run_dir) -> dict[str, Path]:
     """``records/bench.jsonl`` (every field) and ``records/bench.csv`` (flat), both atomic."""
     run_dir = Path(run_dir)
-    jsonl = run_dir / "records" / "bench.jsonl"
-    write_text_atomic(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    jsonl = write_records(records, run_dir, "bench")
     rows = [flat(r) for r in records if r.get("record_type") == "variant"]
     buf = io.StringIO()
     if rows:
@@ -465,18 +467,12 @@ def run_or_load(config_file="", records_from="", run_dir="", log=print, **overri
     """Notebook 03's entry: load the records of an earlier run folder, or run the benchmark
     (config file, then the notebook's parameters; empty parameters keep the config's)."""
     if records_from:
-        path = Path(records_from) / "records" / "bench.jsonl"
-        if not path.exists():
+        if not (Path(records_from) / "records" / "bench.jsonl").exists():
             raise MedwbError(f"records_from '{records_from}' has no records/bench.jsonl: give a run folder "
                              "written by `medwb bench` or notebook 03, or leave it empty to run now")
-        return read_records(path)
+        return load(records_from)
     if isinstance(overrides.get("variants"), list) and overrides["variants"] and \
             isinstance(overrides["variants"][0], str):
         overrides["variants"] = parse_variants(",".join(overrides["variants"]))
     overrides = {k: v for k, v in overrides.items() if v not in ("", [], None)}
-    cfg = load_config(config_file or None, **overrides)
-    validate(cfg)
-    if not run_dir:
-        from medwb import runner
-        run_dir = runner.new_run_dir()
-    return run(cfg, run_dir, log=log)
+    return run(load_config(config_file or None, **overrides), run_dir, log=log)

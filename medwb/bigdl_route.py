@@ -12,7 +12,7 @@ from pathlib import Path
 from medwb import bigdl_kernels, bigdl_native, corpus, evaluate, prompts
 from medwb.backends.bigdl import check_low_bit
 from medwb.errors import MedwbError
-from medwb.paths import check_model_dir
+from medwb.paths import checkpoint_bytes, check_model_dir, check_writable_dir
 from medwb.probe import run_probe
 from medwb.records import now, variant_record
 
@@ -29,10 +29,7 @@ def check_parameters(model_path, model_family: str, low_bits, out_dir, threads) 
         check_low_bit(lb, "low_bits")
     if not out_dir:
         raise MedwbError("out_dir is empty: give a folder for the converted models")
-    out = Path(out_dir)
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("/"))
-    if not os.access(probe, os.W_OK):
-        raise MedwbError(f"out_dir '{out}' is not writable")
+    check_writable_dir(out_dir, "out_dir")
     if not isinstance(threads, int) or threads < 1:
         raise MedwbError(f"threads must be a positive integer, got {threads!r}")
     return {"model_dir": model_dir}
@@ -62,7 +59,7 @@ def api_route(model_path, low_bits, out_dir, threads: int, n_prompts: int = 8,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = probe_spec(model_dir, threads, n_prompts, max_new_tokens, timing_prompt)
-    size_fp32 = (model_dir / "model.safetensors").stat().st_size if (model_dir / "model.safetensors").exists() else None
+    size_fp32 = checkpoint_bytes(model_dir) or None
     log("FP32 reference (transformers 4.31) ...")
     reference = run_probe({**base, "backend": "pytorch", "precision": "fp32"})
     records = [make_record("pytorch", "fp32", reference, None, model_path=str(model_dir),

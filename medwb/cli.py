@@ -44,20 +44,18 @@ def cmd_run(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from medwb import bench, runner
+    from medwb import bench
     cfg = bench.load_config(
         args.config, model=args.model, trials=args.trials, threads=args.threads,
         quality_cases=args.quality_cases, timeout_s=args.timeout,
         variants=bench.parse_variants(args.variants) if args.variants else None,
         token_pairs=bench.parse_token_pairs(args.token_pairs) if args.token_pairs else None)
-    bench.validate(cfg)  # before a run folder is made
-    run = Path(args.run_dir) if args.run_dir else runner.new_run_dir()
-    records = bench.run(cfg, run, progress=not args.no_progress)
+    records = bench.run(cfg, args.run_dir, progress=not args.no_progress)
     import pandas as pd
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(bench.table(records).to_string(index=False))
-    paths = bench.write(records, run)
-    print(f"records: {paths['jsonl']}\n         {paths['csv']}")
+    run = Path(records[0]["run_dir"])
+    print(f"records: {run / 'records' / 'bench.jsonl'}\n         {run / 'records' / 'bench.csv'}")
     failed = [r["variant"] for r in records if r.get("error")]
     if failed:
         print(f"failed variants (error in their records): {', '.join(failed)}", file=sys.stderr)

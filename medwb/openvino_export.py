@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from medwb.errors import MedwbError
-from medwb.paths import atomic_dir, check_model_dir, linear_input_dims, write_json_atomic
+from medwb.paths import atomic_dir, checkpoint_bytes, check_model_dir, linear_input_dims, write_json_atomic
 
 WEIGHT_FORMATS = ("fp16", "int8", "int4")
 GROUP_SIZES = (128, 64, 32)
@@ -49,11 +49,6 @@ def check_group_size(model_dir: Path, group_size: int) -> int:
         raise MedwbError(f"int4_group_size {group_size} does not divide {bad or dims}; "
                          f"use one of {ok} (or leave it empty for the default)")
     return group_size
-
-
-def checkpoint_bytes(model_dir: Path) -> int:
-    files = [p for p in Path(model_dir).glob("*.safetensors")] or list(Path(model_dir).glob("pytorch_model*.bin"))
-    return sum(p.stat().st_size for p in files)
 
 
 def check_memory(model_dir: Path) -> dict:

@@ -12,17 +12,14 @@ import types
 from pathlib import Path
 
 from medwb import openvino_export as oe
-from medwb.backends.openvino import PRECISIONS
+from medwb.backends.openvino import KV_CACHE_PRECISIONS, PRECISIONS
 from medwb.evaluate import heldout_prompts
 from medwb.errors import MedwbError
-from medwb.paths import check_model_dir
+from medwb.paths import checkpoint_bytes, check_model_dir, check_writable_dir
 from medwb.probe import run_probe
 from medwb.records import variant_record
 
 RUNTIMES = ("openvino-optimum", "openvino-genai")
-# KV_CACHE_PRECISION values the CPU plugin takes; empty keeps the plugin's default (which
-# on recent CPUs is u8: the cache is quantized unless told otherwise).
-KV_CACHE_PRECISIONS = ("", "f32", "bf16", "f16", "u8")
 # The layer types that show the fusions in the compiled graph.
 FUSED = ("ScaledDotProductAttention", "RoPE", "RMS", "MemoryInput", "MemoryOutput", "Concatenation",
          "Subgraph")
@@ -46,16 +43,14 @@ def prepare(model_path, weight_formats, int4_group_size, int4_sym, inference_pre
     if inference_precision not in PRECISIONS:
         raise MedwbError(f"inference_precision {inference_precision!r} is not supported on CPU: "
                          f"use {' or '.join(PRECISIONS)}")
-    if kv_cache_precision not in KV_CACHE_PRECISIONS:
+    if kv_cache_precision and kv_cache_precision not in KV_CACHE_PRECISIONS:
         raise MedwbError(f"kv_cache_precision {kv_cache_precision!r} is unknown; use one of "
-                         f"{KV_CACHE_PRECISIONS[1:]} or empty for the plugin's default")
+                         f"{KV_CACHE_PRECISIONS} or empty for the plugin's default")
     threads = threads or os.cpu_count() or 1
     if not isinstance(threads, int) or threads < 1:
         raise MedwbError(f"threads must be a positive integer, got {threads!r}")
     out = Path(out_dir) if out_dir else (Path(run_dir) / "openvino" if run_dir else Path("openvino_out"))
-    existing = out if out.exists() else next((p for p in out.parents if p.exists()), Path("/"))
-    if not os.access(existing, os.W_OK):
-        raise MedwbError(f"out_dir '{out}' is not writable")
+    check_writable_dir(out, "out_dir")
     memory = oe.check_memory(model_dir)
     return types.SimpleNamespace(
         model_dir=model_dir, weight_formats=list(weight_formats), int4_group_size=group,
@@ -98,7 +93,7 @@ def measure_variants(cfg, manifests: dict, n_prompts: int = 8, max_new_tokens: i
     prompts = heldout_prompts(n_prompts)
     log("FP32 PyTorch reference ...")
     reference = run_probe(_spec(cfg, "pytorch", cfg.model_dir, "fp32", prompts, max_new_tokens, trials=trials))
-    ckpt = oe.checkpoint_bytes(cfg.model_dir)
+    ckpt = checkpoint_bytes(cfg.model_dir)
     records = [variant_record("pytorch", "pytorch", "fp32", reference, None, model_path=str(cfg.model_dir),
                               weight_format="fp32 checkpoint", size_bytes=ckpt, threads=cfg.threads)]
     for wf, manifest in manifests.items():
@@ -216,7 +211,6 @@ def runtime_options(cfg, ir_dir) -> "object":
     rows = []
     for precision in PRECISIONS:
         props = cpu_properties(precision, cfg.kv_cache_precision, cfg.threads)
-        props.pop("CACHE_DIR")
         compiled = core.compile_model(model, "CPU", props)
         for key in ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION", "INFERENCE_NUM_THREADS"):
             rows.append({"requested precision": precision, "property": key,

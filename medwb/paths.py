@@ -66,6 +66,21 @@ def model_config(model_dir) -> dict:
     return json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
 
 
+def checkpoint_bytes(model_dir) -> int:
+    """Size of the checkpoint's weight files (safetensors, else pytorch_model*.bin)."""
+    files = list(Path(model_dir).glob("*.safetensors")) or list(Path(model_dir).glob("pytorch_model*.bin"))
+    return sum(p.stat().st_size for p in files)
+
+
+def check_writable_dir(path, parameter: str = "out_dir") -> Path:
+    """``path`` (or, when it does not exist yet, its nearest existing parent) is writable."""
+    out = Path(path)
+    existing = out if out.exists() else next((p for p in out.parents if p.exists()), Path("/"))
+    if not os.access(existing, os.W_OK):
+        raise MedwbError(f"{parameter} '{out}' is not writable")
+    return out
+
+
 def linear_input_dims(model_dir) -> dict:
     """The sizes every Linear layer takes as input (hidden and FFN), from config.json.
 

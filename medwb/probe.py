@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 
 from medwb import measure
+from medwb.backends.bigdl import CPU_LOW_BITS
 
-# backend -> precisions it takes (bigdl: low-bit types, checked by its backend)
+# backend -> precisions it takes
 BACKENDS = {
     "pytorch": ("fp32", "bf16"),
-    "bigdl": ("sym_int4", "asym_int4", "sym_int5", "sym_int8"),
+    "bigdl": CPU_LOW_BITS,
     "openvino-optimum": ("f32", "bf16"),
     "openvino-genai": ("f32", "bf16"),
     "bigdl-cli": ("int4", "int8"),

@@ -13,6 +13,8 @@ from medwb.errors import MedwbError
 from medwb.openvino_export import check_ir_dir
 
 PRECISIONS = ("f32", "bf16")
+# KV_CACHE_PRECISION values the CPU plugin takes (unset: the plugin's default).
+KV_CACHE_PRECISIONS = ("f32", "bf16", "f16", "u8")
 
 
 def cpu_properties(inference_precision: str, kv_cache_precision: str | None, threads: int) -> dict:
@@ -20,7 +22,7 @@ def cpu_properties(inference_precision: str, kv_cache_precision: str | None, thr
         raise MedwbError(f"inference_precision {inference_precision!r} is not supported on CPU: "
                          f"use {' or '.join(PRECISIONS)} (f16 silently falls back to bf16 here)")
     props = {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": "LATENCY",
-             "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads), "CACHE_DIR": ""}
+             "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
     if kv_cache_precision:
         props["KV_CACHE_PRECISION"] = kv_cache_precision
     return props
@@ -62,7 +64,8 @@ class OptimumOVBackend(PyTorchBackend):
 
         ir_dir = check_ir_dir(ir_dir, parameter)
         threads = threads or os.cpu_count() or 1
-        props = cpu_properties(inference_precision, kv_cache_precision, threads)
+        # CACHE_DIR "": no compiled-model cache written next to the IR by optimum.
+        props = {**cpu_properties(inference_precision, kv_cache_precision, threads), "CACHE_DIR": ""}
         model = OVModelForCausalLM.from_pretrained(str(ir_dir), export=False, ov_config=props,
                                                    local_files_only=True)
         return cls(model, load_tokenizer(ir_dir), ir_dir, inference_precision, threads, props)

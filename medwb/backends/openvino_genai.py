@@ -15,6 +15,16 @@ from medwb.errors import MedwbError
 from medwb.openvino_export import check_ir_dir
 
 
+def _greedy_config(max_new_tokens: int, force_length: bool):
+    """Greedy, prompts already chat-formatted; ``force_length`` ignores EOS (speed runs)."""
+    import openvino_genai as og
+    cfg = og.GenerationConfig()
+    cfg.max_new_tokens, cfg.do_sample, cfg.apply_chat_template = max_new_tokens, False, False
+    if force_length:
+        cfg.min_new_tokens, cfg.ignore_eos = max_new_tokens, True
+    return cfg
+
+
 class GenAIBackend:
     name = "openvino-genai"
 
@@ -33,7 +43,6 @@ class GenAIBackend:
                                  "converted tokenizer (medwb.openvino_export writes it)")
         threads = threads or os.cpu_count() or 1
         props = cpu_properties(inference_precision, kv_cache_precision, threads)
-        props.pop("CACHE_DIR")
         scheduler = og.SchedulerConfig()
         scheduler.enable_prefix_caching = False
         pipe = og.LLMPipeline(str(ir_dir), "CPU", scheduler_config=scheduler, **props)
@@ -42,11 +51,7 @@ class GenAIBackend:
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int = 1,
                  streamer=None) -> list[str]:
         """Greedy completions; ``streamer(text_chunk)`` receives text as it is generated."""
-        import openvino_genai as og
-        cfg = og.GenerationConfig()
-        cfg.max_new_tokens = max_new_tokens
-        cfg.do_sample = False
-        cfg.apply_chat_template = False
+        cfg = _greedy_config(max_new_tokens, force_length=False)
         out = []
         for prompt in prompts:
             if streamer is None:
@@ -66,12 +71,9 @@ class GenAIBackend:
         import numpy as np
         import openvino as ov
         import openvino_genai as og
-        cfg = og.GenerationConfig()
-        cfg.max_new_tokens, cfg.do_sample, cfg.apply_chat_template = max_new_tokens, False, False
-        if force_length:
-            cfg.min_new_tokens, cfg.ignore_eos = max_new_tokens, True
         ids = np.array([input_ids], dtype=np.int64)
-        return self.pipe.generate(og.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))), cfg)
+        return self.pipe.generate(og.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))),
+                                  _greedy_config(max_new_tokens, force_length))
 
     def generate_ids(self, input_ids: list[int], max_new_tokens: int, force_length: bool = False) -> list[int]:
         return [int(t) for t in self._run_ids(input_ids, max_new_tokens, force_length).tokens[0]]
