@@ -119,9 +119,7 @@ def resolve_model(model: str) -> Path:
 
 def validate(cfg: dict) -> dict:
     """Every problem found before anything runs, each naming its entry; raises MedwbError."""
-    from medwb.backends.bigdl import check_low_bit
     from medwb.bigdl_kernels import BUILDS
-    from medwb.bigdl_native import cli_route_problems
     model = cfg["model"]
     if isinstance(model, str) and model.startswith("shape:") and model[6:] not in shapes.SHAPES:
         raise MedwbError(f"model: shape {model[6:]!r} is unknown; use one of {', '.join(shapes.SHAPES)}")
@@ -150,42 +148,7 @@ def validate(cfg: dict) -> dict:
         problems.append("variants must be a non-empty list")
         variants = []
     for i, v in enumerate(variants):
-        where = f"variants[{i}]"
-        if not isinstance(v, dict):
-            problems.append(f"{where} {v!r}: must be a mapping with backend and precision")
-            continue
-        where = f"variants[{i}] ({label({'precision': '?', **v}) if 'backend' in v else v})"
-        extra = sorted(set(v) - VARIANT_KEYS)
-        if extra:
-            problems.append(f"{where}: unknown key(s) {', '.join(extra)}; known: {', '.join(sorted(VARIANT_KEYS))}")
-        backend, precision = v.get("backend"), v.get("precision")
-        if backend not in BACKENDS:
-            problems.append(f"{where}: backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
-            continue
-        if precision not in BACKENDS[backend]:
-            if backend == "bigdl":
-                try:
-                    check_low_bit(precision, where)
-                except MedwbError as e:
-                    problems.append(str(e))
-            else:
-                problems.append(f"{where}: precision {precision!r} is not supported by {backend}; use one of "
-                                f"{', '.join(BACKENDS[backend])}")
-        if backend.startswith("openvino") and v.get("weights") not in oe.WEIGHT_FORMATS:
-            problems.append(f"{where}: weights {v.get('weights')!r} must be one of {', '.join(oe.WEIGHT_FORMATS)} "
-                            "(the IR's weight format)")
-        if not backend.startswith("openvino") and v.get("weights"):
-            problems.append(f"{where}: 'weights' applies to OpenVINO backends only")
-        if backend == "bigdl-cli":
-            why = cli_route_problems(model_dir, "llama")
-            if why:
-                problems.append(f"{where}: this model cannot take the llm-cli route: {'; '.join(why)}")
-        kv = v.get("kv_cache_precision")
-        if kv and (not backend.startswith("openvino") or kv not in KV_CACHE_PRECISIONS):
-            problems.append(f"{where}: kv_cache_precision {kv!r}: OpenVINO backends take "
-                            f"{', '.join(KV_CACHE_PRECISIONS)}")
-        if BACKEND_ENV[backend] == "bigdl" and not envs.available("bigdl"):
-            problems.append(f"{where}: the bigdl environment is missing ({envs.python_of('bigdl')}): run `make setup`")
+        problems += variant_problems(v, f"variants[{i}]", model_dir)
     if problems:
         raise MedwbError("bad benchmark config:\n  - " + "\n  - ".join(problems))
     labels = [label(v) for v in variants]
@@ -193,6 +156,47 @@ def validate(cfg: dict) -> dict:
     if dup:
         raise MedwbError(f"variants: {', '.join(dup)} listed more than once")
     return {"model_dir": model_dir, "context": context, "speed_only": shapes.is_speed_only(model_dir)}
+
+
+def variant_problems(v, where: str, model_dir: Path) -> list[str]:
+    """What is wrong with one variant (backend, precision, weights, ...), each naming ``where``."""
+    from medwb.backends.bigdl import check_low_bit
+    from medwb.bigdl_native import cli_route_problems
+    problems: list[str] = []
+    if not isinstance(v, dict):
+        return [f"{where} {v!r}: must be a mapping with backend and precision"]
+    where = f"{where} ({label({'precision': '?', **v}) if 'backend' in v else v})"
+    extra = sorted(set(v) - VARIANT_KEYS)
+    if extra:
+        problems.append(f"{where}: unknown key(s) {', '.join(extra)}; known: {', '.join(sorted(VARIANT_KEYS))}")
+    backend, precision = v.get("backend"), v.get("precision")
+    if backend not in BACKENDS:
+        return problems + [f"{where}: backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}"]
+    if precision not in BACKENDS[backend]:
+        if backend == "bigdl":
+            try:
+                check_low_bit(precision, where)
+            except MedwbError as e:
+                problems.append(str(e))
+        else:
+            problems.append(f"{where}: precision {precision!r} is not supported by {backend}; use one of "
+                            f"{', '.join(BACKENDS[backend])}")
+    if backend.startswith("openvino") and v.get("weights") not in oe.WEIGHT_FORMATS:
+        problems.append(f"{where}: weights {v.get('weights')!r} must be one of {', '.join(oe.WEIGHT_FORMATS)} "
+                        "(the IR's weight format)")
+    if not backend.startswith("openvino") and v.get("weights"):
+        problems.append(f"{where}: 'weights' applies to OpenVINO backends only")
+    if backend == "bigdl-cli":
+        why = cli_route_problems(model_dir, "llama")
+        if why:
+            problems.append(f"{where}: this model cannot take the llm-cli route: {'; '.join(why)}")
+    kv = v.get("kv_cache_precision")
+    if kv and (not backend.startswith("openvino") or kv not in KV_CACHE_PRECISIONS):
+        problems.append(f"{where}: kv_cache_precision {kv!r}: OpenVINO backends take "
+                        f"{', '.join(KV_CACHE_PRECISIONS)}")
+    if BACKEND_ENV[backend] == "bigdl" and not envs.available("bigdl"):
+        problems.append(f"{where}: the bigdl environment is missing ({envs.python_of('bigdl')}): run `make setup`")
+    return problems
 
 
 # ---------------------------------------------------------------- artifacts

@@ -1,12 +1,13 @@
 """The main job: every notebook into runs/<timestamp>/, runs/latest, failures recorded."""
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 
 import nbformat
 
-from medwb import runner
+from medwb import feedback, runner
 
 
 def _notebook(path, source):
@@ -32,6 +33,13 @@ def test_main_job_runs_every_notebook_into_a_run_folder(tmp_path, demo_model_dir
         assert (latest / name).exists()
     assert (latest / "environment.json").exists()  # run_dir reached the notebook
     assert str(latest.resolve()) in out.stdout
+    # notebook 04 with its defaults: three workers (both routes) answered the bundled case,
+    # and every kind of doctor action reached the feedback database
+    db = sqlite3.connect(latest / "feedback.sqlite")
+    first = db.execute("SELECT backend, status FROM outputs WHERE round_id = 1 ORDER BY slot").fetchall()
+    assert first == [("openvino-genai", "ok"), ("openvino-genai", "ok"), ("bigdl", "ok")]
+    assert {a for (a,) in db.execute("SELECT DISTINCT action FROM actions")} == set(feedback.ACTIONS)
+    assert (latest / "feedback_summary.csv").read_text().count("\n") == 4  # header + 3 models
 
 
 def test_a_failing_notebook_is_recorded_and_the_rest_still_run(tmp_path):

@@ -78,6 +78,25 @@ class GenAIBackend:
     def generate_ids(self, input_ids: list[int], max_new_tokens: int, force_length: bool = False) -> list[int]:
         return [int(t) for t in self._run_ids(input_ids, max_new_tokens, force_length).tokens[0]]
 
+    def stream(self, input_ids: list[int], max_new_tokens: int, on_text) -> dict:
+        """As PyTorchBackend.stream: text chunks to ``on_text``, which returns True to stop.
+        The first-token time is the pipeline's own."""
+        import openvino_genai as og
+        stopped = False
+
+        def callback(chunk: str):
+            nonlocal stopped
+            stopped = bool(on_text(chunk)) or stopped
+            return og.StreamingStatus.STOP if stopped else og.StreamingStatus.RUNNING
+        import numpy as np
+        import openvino as ov
+        ids = np.array([input_ids], dtype=np.int64)
+        res = self.pipe.generate(og.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))),
+                                 _greedy_config(max_new_tokens, False), callback)
+        tokens = [int(t) for t in res.tokens[0]]
+        return {"text": None if stopped else self.decode(tokens), "n_new_tokens": len(tokens),
+                "ttft_ms": float(res.perf_metrics.get_ttft().mean), "stopped": stopped}
+
     def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
         """Timed by the pipeline's own perf metrics (no Python callback per token)."""
         res = self._run_ids(input_ids, max_new_tokens, force_length=True)

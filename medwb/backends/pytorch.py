@@ -84,6 +84,42 @@ class PyTorchBackend:
                                       streamer=streamer, **extra)
         return out[0, len(input_ids):].tolist()
 
+    def stream(self, input_ids: list[int], max_new_tokens: int, on_text) -> dict:
+        """Greedy generation that hands decoded text to ``on_text(chunk)`` as it comes (the
+        app's cards); ``on_text`` returning True stops it. Returns the text, the number of
+        new tokens, the first-token time and whether it was stopped."""
+        import time
+
+        from transformers import TextStreamer
+
+        class Stop(Exception):
+            pass
+
+        class Streamer(TextStreamer):  # TextStreamer: UTF-8/CJK-safe incremental decoding
+            first_token_at, n_new, stopped = None, 0, False
+
+            def put(s, value):
+                if not s.next_tokens_are_prompt:
+                    s.n_new += 1
+                    s.first_token_at = s.first_token_at or time.perf_counter()
+                super().put(value)
+
+            def on_finalized_text(s, text, stream_end=False):
+                if text and on_text(text):
+                    s.stopped = True
+                    raise Stop
+
+        streamer = Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        started = time.perf_counter()
+        try:
+            ids = self.generate_ids(input_ids, max_new_tokens, streamer=streamer)
+            text = self.decode(ids)
+        except Stop:
+            ids, text = None, None
+        return {"text": text, "n_new_tokens": len(ids) if ids is not None else streamer.n_new,
+                "ttft_ms": (streamer.first_token_at - started) * 1e3 if streamer.first_token_at else None,
+                "stopped": streamer.stopped}
+
     def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
         """First-token and per-token latency of one forced-length greedy run."""
         from medwb.measure import TimingStreamer

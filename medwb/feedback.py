@@ -1,0 +1,248 @@
+"""The doctors' feedback store: every generation and every action, in one SQLite file.
+
+One row per round (a doctor pressed generate), per output (one model's answer in that
+round) and per action (view, back-fill, copy, like, dislike, error report, regenerate).
+Rows are only ever added (an output row is updated once, when its model finishes), and
+every write is its own committed transaction, so no action is lost when a kernel dies or
+two rounds overlap. WAL mode lets a reporting notebook read while the app writes.
+
+Privacy: patient text is not stored by default. A round keeps a keyed hash of its inputs
+(HMAC-SHA256 with a random key kept in the database, so identical inputs are recognisable
+within one database but the hash cannot be checked against guessed text elsewhere), and an
+output keeps a hash of its text. ``store_text=True`` (an explicit opt-in, e.g. for a
+workshop on synthetic cases) also keeps the raw inputs and outputs. Free text that a doctor
+types into an error report is kept: it is the report.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from pathlib import Path
+
+from medwb.errors import MedwbError
+
+SCHEMA_VERSION = 1
+ACTIONS = ("view", "backfill", "copy", "like", "dislike", "report_error", "regenerate")
+OUTPUT_STATUSES = ("running", "ok", "error", "timeout", "cancelled")
+ERROR_CATEGORIES = ("事实错误 factual error", "遗漏 omission", "诊断不当 wrong diagnosis",
+                    "格式问题 format", "其他 other")
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    workflow        TEXT NOT NULL,
+    session_id      TEXT NOT NULL,
+    origin          TEXT NOT NULL,
+    parent_round_id INTEGER REFERENCES rounds(round_id),
+    case_ref        TEXT,
+    inputs_hash     TEXT NOT NULL,
+    inputs_json     TEXT,
+    template_hash   TEXT NOT NULL,
+    max_new_tokens  INTEGER NOT NULL,
+    created_at      TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outputs (
+    output_id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    round_id          INTEGER NOT NULL REFERENCES rounds(round_id),
+    slot              INTEGER NOT NULL,
+    model_label       TEXT NOT NULL,
+    backend           TEXT NOT NULL,
+    precision         TEXT NOT NULL,
+    model_path        TEXT,
+    model_fingerprint TEXT,
+    status            TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in OUTPUT_STATUSES)})),
+    error             TEXT,
+    truncation_note   TEXT,
+    prompt_tokens     INTEGER,
+    new_tokens        INTEGER,
+    ttft_ms           REAL,
+    total_ms          REAL,
+    output_hash       TEXT,
+    output_text       TEXT,
+    started_at        TEXT NOT NULL,
+    finished_at       TEXT);
+CREATE TABLE IF NOT EXISTS actions (
+    action_id  INTEGER PRIMARY KEY AUTOINCREMENT,
+    round_id   INTEGER NOT NULL REFERENCES rounds(round_id),
+    output_id  INTEGER REFERENCES outputs(output_id),
+    action     TEXT NOT NULL CHECK (action IN ({", ".join(repr(a) for a in ACTIONS)})),
+    category   TEXT,
+    detail     TEXT,
+    created_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS outputs_by_round ON outputs(round_id);
+CREATE INDEX IF NOT EXISTS actions_by_output ON actions(output_id);
+"""
+
+
+def now_ms() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class FeedbackStore:
+    """Thread-safe: the app's button callbacks and its worker reader threads share it."""
+
+    def __init__(self, path, store_text: bool = False, parameter: str = "feedback_db"):
+        self.path = self._check_path(path, parameter)
+        self.store_text = bool(store_text)
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            # FULL: a committed action survives a power cut too (NORMAL may lose the last ones in WAL).
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            with self._conn:
+                self._conn.executescript(SCHEMA)
+                self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('hash_key', ?)", (secrets.token_hex(32),))
+        except sqlite3.DatabaseError as e:
+            raise MedwbError(f"{parameter} '{self.path}' cannot be opened as a writable feedback database ({e}); "
+                             "choose a path in a folder you can write to (e.g. runs/feedback.sqlite), for a new "
+                             "file or an existing MedWB feedback database") from e
+        if mode.lower() != "wal":
+            raise MedwbError(f"{parameter} '{self.path}': SQLite refused WAL mode (journal mode {mode!r}); "
+                             "put the database on a local disk, not a network share")
+        version = int(self._meta("schema_version"))
+        if version != SCHEMA_VERSION:
+            raise MedwbError(f"{parameter} '{self.path}' has schema version {version}, this MedWB writes "
+                             f"{SCHEMA_VERSION}; use a new file")
+        self._key = bytes.fromhex(self._meta("hash_key"))
+
+    @staticmethod
+    def _check_path(path, parameter: str) -> Path:
+        if not path or not str(path).strip():
+            raise MedwbError(f"{parameter} is empty: give a file path such as runs/feedback.sqlite")
+        p = Path(path).expanduser()
+        if p.is_dir():
+            raise MedwbError(f"{parameter} '{p}' is a folder: give a file path inside it, e.g. {p / 'feedback.sqlite'}")
+        folder = p.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MedwbError(f"{parameter} '{p}': its folder cannot be created ({e.strerror}); "
+                             "choose a path in a folder you can write to") from e
+        # SQLite needs to create the -wal and -shm files next to the database, so the folder
+        # itself must be writable, not only the file.
+        if not os.access(folder, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.R_OK | os.W_OK)):
+            raise MedwbError(f"{parameter} '{p}' is not writable (SQLite also writes -wal/-shm files in "
+                             f"'{folder}'); choose a path in a folder you can write to, e.g. runs/feedback.sqlite")
+        return p
+
+    def _meta(self, key: str) -> str:
+        return self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    def _write(self, sql: str, args: tuple) -> int:
+        with self._lock, self._conn:  # one committed transaction per write
+            return self._conn.execute(sql, args).lastrowid
+
+    def inputs_hash(self, inputs: dict) -> str:
+        canonical = json.dumps(inputs, ensure_ascii=False, sort_keys=True)
+        return hmac.new(self._key, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    # ------------------------------------------------------------------ writes
+    def new_round(self, workflow: str, session_id: str, inputs: dict, template: str, max_new_tokens: int,
+                  parent_round_id: int | None = None, case_ref: str | None = None, origin: str = "ui") -> int:
+        """``origin``: 'ui' (a person at the widgets) or 'scripted' (a notebook driving the app,
+        e.g. the headless demo), so a report can leave scripted feedback out."""
+        return self._write(
+            "INSERT INTO rounds (workflow, session_id, origin, parent_round_id, case_ref, inputs_hash, inputs_json,"
+            " template_hash, max_new_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (workflow, session_id, origin, parent_round_id, case_ref, self.inputs_hash(inputs),
+             json.dumps(inputs, ensure_ascii=False) if self.store_text else None, text_hash(template),
+             int(max_new_tokens), now_ms()))
+
+    def new_output(self, round_id: int, slot: int, model: dict) -> int:
+        """``model``: label, backend, precision, model_path, fingerprint (the model's identity)."""
+        return self._write(
+            "INSERT INTO outputs (round_id, slot, model_label, backend, precision, model_path, model_fingerprint,"
+            " status, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+            (round_id, slot, model["label"], model["backend"], model["precision"], model.get("model_path"),
+             model.get("fingerprint"), now_ms()))
+
+    def finish_output(self, output_id: int, status: str, text: str = "", error: str | None = None,
+                      truncation_note: str | None = None, prompt_tokens: int | None = None,
+                      new_tokens: int | None = None, ttft_ms: float | None = None,
+                      total_ms: float | None = None) -> None:
+        if status not in OUTPUT_STATUSES[1:]:
+            raise ValueError(f"status {status!r}: use one of {', '.join(OUTPUT_STATUSES[1:])}")
+        self._write(
+            "UPDATE outputs SET status = ?, error = ?, truncation_note = ?, prompt_tokens = ?, new_tokens = ?,"
+            " ttft_ms = ?, total_ms = ?, output_hash = ?, output_text = ?, finished_at = ? WHERE output_id = ?",
+            (status, error, truncation_note, prompt_tokens, new_tokens, ttft_ms, total_ms,
+             text_hash(text) if text else None, text if (self.store_text and text) else None, now_ms(), output_id))
+
+    def action(self, action: str, round_id: int, output_id: int | None = None,
+               category: str | None = None, detail: str | None = None) -> int:
+        if action not in ACTIONS:
+            raise MedwbError(f"action {action!r} is unknown; use one of {', '.join(ACTIONS)}")
+        return self._write("INSERT INTO actions (round_id, output_id, action, category, detail, created_at)"
+                           " VALUES (?, ?, ?, ?, ?, ?)", (round_id, output_id, action, category, detail, now_ms()))
+
+    # ------------------------------------------------------------------ reads
+    def rows(self, table: str) -> list[dict]:
+        if table not in ("rounds", "outputs", "actions"):
+            raise ValueError(f"table {table!r}: use rounds, outputs or actions")
+        with self._lock:
+            cur = self._conn.execute(f"SELECT * FROM {table} ORDER BY 1")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def summary(path, workflow: str | None = None, origin: str | None = None):
+    """Per model: outputs, failures, like rate, adoption (back-fill) rate, copies, error
+    reports and latency, from the database file (read-only; works while the app writes).
+
+    Votes: a doctor may change their mind, so each output counts its latest like/dislike.
+    Adoption: outputs back-filled at least once / outputs that completed. ``workflow`` and
+    ``origin`` ('ui' or 'scripted') select rounds; None: all.
+    """
+    import pandas as pd
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    with sqlite3.connect(uri, uri=True) as conn:
+        where = [(c, v) for c, v in (("r.workflow", workflow), ("r.origin", origin)) if v]
+        sql = "SELECT o.* FROM outputs o JOIN rounds r USING (round_id)"
+        if where:
+            sql += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where)
+        outputs = pd.read_sql_query(sql, conn, params=tuple(v for _, v in where))
+        actions = pd.read_sql_query("SELECT * FROM actions WHERE output_id IS NOT NULL ORDER BY action_id", conn)
+    if outputs.empty:
+        return pd.DataFrame()
+    votes = actions[actions.action.isin(["like", "dislike"])].groupby("output_id").action.last()
+    counts = actions.groupby(["output_id", "action"]).size().unstack(fill_value=0)
+    rows = []
+    for label, out in outputs.groupby("model_label", sort=False):
+        ok = out[out.status == "ok"]
+        ids = set(out.output_id)
+        mine = votes[votes.index.isin(ids)]
+        per = counts[counts.index.isin(ids)]
+
+        def n(action):
+            return int((per[action] > 0).sum()) if action in per else 0
+        # Decode speed: the tokens after the first, over the time after the first.
+        tok_s = ((ok.new_tokens - 1) / (ok.total_ms - ok.ttft_ms) * 1e3).where(ok.new_tokens > 1)
+        rows.append({
+            "model": label, "outputs": len(out), "ok": len(ok),
+            "failed": int(out.status.isin(["error", "timeout"]).sum()),
+            "likes": int((mine == "like").sum()), "dislikes": int((mine == "dislike").sum()),
+            "like_rate": round((mine == "like").mean(), 3) if len(mine) else None,
+            "backfilled": n("backfill"), "adoption_rate": round(n("backfill") / len(ok), 3) if len(ok) else None,
+            "copied": n("copy"), "error_reports": int(per["report_error"].sum()) if "report_error" in per else 0,
+            "median_ttft_ms": round(ok.ttft_ms.median(), 1) if len(ok) else None,
+            "median_total_ms": round(ok.total_ms.median(), 1) if len(ok) else None,
+            "median_tok_s": round(tok_s.median(), 1) if tok_s.notna().any() else None,
+        })
+    return pd.DataFrame(rows).set_index("model")

@@ -1,0 +1,409 @@
+"""Long-lived model workers: one process per model, started once and reused across rounds.
+
+Each model of the diagnosis app runs in its own process (``python -m medwb.workers``, in
+the bigdl environment for bigdl models), so three models generate truly in parallel, a
+crash or hang ends one model and not the app, and the bigdl and OpenVINO stacks (which need
+different transformers versions) never share an interpreter.
+
+Protocol, JSON lines: the parent writes the model spec, then requests
+``{"job", "fields", "template", "max_new_tokens"}`` or ``{"cancel": job}``; the worker
+answers ``ready`` (or ``error``) once loaded, then per job ``start`` (prompt tokens,
+truncation warning), ``text`` chunks as they are decoded, and ``done`` (status ok /
+cancelled / error, the full text, first-token and total time).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from medwb.errors import MedwbError
+
+# Two workers may need the same artifact (e.g. one IR under optimum and genai): building
+# them one at a time keeps two exports from writing the same cache folder.
+_PREPARE_LOCK = threading.Lock()
+
+
+# ====================================================================== parent side
+
+def parse_model(item, index: int, parameter: str = "models") -> dict:
+    """``backend:[weights/]precision[@path]`` (or a dict with those keys) -> a model spec.
+
+    Without a path the model is the demo model; a path is a checkpoint folder, or an
+    already-built artifact (an OpenVINO IR folder, a bigdl ``save_low_bit`` folder).
+    """
+    from medwb import bench
+    where = f"{parameter}[{index}]"
+    if isinstance(item, str):
+        text, _, path = item.partition("@")
+        parsed = bench.parse_variants(text)
+        if len(parsed) != 1:
+            raise MedwbError(f"{where} {item!r}: write one model as backend:[weights/]precision[@path], "
+                             "e.g. openvino-genai:int4/f32 or bigdl:sym_int4@/models/my-model")
+        spec = {**parsed[0], "path": path.strip()}
+    elif isinstance(item, dict):
+        spec = {"path": "", **item}
+    else:
+        raise MedwbError(f"{where} {item!r}: must be a string such as openvino-genai:int8/f32 or a mapping")
+    spec["label"] = spec.get("label") or bench.label(spec) + (f"@{Path(spec['path']).name}" if spec["path"] else "")
+    if spec.get("backend") == "bigdl-cli":
+        raise MedwbError(f"{where} {spec['label']}: llm-cli is a one-shot command-line tool and cannot serve "
+                         "a long-lived worker; use bigdl:sym_int4 (the same kernels through the API)")
+    variant = {k: v for k, v in spec.items() if k not in ("path", "label")}
+    problems = bench.variant_problems(variant, where, Path(spec["path"] or "."))
+    if problems:
+        raise MedwbError("; ".join(problems))
+    return spec
+
+
+def split_threads(n_workers: int, threads: int = 0) -> int:
+    """Threads per worker: the cores shared out (at least one each) unless ``threads`` is set.
+    Oversubscribed cores hurt most with bigdl, whose kernel threads spin while they wait."""
+    return threads if threads > 0 else max(1, (os.cpu_count() or 1) // max(1, n_workers))
+
+
+def fingerprint(folder: Path) -> str:
+    """The model's identity for the feedback store: config plus the names and sizes of its
+    files (cheap, and changes when the weights are rebuilt or replaced)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(folder)}:{f.stat().st_size}\n".encode())
+        if f.name == "config.json":
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def resolve_artifact(spec: dict, log=lambda *_: None) -> Path:
+    """The folder the worker loads: a given artifact as is; otherwise the IR or low-bit folder
+    built once from the checkpoint in the medwb cache (shared with ``medwb bench``)."""
+    from medwb import bench, openvino_export as oe
+    from medwb.backends.bigdl import is_low_bit_dir
+    from medwb.paths import check_model_dir
+    parameter = f"model path of {spec['label']}"
+    if spec["path"]:
+        given = Path(spec["path"]).expanduser()
+        if spec["backend"].startswith("openvino") and (given / "openvino_model.xml").exists():
+            return oe.check_ir_dir(given, parameter)
+        if spec["backend"] == "bigdl" and is_low_bit_dir(given):
+            return given
+        model_dir = check_model_dir(given, parameter)
+    else:
+        model_dir = bench.resolve_model("demo")
+    if spec["backend"] == "pytorch":
+        return model_dir
+    variant = {k: spec[k] for k in ("backend", "precision", "weights") if spec.get(k)}
+    art = bench.prepare(model_dir, [variant], {"threads": 0, "timeout_s": 1800}, log=log)[bench.label(variant)]
+    if "error" in art:
+        raise MedwbError(f"{spec['label']}: preparing {variant} failed: {art['error']}")
+    return Path(art["path"])
+
+
+class Job:
+    def __init__(self, job_id: int, on_event):
+        self.job_id, self.on_event = job_id, on_event
+        self.started = None        # when the worker began it (monotonic, parent clock)
+        self.done = threading.Event()
+        self.result: dict | None = None
+
+
+class ModelWorker:
+    """One model in its own process. ``start()`` returns at once; loading happens in the
+    background. Jobs sent before the model is ready wait in the worker's input."""
+
+    def __init__(self, spec: dict, threads: int, log_dir: Path, load_timeout_s: float = 900,
+                 generate_timeout_s: float = 300):
+        self.spec, self.threads, self.log_dir = spec, threads, Path(log_dir)
+        self.load_timeout_s, self.generate_timeout_s = load_timeout_s, generate_timeout_s
+        self.state, self.error, self.info = "new", None, {}
+        self.restarts, self.timed_out, self._generation = 0, False, 0
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.RLock()
+        self._jobs: dict[int, Job] = {}
+        self._ready = threading.Event()
+        self._unsent: list[str] = []
+        self._started_at = 0.0
+
+    @property
+    def label(self) -> str:
+        return self.spec["label"]
+
+    # ---------------------------------------------------------------- life cycle
+    def start(self, on_state=lambda worker: None) -> None:
+        with self._lock:
+            if self.state in ("starting", "ready"):
+                return
+            self.state, self.error, self._started_at = "starting", None, time.monotonic()
+            self.timed_out, self._generation = False, self._generation + 1
+            self._ready.clear()
+            self._on_state = on_state
+        threading.Thread(target=self._launch, name=f"start {self.label}", daemon=True).start()
+        threading.Thread(target=self._watchdog, args=(self._generation,), name=f"watch {self.label}",
+                         daemon=True).start()
+
+    def _launch(self) -> None:
+        from medwb import envs
+        from medwb.probe import BACKEND_ENV
+        try:
+            self._set_state("starting", "preparing the model files")
+            with _PREPARE_LOCK:
+                path = resolve_artifact(self.spec)
+            python = envs.python_of(BACKEND_ENV[self.spec["backend"]])
+            if not python.exists():
+                raise MedwbError(f"the {BACKEND_ENV[self.spec['backend']]} environment is missing ({python}): "
+                                 "run `make setup`")
+            self.info.update(model_path=str(path), fingerprint=fingerprint(path), python=str(python))
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / (self.label.replace("/", "_").replace(":", "_").replace("@", "_") + ".log")
+            self.info["log"] = str(log_path)
+            # One thread per worker's share; OpenMP/MKL pools sized to it as well.
+            n = str(self.threads)
+            env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "PYTHONUNBUFFERED": "1"}
+            with open(log_path, "ab") as log:  # the child keeps its own handle
+                proc = subprocess.Popen([str(python), "-m", "medwb.workers"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=log, env=env,
+                                        text=True, encoding="utf-8", bufsize=1)
+            spec = {"backend": self.spec["backend"], "precision": self.spec["precision"], "model_path": str(path),
+                    "threads": self.threads, "kernel_build": "match" if self.spec["backend"] == "bigdl" else ""}
+            with self._lock:
+                self._proc = proc
+                proc.stdin.write(json.dumps(spec) + "\n")
+                for line in self._unsent:
+                    proc.stdin.write(line)
+                self._unsent.clear()
+                proc.stdin.flush()
+            self._set_state("starting", "loading the model")
+            self._read(proc)
+        except Exception as e:  # noqa: BLE001  (any failure belongs in this model's card)
+            self._fail(f"{type(e).__name__}: {e}" if not isinstance(e, MedwbError) else str(e))
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            event = msg.pop("event")
+            if event == "ready":
+                self.info.update(msg)
+                self._ready.set()
+                self._set_state("ready")
+            elif event == "error":  # the model did not load: nothing will run
+                self._fail(msg["message"])
+                return
+            else:
+                self._job_event(event, msg)
+        proc.wait()
+        if self._proc is proc and self.state != "stopped":
+            self._fail(f"worker exited (status {proc.returncode}): {self._log_tail()}")
+
+    def _job_event(self, event: str, msg: dict) -> None:
+        job = self._jobs.get(msg["job"])
+        if job is None:
+            return
+        if event == "start":
+            job.started = time.monotonic()
+        if event == "done":
+            self._finish(job, msg)
+        else:
+            job.on_event(event, msg)
+
+    def _finish(self, job: Job, result: dict) -> None:
+        with self._lock:
+            if job.done.is_set():
+                return
+            job.result = result
+            self._jobs.pop(job.job_id, None)
+        job.on_event("done", result)
+        job.done.set()
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            self.state, self.error = "failed", message
+            jobs = list(self._jobs.values())
+        self._ready.set()
+        self._notify()
+        for job in jobs:
+            self._finish(job, {"job": job.job_id, "status": "error", "error": message})
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self.state, self.detail = state, detail
+        self._notify()
+
+    def _notify(self) -> None:
+        try:
+            self._on_state(self)
+        except Exception:  # noqa: BLE001  (a display problem must not kill the worker)
+            pass
+
+    def _log_tail(self) -> str:
+        try:
+            lines = [x for x in Path(self.info["log"]).read_text(errors="replace").splitlines() if x.strip()]
+            return lines[-1] if lines else "no output"
+        except (OSError, KeyError):
+            return "no log"
+
+    def _watchdog(self, generation: int) -> None:
+        """Load and generation time limits. A worker past one is killed (it may be stuck in
+        native code) and its jobs end as 'timeout'; the next round starts it again."""
+        while self.state in ("starting", "ready") and generation == self._generation:
+            time.sleep(0.2)
+            now = time.monotonic()
+            if self.state == "starting" and now - self._started_at > self.load_timeout_s:
+                self._kill(f"did not load within {self.load_timeout_s:.0f} s (load_timeout_s)", "timeout")
+            for job in list(self._jobs.values()):
+                if job.started and now - job.started > self.generate_timeout_s:
+                    self._kill(f"no answer within {self.generate_timeout_s:.0f} s (generate_timeout_s); "
+                               "the worker was stopped and restarts at the next generate", "timeout")
+
+    def _kill(self, message: str, status: str) -> None:
+        with self._lock:
+            proc, self._proc = self._proc, None
+            self.state, self.error, self.timed_out = "failed", message, True
+            jobs = list(self._jobs.values())
+        if proc and proc.poll() is None:
+            proc.kill()
+        self._ready.set()
+        self._notify()
+        for job in jobs:
+            self._finish(job, {"job": job.job_id, "status": status, "error": message})
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        self._ready.wait(timeout)
+        return self.state == "ready"
+
+    def stop(self) -> None:
+        with self._lock:
+            proc, self._proc, self.state = self._proc, None, "stopped"
+        if proc and proc.poll() is None:
+            try:
+                proc.stdin.close()  # EOF: the worker finishes and exits
+                proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+
+    # ---------------------------------------------------------------- jobs
+    def submit(self, job_id: int, fields: dict, template: str, max_new_tokens: int, on_event) -> Job:
+        """Queue one generation; ``on_event(kind, msg)`` gets start / text / done. A failed
+        worker (crash, timeout) is started again first; one that cannot load fails the job."""
+        if self.state == "failed" and self.timed_out:
+            self.restarts += 1
+            self.start(self._on_state)
+        job = Job(job_id, on_event)
+        with self._lock:
+            if self.state == "failed":
+                error = self.error
+            else:
+                error = None
+                self._jobs[job_id] = job
+                self._send({"job": job_id, "fields": fields, "template": template,
+                            "max_new_tokens": max_new_tokens})
+        if error:
+            self._finish(job, {"job": job_id, "status": "error", "error": error})
+        return job
+
+    def cancel(self, job_id: int) -> None:
+        with self._lock:
+            if job_id in self._jobs:
+                self._send({"cancel": job_id})
+
+    def _send(self, msg: dict) -> None:
+        line = json.dumps(msg, ensure_ascii=False) + "\n"
+        if self._proc is None:
+            self._unsent.append(line)
+            return
+        try:
+            self._proc.stdin.write(line)
+            self._proc.stdin.flush()
+        except (OSError, ValueError):
+            pass  # the reader thread reports the exit
+
+
+# ====================================================================== worker side
+
+def serve() -> int:
+    # The protocol owns the real stdout; anything a library prints goes to stderr (the log).
+    proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    lock = threading.Lock()
+
+    def emit(event: str, **fields) -> None:
+        with lock:
+            proto.write(json.dumps({"event": event, **fields}, ensure_ascii=False) + "\n")
+            proto.flush()
+
+    spec = json.loads(sys.stdin.readline())
+    try:
+        backend, info = _load(spec)
+    except Exception as e:  # noqa: BLE001
+        emit("error", message=str(e) if isinstance(e, MedwbError) else f"{type(e).__name__}: {e}")
+        return 1
+    emit("ready", **info)
+
+    requests: queue.Queue = queue.Queue()
+    cancelled: set[int] = set()
+
+    def read_requests() -> None:  # a thread, so a cancel arrives while a job runs
+        for line in sys.stdin:
+            msg = json.loads(line)
+            if "cancel" in msg:
+                cancelled.add(msg["cancel"])
+            else:
+                requests.put(msg)
+        requests.put(None)
+    threading.Thread(target=read_requests, daemon=True).start()
+
+    while (req := requests.get()) is not None:
+        emit(**_run_job(backend, info["context"], req, cancelled, emit))
+    return 0
+
+
+def _load(spec: dict):
+    import medwb  # noqa: F401  (offline switches before any library import)
+    from medwb import bigdl_kernels
+    from medwb.paths import model_config
+    from medwb.probe import load_backend
+    if spec.get("kernel_build") == "match":
+        bigdl_kernels.use_build(bigdl_kernels.matching_build())
+    started = time.perf_counter()
+    backend = load_backend(spec)
+    context = int(model_config(spec["model_path"]).get("max_position_embeddings") or 2048)
+    return backend, {"load_s": round(time.perf_counter() - started, 2), "context": context,
+                     "describe": backend.describe(), "pid": os.getpid()}
+
+
+def _run_job(backend, context: int, req: dict, cancelled: set, emit) -> dict:
+    from medwb import diagnosis
+    job = req["job"]
+    if job in cancelled:
+        return {"event": "done", "job": job, "status": "cancelled", "text": "", "error": "cancelled before it started"}
+    started = time.perf_counter()
+    try:
+        prompt, n_prompt, warning = diagnosis.fit_prompt(req["fields"], backend.encode, context,
+                                                         req["max_new_tokens"], req["template"])
+        emit("start", job=job, prompt_tokens=n_prompt, truncation=warning)
+        chunks: list[str] = []
+
+        def on_text(chunk: str) -> bool:
+            chunks.append(chunk)
+            emit("text", job=job, text=chunk)
+            return job in cancelled
+        res = backend.stream(backend.encode(prompt), req["max_new_tokens"], on_text)
+    except Exception as e:  # noqa: BLE001  (this job fails; the worker keeps serving)
+        return {"event": "done", "job": job, "status": "error", "text": "",
+                "error": str(e) if isinstance(e, MedwbError) else f"{type(e).__name__}: {e}"}
+    return {"event": "done", "job": job, "status": "cancelled" if res["stopped"] else "ok",
+            # A budget that ends inside a multi-byte character leaves a replacement mark: dropped.
+            "text": (res["text"] if res["text"] is not None else "".join(chunks)).rstrip("\ufffd"),
+            "prompt_tokens": n_prompt, "new_tokens": res["n_new_tokens"], "truncation": warning,
+            "ttft_ms": round(res["ttft_ms"], 1) if res["ttft_ms"] is not None else None,
+            "total_ms": round((time.perf_counter() - started) * 1e3, 1)}
+
+
+if __name__ == "__main__":
+    sys.exit(serve())
