@@ -78,6 +78,20 @@ def cmd_sysinfo(args) -> int:
     return 0
 
 
+def cmd_feedback(args) -> int:
+    from medwb import feedback
+    path = Path(args.database)
+    if not path.is_file():
+        raise MedwbError(f"database '{path}' does not exist: give the feedback_db of notebook 04 "
+                         "(by default feedback.sqlite in its run folder)")
+    table = feedback.summary(path, origin=args.origin)
+    if table.empty:
+        print(f"{path}: no answers stored" + (f" with origin {args.origin}" if args.origin else ""))
+    else:
+        print(table.to_csv() if args.csv else table.to_string())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from medwb.bench import DEFAULT_CONFIG as DEFAULT_BENCH_CONFIG
     p = argparse.ArgumentParser(prog="medwb", description=__doc__.splitlines()[0])
@@ -115,6 +129,13 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("data", help="regenerate the held-out evaluation sets in data/heldout")
     g.add_argument("--out", help="directory to write (default: data/heldout)")
     g.set_defaults(func=cmd_data)
+
+    f = sub.add_parser("feedback", help="per-model like, adoption and error rates from a feedback database")
+    f.add_argument("database", help="the SQLite file notebook 04 writes (feedback_db)")
+    f.add_argument("--origin", choices=("ui", "scripted"), help="only rounds from doctors at the widgets (ui) "
+                                                              "or from notebooks driving the app (scripted)")
+    f.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    f.set_defaults(func=cmd_feedback)
 
     s = sub.add_parser("sysinfo", help="print CPU features and both stacks' versions as JSON")
     s.add_argument("--bigdl", action="store_true", help="also query the bigdl environment")

@@ -38,6 +38,7 @@ class ModelCard:
         self.app, self.slot, self.worker = app, slot, worker
         self.round_id = self.output_id = None
         self.text, self.status, self.error, self.warning, self.timing = "", "idle", None, None, {}
+        self.n_chunks = 0  # text pieces streamed into the card this round
         self._last_refresh = 0.0
         self.header = w.HTML()
         self.body = w.HTML(layout=w.Layout(min_height="12em", max_height="24em", overflow="auto",
@@ -69,6 +70,7 @@ class ModelCard:
     def begin(self, round_id: int, output_id: int) -> None:
         self.round_id, self.output_id = round_id, output_id
         self.text, self.status, self.error, self.warning, self.timing = "", "running", None, None, {}
+        self.n_chunks = 0
         self.refresh()
 
     def on_event(self, output_id: int, kind: str, msg: dict) -> None:
@@ -80,6 +82,7 @@ class ModelCard:
             self.warning = msg.get("truncation") or self.warning
         elif kind == "text":
             self.text += msg["text"]
+            self.n_chunks += 1
             if time.monotonic() - self._last_refresh < STREAM_REFRESH_S:
                 return
         elif kind == "done":
@@ -234,14 +237,18 @@ class DiagnosisApp:
 
     # ================================================================ the form
     def load_case(self, case_id: str) -> None:
-        """Fill the form (and a fresh course record) with a bundled case."""
-        if not case_id:
-            return
-        fields = diagnosis.case_fields(case_id, "case")
+        """Fill the form (and a fresh course record) with a bundled case; '' empties it for a
+        case typed in by hand."""
+        fields = diagnosis.case_fields(case_id, "case") if case_id else {k: "" for k, _ in diagnosis.FIELDS}
+        with self._lock:  # another patient: unfinished answers are stopped, no round to regenerate
+            for card in self.cards:
+                if card.status == "running":
+                    card.worker.cancel(card.output_id)
+            self.round_id = None
         for key, value in fields.items():
             self.inputs[key].value = value
-        self.case_ref = case_id
-        self.record_editor.value = diagnosis.course_record(fields)
+        self.case_ref = case_id or None
+        self.record_editor.value = diagnosis.course_record(fields) if case_id else ""
         self._inserted = None
 
     def fields(self) -> dict:
@@ -300,7 +307,8 @@ class DiagnosisApp:
 
     def results(self) -> list[dict]:
         return [{"model": c.worker.label, "round": c.round_id, "status": c.status, "error": c.error,
-                 "truncated": bool(c.warning), **c.timing, "chars": len(c.text), "text": c.text} for c in self.cards]
+                 "truncated": bool(c.warning), **c.timing, "chars": len(c.text), "streamed_chunks": c.n_chunks,
+                 "text": c.text} for c in self.cards]
 
     # ================================================================ doctor actions
     def _card(self, slot: int, action: str) -> ModelCard:

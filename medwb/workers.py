@@ -121,7 +121,9 @@ class ModelWorker:
         self.spec, self.threads, self.log_dir = spec, threads, Path(log_dir)
         self.load_timeout_s, self.generate_timeout_s = load_timeout_s, generate_timeout_s
         self.state, self.error, self.info = "new", None, {}
-        self.restarts, self.timed_out, self._generation = 0, False, 0
+        # restartable: it crashed or ran over a time limit after loading, so the next round
+        # starts it again (a model that cannot load is not retried every round).
+        self.restarts, self.restartable, self._generation = 0, False, 0
         self._proc: subprocess.Popen | None = None
         self._lock = threading.RLock()
         self._jobs: dict[int, Job] = {}
@@ -139,7 +141,7 @@ class ModelWorker:
             if self.state in ("starting", "ready"):
                 return
             self.state, self.error, self._started_at = "starting", None, time.monotonic()
-            self.timed_out, self._generation = False, self._generation + 1
+            self.restartable, self._generation = False, self._generation + 1
             self._ready.clear()
             self._on_state = on_state
         threading.Thread(target=self._launch, name=f"start {self.label}", daemon=True).start()
@@ -200,7 +202,8 @@ class ModelWorker:
                 self._job_event(event, msg)
         proc.wait()
         if self._proc is proc and self.state != "stopped":
-            self._fail(f"worker exited (status {proc.returncode}): {self._log_tail()}")
+            self._fail(f"worker exited (status {proc.returncode}): {self._log_tail()}; it restarts at the next "
+                       "generate", restartable=self._ready.is_set())
 
     def _job_event(self, event: str, msg: dict) -> None:
         job = self._jobs.get(msg["job"])
@@ -222,9 +225,10 @@ class ModelWorker:
         job.on_event("done", result)
         job.done.set()
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, restartable: bool = False) -> None:
         with self._lock:
-            self.state, self.error = "failed", message
+            self.state, self.error, self.restartable = "failed", message, restartable
+            self._proc = None
             jobs = list(self._jobs.values())
         self._ready.set()
         self._notify()
@@ -264,7 +268,7 @@ class ModelWorker:
     def _kill(self, message: str, status: str) -> None:
         with self._lock:
             proc, self._proc = self._proc, None
-            self.state, self.error, self.timed_out = "failed", message, True
+            self.state, self.error, self.restartable = "failed", message, True
             jobs = list(self._jobs.values())
         if proc and proc.poll() is None:
             proc.kill()
@@ -291,7 +295,7 @@ class ModelWorker:
     def submit(self, job_id: int, fields: dict, template: str, max_new_tokens: int, on_event) -> Job:
         """Queue one generation; ``on_event(kind, msg)`` gets start / text / done. A failed
         worker (crash, timeout) is started again first; one that cannot load fails the job."""
-        if self.state == "failed" and self.timed_out:
+        if self.state == "failed" and self.restartable:
             self.restarts += 1
             self.start(self._on_state)
         job = Job(job_id, on_event)

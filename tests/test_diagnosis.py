@@ -1,14 +1,17 @@
 """#6 differential diagnosis: feedback store, prompt fitting, back-fill, workers, the app,
 and notebook 04 with a broken model under papermill."""
 import json
+import os
+import signal
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import papermill as pm
 import pytest
 
-from medwb import diagnosis, feedback, prompts, runner, workers
+from medwb import cli, diagnosis, feedback, prompts, runner, workers
 from medwb.diagnosis_app import DiagnosisApp
 from medwb.errors import MedwbError
 
@@ -86,7 +89,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert len(a.rows("actions")) == 240
 
 
-def test_summary_counts_latest_vote_adoption_and_errors(tmp_path):
+def test_summary_counts_latest_vote_adoption_and_errors(tmp_path, capsys):
     store = feedback.FeedbackStore(tmp_path / "fb.sqlite")
     for round_no in range(2):
         r = store.new_round("differential_diagnosis", "s", {"chief_complaint": str(round_no)}, "t", 10)
@@ -105,6 +108,9 @@ def test_summary_counts_latest_vote_adoption_and_errors(tmp_path):
     assert table.loc["A", "adoption_rate"] == 0.5 and table.loc["A", "median_tok_s"] == 100.0
     assert table.loc["B", "failed"] == 1 and table.loc["B", "error_reports"] == 1
     assert feedback.summary(tmp_path / "fb.sqlite", origin="scripted").empty
+    assert cli.main(["feedback", str(tmp_path / "fb.sqlite"), "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("A,2,2,0,1,1,0.5,1,0.5")
+    assert cli.main(["feedback", str(tmp_path / "missing.sqlite")]) == 2
 
 
 # ------------------------------------------------------------------ workflow logic
@@ -165,6 +171,14 @@ def test_app_parameters_are_checked_before_anything_starts(tmp_path):
         DiagnosisApp(OV_MODELS * 2, feedback_db=db)
     with pytest.raises(MedwbError, match="template: unknown placeholder"):
         DiagnosisApp(OV_MODELS, template="{patient_name}", feedback_db=db)
+    app = DiagnosisApp(OV_MODELS, case_id=CASE, feedback_db=db)  # not started: no worker runs
+    assert app.inputs["chief_complaint"].value == diagnosis.case_fields(CASE)["chief_complaint"]
+    assert diagnosis.INSERT_MARK in app.record_editor.value
+    app.case_picker.value = ""  # a case typed in by hand: the form empties
+    assert app.fields()["chief_complaint"] == "" and app.record_editor.value == ""
+    app.generate_button.click()
+    assert "主诉 (chief complaint) is empty" in app.status_text and not app.store.rows("rounds")
+    app.close()
 
 
 # ------------------------------------------------------------------ the app with real workers
@@ -183,6 +197,7 @@ def test_back_to_back_rounds_lose_no_action(app):
     first = app.generate()
     app.wait(300)
     assert [c.status for c in app.cards] == ["ok", "ok"] and all(c.text for c in app.cards)
+    assert all(c.n_chunks > 5 for c in app.cards)  # streamed into the cards, not delivered at the end
     for slot in (0, 1):
         app.cards[slot].view_button.click()
         app.cards[slot].like_button.click()
@@ -211,7 +226,7 @@ def test_back_to_back_rounds_lose_no_action(app):
         app.report_error(0, "nonsense")
 
 
-def test_a_slow_model_times_out_in_its_card_and_restarts(app):
+def test_a_slow_or_dead_model_fails_in_its_card_and_restarts(app):
     app.wait_ready(300)
     app.workers[0].generate_timeout_s = 0.01
     app.max_new_tokens = 200  # long enough for the watchdog (0.2 s polls) to see it run over
@@ -223,6 +238,14 @@ def test_a_slow_model_times_out_in_its_card_and_restarts(app):
     app.workers[0].generate_timeout_s = 300
     app.generate()
     assert [r["status"] for r in app.wait(300)] == ["ok", "ok"] and app.workers[0].restarts == 1
+    # a worker that dies (here: killed) is reported and started again at the next round
+    os.kill(app.workers[1].info["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while app.workers[1].state != "failed" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "worker exited" in app.workers[1].error
+    app.generate()
+    assert [r["status"] for r in app.wait(300)] == ["ok", "ok"] and app.workers[1].restarts == 1
 
 
 # ------------------------------------------------------------------ notebook 04 under papermill
