@@ -70,8 +70,8 @@ def render(fields: dict, template: str = prompts.DIAGNOSIS_PROMPT) -> str:
 
 
 def fit_prompt(fields: dict, encode, context: int, max_new_tokens: int,
-               template: str = prompts.DIAGNOSIS_PROMPT) -> tuple[str, int, str | None]:
-    """The chat prompt, its token count, and a warning when fields had to be cut.
+               template: str = prompts.DIAGNOSIS_PROMPT) -> tuple[str, list[int], str | None]:
+    """The chat prompt, its token ids, and a warning when fields had to be cut.
 
     A prompt plus ``max_new_tokens`` must fit the model's context. When it does not, the
     longest truncatable field loses its end (marked 已截断) until it fits: the instruction and
@@ -84,8 +84,9 @@ def fit_prompt(fields: dict, encode, context: int, max_new_tokens: int,
                          f"context of {context} tokens; lower max_new_tokens")
     fields = dict(fields)
     original = {k: len(v) for k, v in fields.items()}
-    n = len(encode(render(fields, template)))
-    n_first = n
+    prompt = render(fields, template)
+    ids = encode(prompt)
+    n_first = n = len(ids)
     while n > budget:
         candidates = [k for k in TRUNCATABLE if len(fields[k]) > len(CUT_MARK)]
         if not candidates:
@@ -98,14 +99,16 @@ def fit_prompt(fields: dict, encode, context: int, max_new_tokens: int,
         excess_chars = math.ceil((n - budget) * max(1.0, len(text) / max(1, n)) * 1.1) + 1
         keep = max(0, len(text) - excess_chars)
         fields[key] = text[:keep] + CUT_MARK
-        n = len(encode(render(fields, template)))
+        prompt = render(fields, template)
+        ids = encode(prompt)
+        n = len(ids)
     if n == n_first:
-        return render(fields, template), n, None
+        return prompt, ids, None
     cuts = [f"{LABELS[k]} {original[k]}→{len(fields[k]) - len(CUT_MARK)} 字" for k in TRUNCATABLE
             if fields[k].endswith(CUT_MARK) and original[k] != len(fields[k])]
     warning = (f"输入过长，已截断 (input truncated): {', '.join(cuts)}; the case was {n_first} tokens, the model's "
                f"context is {context} with {max_new_tokens} kept for the answer")
-    return render(fields, template), n, warning
+    return prompt, ids, warning
 
 
 # ---------------------------------------------------------------- the record editor

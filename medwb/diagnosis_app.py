@@ -153,7 +153,6 @@ class DiagnosisApp:
         self.case_ref: str | None = case_id or None
         self.messages: list[tuple[str, str]] = []
         self._jobs: dict[int, workers.Job] = {}     # output_id -> job, every round
-        self._next_job = 0
         self._inserted: tuple[int, int, str] | None = None
         self._lock = threading.RLock()
         self._build_widgets()
@@ -240,10 +239,8 @@ class DiagnosisApp:
         """Fill the form (and a fresh course record) with a bundled case; '' empties it for a
         case typed in by hand."""
         fields = diagnosis.case_fields(case_id, "case") if case_id else {k: "" for k, _ in diagnosis.FIELDS}
-        with self._lock:  # another patient: unfinished answers are stopped, no round to regenerate
-            for card in self.cards:
-                if card.status == "running":
-                    card.worker.cancel(card.output_id)
+        with self._lock:  # another patient: no round to regenerate
+            self._stop_running()
             self.round_id = None
         for key, value in fields.items():
             self.inputs[key].value = value
@@ -268,9 +265,7 @@ class DiagnosisApp:
             parent = self.round_id
             if parent is not None:
                 self.store.action("regenerate", parent)
-                for card in self.cards:
-                    if card.status == "running":
-                        card.worker.cancel(card.output_id)
+                self._stop_running()
             round_id = self.store.new_round(WORKFLOW, self.session_id, fields, self.template, self.max_new_tokens,
                                             parent_round_id=parent, case_ref=self.case_ref, origin=self.origin)
             self.round_id = round_id
@@ -287,6 +282,12 @@ class DiagnosisApp:
                     output_id, fields, self.template, self.max_new_tokens,
                     lambda kind, msg, c=card, o=output_id: self._on_event(c, o, kind, msg))
         return round_id
+
+    def _stop_running(self) -> None:
+        """Superseded answers still generating are stopped (stored as cancelled)."""
+        for card in self.cards:
+            if card.status == "running":
+                card.worker.cancel(card.output_id)
 
     def _on_event(self, card: ModelCard, output_id: int, kind: str, msg: dict) -> None:
         if kind == "done":  # stored first: the database is the record, the card is a view
@@ -332,8 +333,7 @@ class DiagnosisApp:
         record, span = diagnosis.backfill(self.record_editor.value, card.text, self._inserted)
         self.store.action("backfill", card.round_id, card.output_id)
         self._inserted = (span[0], span[1], record[span[0]:span[1]])
-        self.record_editor.value = record
-        self._show_record()
+        self.record_editor.value = record  # its observer redraws the highlighted view
         self.say(f"已回填 {card.worker.label} 的结果 (characters {span[0]}–{span[1]} of the record)")
         return span
 

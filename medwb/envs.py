@@ -36,11 +36,17 @@ def available(env: str) -> bool:
     return python_of(env).exists()
 
 
-def run_in(env: str, module_args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m ...`` in another environment (offline switches inherited)."""
+def require(env: str) -> Path:
+    """The interpreter of ``env``, or an error saying how to create it."""
     python = python_of(env)
     if not python.exists():
         raise MedwbError(f"the {env} environment is missing ({python}): run `make setup`")
+    return python
+
+
+def run_in(env: str, module_args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m ...`` in another environment (offline switches inherited)."""
+    python = require(env)
     return subprocess.run([str(python), *module_args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO_DIR, env=os.environ.copy())
 

@@ -155,10 +155,7 @@ class ModelWorker:
             self._set_state("starting", "preparing the model files")
             with _PREPARE_LOCK:
                 path = resolve_artifact(self.spec)
-            python = envs.python_of(BACKEND_ENV[self.spec["backend"]])
-            if not python.exists():
-                raise MedwbError(f"the {BACKEND_ENV[self.spec['backend']]} environment is missing ({python}): "
-                                 "run `make setup`")
+            python = envs.require(BACKEND_ENV[self.spec["backend"]])
             self.info.update(model_path=str(path), fingerprint=fingerprint(path), python=str(python))
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / (self.label.replace("/", "_").replace(":", "_").replace("@", "_") + ".log")
@@ -388,8 +385,9 @@ def _run_job(backend, context: int, req: dict, cancelled: set, emit) -> dict:
         return {"event": "done", "job": job, "status": "cancelled", "text": "", "error": "cancelled before it started"}
     started = time.perf_counter()
     try:
-        prompt, n_prompt, warning = diagnosis.fit_prompt(req["fields"], backend.encode, context,
-                                                         req["max_new_tokens"], req["template"])
+        _, prompt_ids, warning = diagnosis.fit_prompt(req["fields"], backend.encode, context,
+                                                   req["max_new_tokens"], req["template"])
+        n_prompt = len(prompt_ids)
         emit("start", job=job, prompt_tokens=n_prompt, truncation=warning)
         chunks: list[str] = []
 
@@ -397,7 +395,7 @@ def _run_job(backend, context: int, req: dict, cancelled: set, emit) -> dict:
             chunks.append(chunk)
             emit("text", job=job, text=chunk)
             return job in cancelled
-        res = backend.stream(backend.encode(prompt), req["max_new_tokens"], on_text)
+        res = backend.stream(prompt_ids, req["max_new_tokens"], on_text)
     except Exception as e:  # noqa: BLE001  (this job fails; the worker keeps serving)
         return {"event": "done", "job": job, "status": "error", "text": "",
                 "error": str(e) if isinstance(e, MedwbError) else f"{type(e).__name__}: {e}"}

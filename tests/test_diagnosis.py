@@ -125,11 +125,11 @@ def test_long_inputs_are_cut_to_the_context_with_a_warning(demo_model_dir):
     tok = AutoTokenizer.from_pretrained(demo_model_dir)
     encode = lambda text: tok(text)["input_ids"]  # noqa: E731
     fields = diagnosis.case_fields(CASE)
-    prompt, n, warning = diagnosis.fit_prompt(fields, encode, 2048, 200)
-    assert warning is None and n == len(encode(prompt))
+    prompt, ids, warning = diagnosis.fit_prompt(fields, encode, 2048, 200)
+    assert warning is None and ids == encode(prompt)
     long = {**fields, "auxiliary_exams": "血常规：白细胞12.1×10^9/L。" * 400, "present_history": "反复腹痛。" * 200}
-    prompt, n, warning = diagnosis.fit_prompt(long, encode, 1024, 200)
-    assert n == len(encode(prompt)) <= 1024 - 200
+    prompt, ids, warning = diagnosis.fit_prompt(long, encode, 1024, 200)
+    assert ids == encode(prompt) and len(ids) <= 1024 - 200
     assert "已截断" in warning and "辅助检查" in warning and "1024" in warning
     assert fields["chief_complaint"] in prompt and prompt.endswith(prompts.ASSISTANT_MARK)
     with pytest.raises(MedwbError, match="max_new_tokens"):

@@ -67,13 +67,13 @@ class GenAIBackend:
     def decode(self, ids: list[int]) -> str:
         return self.pipe.get_tokenizer().decode(ids)
 
-    def _run_ids(self, input_ids: list[int], max_new_tokens: int, force_length: bool):
+    def _run_ids(self, input_ids: list[int], max_new_tokens: int, force_length: bool, streamer=None):
         import numpy as np
         import openvino as ov
         import openvino_genai as og
         ids = np.array([input_ids], dtype=np.int64)
         return self.pipe.generate(og.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))),
-                                  _greedy_config(max_new_tokens, force_length))
+                                  _greedy_config(max_new_tokens, force_length), streamer)
 
     def generate_ids(self, input_ids: list[int], max_new_tokens: int, force_length: bool = False) -> list[int]:
         return [int(t) for t in self._run_ids(input_ids, max_new_tokens, force_length).tokens[0]]
@@ -88,11 +88,7 @@ class GenAIBackend:
             nonlocal stopped
             stopped = bool(on_text(chunk)) or stopped
             return og.StreamingStatus.STOP if stopped else og.StreamingStatus.RUNNING
-        import numpy as np
-        import openvino as ov
-        ids = np.array([input_ids], dtype=np.int64)
-        res = self.pipe.generate(og.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))),
-                                 _greedy_config(max_new_tokens, False), callback)
+        res = self._run_ids(input_ids, max_new_tokens, False, callback)
         tokens = [int(t) for t in res.tokens[0]]
         return {"text": None if stopped else self.decode(tokens), "n_new_tokens": len(tokens),
                 "ttft_ms": float(res.perf_metrics.get_ttft().mean), "stopped": stopped}

@@ -96,7 +96,7 @@ class PyTorchBackend:
             pass
 
         class Streamer(TextStreamer):  # TextStreamer: UTF-8/CJK-safe incremental decoding
-            first_token_at, n_new, stopped = None, 0, False
+            first_token_at, n_new = None, 0
 
             def put(s, value):
                 if not s.next_tokens_are_prompt:
@@ -106,7 +106,6 @@ class PyTorchBackend:
 
             def on_finalized_text(s, text, stream_end=False):
                 if text and on_text(text):
-                    s.stopped = True
                     raise Stop
 
         streamer = Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -118,7 +117,7 @@ class PyTorchBackend:
             ids, text = None, None
         return {"text": text, "n_new_tokens": len(ids) if ids is not None else streamer.n_new,
                 "ttft_ms": (streamer.first_token_at - started) * 1e3 if streamer.first_token_at else None,
-                "stopped": streamer.stopped}
+                "stopped": ids is None}
 
     def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
         """First-token and per-token latency of one forced-length greedy run."""
