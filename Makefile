@@ -7,39 +7,55 @@ PYTHON ?= python3
 VENVS := .venvs
 MAIN := $(VENVS)/main
 BIGDL := $(VENVS)/bigdl
-# torch pinned by constraint for every install (anything else pulls a multi-GB CUDA build).
-PIP := pip install --disable-pip-version-check -q -c requirements/constraints.txt
-# This machine's pip config lists local index folders that may not exist; hide that noise.
-QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+# Exact, hashed package sets (requirements/*.lock, compiled from requirements/*.txt by
+# `make lock`): a rerun next year installs the same versions, and a tampered or different
+# file fails its hash. torch is the CPU build (see requirements/constraints.txt);
+# torchvision is left out of the locks: the registry's build is CUDA-only and breaks
+# transformers' model imports next to CPU torch (optimum-intel declares it for vision models).
+PIP := pip install --disable-pip-version-check -q
+# This machine's pip config lists local index folders that may not exist; hide that noise
+# (grep finding nothing is fine; pip's own failure still stops make, through pipefail).
+QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 PYTEST_ARGS ?=
+# Where a CPU build of torch lies besides the package index (used only by `make lock`).
+FIND_LINKS ?= /opt/wheels
+UV := $(VENVS)/tools/bin/uv
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	-c requirements/constraints.txt --no-emit-package torchvision \
+	$(if $(wildcard $(FIND_LINKS)),--find-links $(FIND_LINKS))
 
-.PHONY: setup run test demo-model lab clean-envs
+.PHONY: setup run test demo-model demo-model-rebuild lab clean-envs lock
 .DEFAULT_GOAL := run
 
 setup: $(MAIN)/.medwb-ready $(BIGDL)/.medwb-ready
 
-$(MAIN)/.medwb-ready: requirements/main.txt requirements/constraints.txt pyproject.toml
+$(MAIN)/.medwb-ready: requirements/main.lock pyproject.toml
 	@echo "== main environment ($(MAIN)): OpenVINO stack, Jupyter, papermill"
 	test -x $(MAIN)/bin/python || $(PYTHON) -m venv $(MAIN)
-	$(MAIN)/bin/$(PIP) -r requirements/main.txt 2>&1 | $(QUIET)
-	@# optimum-intel declares torchvision, but the registry's build is CUDA-only and breaks
-	@# transformers' model imports next to CPU torch; it is only needed for vision models.
-	$(MAIN)/bin/pip uninstall -y -q torchvision 2>&1 | $(QUIET)
+	$(MAIN)/bin/$(PIP) --require-hashes --no-deps -r requirements/main.lock 2>&1 | $(QUIET)
 	$(MAIN)/bin/$(PIP) --no-deps -e . 2>&1 | $(QUIET)
 	$(MAIN)/bin/python -m ipykernel install --prefix $(abspath $(MAIN)) --name medwb-main \
 	    --display-name "MedWB main (OpenVINO)" > /dev/null
 	touch $@
 
-$(BIGDL)/.medwb-ready: requirements/bigdl.txt requirements/constraints.txt pyproject.toml $(MAIN)/.medwb-ready
+$(BIGDL)/.medwb-ready: requirements/bigdl.lock pyproject.toml $(MAIN)/.medwb-ready
 	@echo "== bigdl environment ($(BIGDL)): bigdl-llm 2.4.0 on transformers 4.31"
 	test -x $(BIGDL)/bin/python || $(PYTHON) -m venv $(BIGDL)
-	$(BIGDL)/bin/$(PIP) -r requirements/bigdl.txt 2>&1 | $(QUIET)
-	$(BIGDL)/bin/pip uninstall -y -q torchvision 2>&1 | $(QUIET)
+	$(BIGDL)/bin/$(PIP) --require-hashes --no-deps -r requirements/bigdl.lock 2>&1 | $(QUIET)
 	$(BIGDL)/bin/$(PIP) --no-deps -e . 2>&1 | $(QUIET)
 	@# Registered in the main env, where its Jupyter and papermill look for kernels.
 	$(BIGDL)/bin/python -m ipykernel install --prefix $(abspath $(MAIN)) --name medwb-bigdl \
 	    --display-name "MedWB bigdl (BigDL-LLM)" > /dev/null
 	touch $@
+
+# Regenerate the lock files after editing requirements/*.txt (needs the package index).
+lock: $(UV)
+	$(UV) pip compile requirements/main.txt $(LOCK_FLAGS) -o requirements/main.lock
+	$(UV) pip compile requirements/bigdl.txt $(LOCK_FLAGS) -o requirements/bigdl.lock
+
+$(UV):
+	test -x $(VENVS)/tools/bin/python || $(PYTHON) -m venv $(VENVS)/tools
+	$(VENVS)/tools/bin/$(PIP) uv 2>&1 | $(QUIET)
 
 run: setup
 	$(MAIN)/bin/medwb run
@@ -49,6 +65,11 @@ test: setup
 
 demo-model: $(MAIN)/.medwb-ready
 	$(MAIN)/bin/medwb demo-model
+
+# Train the demo model from its recipe and ship it (about an hour on 2 cores; commit
+# data/demo-model afterwards).
+demo-model-rebuild: $(MAIN)/.medwb-ready
+	$(MAIN)/bin/medwb demo-model --rebuild --out data/demo-model
 
 lab: setup
 	$(MAIN)/bin/jupyter lab notebooks/

@@ -360,11 +360,17 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]
     model_dir = checked["model_dir"]
     threads = cfg["threads"] or os.cpu_count() or 1
     cfg = {**cfg, "threads": threads}
-    run_dir = Path(run_dir) if run_dir else runner.new_run_dir()
+    if run_dir:
+        run_dir = Path(run_dir)
+    else:  # a run of its own: it gets its own manifest (inside the main job, the job's is kept)
+        run_dir = runner.new_run_dir()
+        from medwb import provenance
+        provenance.write(run_dir, {"bench": cfg}, kind="bench")
     cpu = sysinfo.cpu()
     log(f"model {model_dir}{' (random weights: speed only)' if checked['speed_only'] else ''}; "
         f"{len(cfg['variants'])} variants x {len(cfg['token_pairs'])} token pairs, {cfg['trials']} trials, "
         f"{threads} threads")
+    load = sysinfo.check_load(log=log)  # each variant's record also has the load at its own start
     bw = bandwidth.measure(threads, cfg["bandwidth_mb"])
     log(f"memory bandwidth: read {bw['read_gb_s']} GB/s, copy {bw['copy_gb_s']} GB/s ({bw['method']})")
     ctx = {"model_dir": model_dir, "speed_only": checked["speed_only"], "threads": threads, "bandwidth": bw,
@@ -377,12 +383,14 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]
     kb = cfg.get("kernel_build") or None
     if kb == "match" and any(v["backend"].startswith("bigdl") for v in cfg["variants"]):
         kb = None if not envs.available("bigdl") else envs.query_json(
-            "bigdl", ["-c", "import json; from medwb import bigdl_kernels; print(json.dumps(bigdl_kernels.matching_build()))"])
+            "bigdl", ["-c", "from medwb import bigdl_kernels; from medwb.child import write_result; "
+                      "write_result(bigdl_kernels.matching_build())"])
     # FP32 PyTorch first: the reference for agreement.
     order = sorted(cfg["variants"], key=lambda v: label(v) != "pytorch:fp32")
     records: list[dict] = [{"record_type": "run", "created": now(), "config": cfg, "model": str(model_dir),
                             "run_dir": str(run_dir),
                             "speed_only": checked["speed_only"], "bandwidth": bw, "cpu": ctx["cpu"],
+                            "machine_load": load,
                             "python": sys.version.split()[0]}]
     reference = None
     bar = tqdm(order, desc="bench", unit="variant", disable=not progress)

@@ -68,6 +68,29 @@ def cli_route_problems(model_dir: Path, family: str) -> list[str]:
     return problems
 
 
+def sentencepiece_file(model_dir: Path) -> Path:
+    """The SentencePiece export of ``model_dir``'s tokenizer, derived once into the medwb
+    cache (keyed by the tokenizer file's checksum) and reused by every later convert."""
+    import hashlib
+
+    from medwb.paths import cache_dir
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).glob("*")):
+        if f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")) and f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    key = h.hexdigest()[:16]
+    path = cache_dir() / "sentencepiece" / f"{key}.model"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            export_sentencepiece_vocab(model_dir, tmp)
+            os.replace(tmp, path)  # complete or absent, never half-written
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path
+
+
 def export_sentencepiece_vocab(model_dir: Path, out_file: Path) -> Path:
     """Write the tokenizer's vocabulary as a SentencePiece model with identical ids.
 
@@ -152,7 +175,7 @@ def convert(model_dir, out_dir, family: str, precision: str, timeout: float = 18
         for name in ("config.json", "pytorch_model.bin"):
             (src / name).symlink_to((model_dir / name).resolve())
         if family == "llama" and not (model_dir / "tokenizer.model").exists():
-            export_sentencepiece_vocab(model_dir, src / "tokenizer.model")
+            (src / "tokenizer.model").symlink_to(sentencepiece_file(model_dir))
         elif (model_dir / "tokenizer.model").exists():
             (src / "tokenizer.model").symlink_to((model_dir / "tokenizer.model").resolve())
         work = Path(tmp) / "out"

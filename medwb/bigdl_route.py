@@ -6,10 +6,11 @@ comparison notebook reads: one JSON object per line in ``<run_dir>/records/bigdl
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
-from medwb import bigdl_kernels, bigdl_native, corpus, evaluate, prompts
+from medwb import bigdl_kernels, bigdl_native, corpus, evaluate, prompts, sysinfo
 from medwb.backends.bigdl import check_low_bit
 from medwb.errors import MedwbError
 from medwb.paths import checkpoint_bytes, check_model_dir, check_writable_dir
@@ -114,6 +115,7 @@ def cli_route(model_path, model_family: str, out_dir, threads: int, prompt: str,
         conv = bigdl_native.convert(model_dir, out_dir, model_family, precision)
         log(f"$ {conv['command']}")
         for kb in dict.fromkeys([None, kernel_build]):
+            load = sysinfo.check_load(log=log)
             cli = bigdl_native.run_cli(conv["file"], model_family, prompt, threads, n_predict, kernel_build=kb)
             log(f"$ {cli['command'][:160]}...")
             t = cli["timings"]
@@ -126,7 +128,8 @@ def cli_route(model_path, model_family: str, out_dir, threads: int, prompt: str,
                 "prompt_eval_ms_per_token": _per(t, "prompt_eval_time"),
                 "tpot_ms": _per(t, "eval_time"), "n_prompt_tokens": t.get("prompt_eval_time_count"),
                 "text": cli["text"], "convert_command": conv["command"], "cli_command": cli["command"],
-                "created": now()})
+                "output_md5": hashlib.md5(cli["text"].encode("utf-8")).hexdigest(),
+                "machine_load": load, "created": now()})
     return records, None
 
 

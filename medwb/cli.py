@@ -15,19 +15,26 @@ from medwb.errors import MedwbError
 
 def cmd_demo_model(args) -> int:
     from medwb import demo_model
-    path = demo_model.export(args.out, force=args.force) if args.out else \
-        demo_model.ensure(force=args.force)
+    if args.rebuild:
+        path = demo_model.rebuild(out=args.out, force=args.force)
+    elif args.force and not args.out:
+        raise MedwbError("--force replaces what --out names, or retrains with --rebuild: "
+                         "give one of them")
+    else:
+        path = demo_model.export(args.out, force=args.force) if args.out else demo_model.ensure()
     manifest = demo_model.read_manifest(path)
-    print(demo_model.format_quality(manifest["quality"]))
-    print(f"(measured when this model was built, {manifest['built_at']}; "
-          f"training {manifest['training']['seconds']:.0f} s, {manifest['parameters'] / 1e6:.2f} M parameters)")
+    print(demo_model.format_quality(manifest["quality"], manifest["recipe"].get("targets", {})))
+    tr = manifest["training"]
+    print(f"(measured when this model was built, {manifest['built_at']} on {manifest.get('cpu', '?')}; "
+          f"{tr['steps']} steps on {tr['threads']} thread(s) in {tr['seconds']:.0f} s, "
+          f"{manifest['parameters'] / 1e6:.2f} M parameters)")
     print(f"demo model: {path}")
     return 0
 
 
 def cmd_run(args) -> int:
     from medwb import demo_model, runner
-    demo_model.ensure()  # built once, before the notebooks, so none of them trains it
+    demo_model.ensure()  # derived once, before the notebooks, so none of them races to do it
     notebooks = [Path(p) for p in args.notebooks] if args.notebooks else runner.discover()
     missing = [str(p) for p in notebooks if not p.exists()]
     if missing:
@@ -92,14 +99,30 @@ def cmd_feedback(args) -> int:
     return 0
 
 
+def cmd_compare_runs(args) -> int:
+    from medwb import provenance
+    result = provenance.compare(args.run_a, args.run_b)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        print(provenance.format_comparison(result))
+    return 1 if result["outputs_differ"] else 0
+
+
 def parser() -> argparse.ArgumentParser:
     from medwb.bench import DEFAULT_CONFIG as DEFAULT_BENCH_CONFIG
     p = argparse.ArgumentParser(prog="medwb", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo-model", help="build (or reuse) the embedded demo model and print its quality")
-    d.add_argument("--out", help="also copy the model to this directory")
-    d.add_argument("--force", action="store_true", help="rebuild even if a valid cached model exists")
+    d = sub.add_parser("demo-model", help="the shipped demo model: its path and quality; --rebuild trains it",
+                       description="Print the shipped demo model's quality and the folder every route loads "
+                                   "(derived once into the medwb cache). --rebuild trains the recipe on this "
+                                   "machine (fixed steps, quality gate), e.g. after adding a department file.")
+    d.add_argument("--out", help="also copy the model to this directory (with --rebuild: the committed "
+                                 "files only, e.g. data/demo-model to ship the new build)")
+    d.add_argument("--rebuild", action="store_true", help="train the recipe here (about an hour on 2 cores)")
+    d.add_argument("--force", action="store_true", help="with --rebuild: train even if this machine has "
+                                                        "a verified build; with --out: replace the folder")
     d.set_defaults(func=cmd_demo_model)
 
     r = sub.add_parser("run", help="execute every notebook into runs/<timestamp>/")
@@ -136,6 +159,15 @@ def parser() -> argparse.ArgumentParser:
                                                               "or from notebooks driving the app (scripted)")
     f.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     f.set_defaults(func=cmd_feedback)
+
+    c = sub.add_parser("compare-runs", help="which greedy outputs and figures differ between two run folders, and why",
+                       description="Compare two run folders (e.g. two `make run`s): the output MD5 of every "
+                                   "measured variant, the main figures, and the manifests (commit, lock files, "
+                                   "CPU, model, parameters). Exit status 1 when any output differs.")
+    c.add_argument("run_a", help="a run folder, e.g. runs/20261125-101500")
+    c.add_argument("run_b", help="another run folder, e.g. runs/latest")
+    c.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    c.set_defaults(func=cmd_compare_runs)
 
     s = sub.add_parser("sysinfo", help="print CPU features and both stacks' versions as JSON")
     s.add_argument("--bigdl", action="store_true", help="also query the bigdl environment")

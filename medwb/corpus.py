@@ -8,6 +8,12 @@ each case yields one record per workflow:
 - diagnosis: chief complaint + case features -> 初步诊断, 诊断依据, 鉴别诊断 (3 items)
 - discharge: admission record + course notes + orders -> 出院记录 with five sections
 
+Real records are less tidy than the table, so part of the cases are rendered in a *varied
+style* (``STYLES``): English abbreviations mixed in (BP, WBC, CRP, HTN...), one free-text
+病历特点 paragraph instead of the four fields, and long multi-day histories and course notes.
+The targets copy the findings as the case writes them, so an answer can be checked against
+its source (``medwb.grounding``). A second held-out set is all varied-style cases.
+
 Records use the PromptCBLUE layout (input, target, answer_choices, task_type,
 task_dataset, sample_id) plus the structured ``case``. Everything is deterministic for a
 given seed. No real patient data is involved anywhere.
@@ -31,6 +37,29 @@ KNOWLEDGE_DIR = PACKAGE_DIR / "knowledge"
 HELDOUT_DIR = DATA_DIR / "heldout"
 TASK_DATASET = "medwb-synthetic-v1"
 TASKS = ("diagnosis", "discharge")
+# The held-out sets shipped in data/heldout/: name -> (cases per disease, seed, varied style).
+HELDOUT_SETS = {"standard": (2, "medwb-heldout-v1", False),
+                "varied": (2, "medwb-heldout-varied-v1", True)}
+
+# Varied style. Each part is drawn independently for a varied case (at least one).
+STYLES = ("abbrev", "free_text", "long")
+# Abbreviations as they appear in Chinese records; a lookahead keeps "呼吸困难" etc. intact.
+ABBREVIATIONS = (
+    (r"血压(?=\d)", "BP "), (r"心率(?=\d)", "HR "), (r"脉搏(?=\d)", "P "), (r"体温(?=\d)", "T "),
+    (r"白细胞(?=\d|计数)", "WBC"), (r"血红蛋白(?=\d)", "Hb "), (r"血小板(?=\d)", "PLT "),
+    (r"C反应蛋白", "CRP"), (r"降钙素原", "PCT"), (r"心电图", "ECG"), (r"谷丙转氨酶", "ALT"),
+    (r"谷草转氨酶", "AST"), (r"肌酐", "Cr"), (r"糖化血红蛋白", "HbA1c"), (r"空腹血糖", "FPG"),
+    (r"高血压", "HTN"), (r"糖尿病", "DM"), (r"冠心病", "CHD"), (r"阳性", "(+)"), (r"阴性", "(-)"),
+    (r"静脉滴注", " ivgtt"), (r"每日三次", " tid"), (r"每日两次", " bid"), (r"每日一次", " qd"),
+    (r"既往体健", "PMH: 体健"), (r"否认", "denies "), (r"无发热", "no fever"),
+)
+# Sentences without findings, for long histories and ward-round notes.
+HISTORY_FILLERS = ("曾于当地诊所就诊，予对症处理，效果不佳。", "病程中精神、睡眠欠佳，食欲下降，大小便如常。",
+                   "近期体重无明显变化。", "自行口服药物（具体不详），症状无明显缓解。",
+                   "家属诉患者近来活动耐量下降。", "症状反复，时轻时重。")
+WARD_FILLERS = ("查房：病情平稳，继续目前治疗。", "患者诉症状较前减轻，饮食睡眠可。",
+                "上级医师查房，同意目前诊疗方案。", "查房：生命体征平稳，无新发不适。",
+                "复查相关指标，继续观察。")
 
 # How many options of each field a case draws: (min, max).
 DRAW = {"present_history": (2, 3), "signs": (2, 3), "tests": (2, 3), "treatment": (3, 4),
@@ -76,6 +105,8 @@ class Case:
     discharge_condition: str
     discharge_orders: tuple[str, ...]
     differentials: tuple[tuple[str, str], ...]
+    style: tuple[str, ...] = ()  # varied-style parts applied (empty: the standard template)
+    sig: str = ""  # signature of the underlying draw, before any style
 
     @property
     def physical_exam(self) -> str:
@@ -87,11 +118,25 @@ class Case:
 
     @property
     def course_notes(self) -> str:
-        # Dated ward-round notes; the discharge summary rewrites them as prose.
-        days = [1] + [2 + 2 * i for i in range(len(self.treatment) - 1)]
-        notes = [f"第{d}日，{t}" for d, t in zip(days, self.treatment)]
-        notes += [f"第{days[-1] + 2 + i}日，{p}" for i, p in enumerate(self.progress)]
+        # Dated ward-round notes; the discharge summary rewrites them as prose. A long
+        # (multi-day) record has a routine note on most days in between.
+        long = "long" in self.style
+        notes, day, filler = [], 1, int(self.sig[:8] or "0", 16)
+        for item in self.treatment + self.progress:
+            notes.append(f"第{day}日，{item}")
+            day += 1
+            for _ in range(3 if long else 1):
+                if long:
+                    notes.append(f"第{day}日，{WARD_FILLERS[filler % len(WARD_FILLERS)]}")
+                    filler += 1
+                day += 1
         return "".join(notes)
+
+    @property
+    def case_summary(self) -> str:
+        """The free-text 病历特点 paragraph (varied style)."""
+        return (f"患者{self.sex}，{self.age}岁。{self.present_history}{self.past_history}"
+                f"查体：{self.physical_exam}辅助检查：{self.auxiliary_exams}")
 
     @property
     def orders_brief(self) -> str:
@@ -100,15 +145,20 @@ class Case:
     def fields(self) -> dict:
         d = dataclasses.asdict(self)
         d.update(physical_exam=self.physical_exam, auxiliary_exams=self.auxiliary_exams,
-                 course_notes=self.course_notes, orders_brief=self.orders_brief)
+                 course_notes=self.course_notes, orders_brief=self.orders_brief,
+                 case_summary=self.case_summary)
         return d
 
     def signature(self) -> str:
-        """Hash of what the diagnosis task sees: two cases with equal signatures are
-        the same case for the purpose of keeping train and held-out disjoint."""
-        key = [self.disease, self.sex, self.age, self.chief_complaint, self.present_history,
-               self.past_history, self.signs, self.tests]
-        return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()
+        """Hash of what the diagnosis task sees, before any style: two cases with equal
+        signatures are the same case for keeping train and held-out disjoint (a varied
+        rendering of a held-out case must not be trained on either)."""
+        return self.sig or _signature([self.disease, self.sex, self.age, self.chief_complaint,
+                                       self.present_history, self.past_history, self.signs, self.tests])
+
+
+def _signature(key: list) -> str:
+    return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()
 
 
 # --- knowledge table ----------------------------------------------------------------
@@ -179,7 +229,7 @@ def _draw(rng: random.Random, options: tuple[str, ...], field: str) -> tuple[str
 def sample_case(disease: Disease, rng: random.Random, case_id: str) -> Case:
     sex = disease.sex if disease.sex in ("男", "女") else rng.choice(("男", "女"))
     cc = rng.choice(disease.chief_complaints).replace("{d}", rng.choice(disease.durations))
-    return Case(
+    case = Case(
         case_id=case_id, disease=disease.name, department=disease.department, sex=sex,
         age=rng.randint(*disease.age), chief_complaint=cc,
         present_history="".join(_draw(rng, disease.present_history, "present_history")),
@@ -190,9 +240,51 @@ def sample_case(disease: Disease, rng: random.Random, case_id: str) -> Case:
         discharge_condition=rng.choice(disease.discharge_condition),
         discharge_orders=_draw(rng, disease.discharge_orders, "discharge_orders"),
         differentials=disease.differentials)
+    return dataclasses.replace(case, sig=case.signature())
+
+
+def abbreviate(text: str, rng: random.Random, p: float = 0.8) -> str:
+    """``text`` with most of ``ABBREVIATIONS`` applied (each kept or not at random)."""
+    import re
+    for pattern, short in ABBREVIATIONS:
+        if rng.random() < p:
+            text = re.sub(pattern, short, text)
+    return text
+
+
+def stylize(case: Case, parts: tuple[str, ...], rng: random.Random) -> Case:
+    """The same case written in the varied style ``parts`` (a subset of ``STYLES``)."""
+    if not parts:
+        return case
+    history = case.present_history
+    if "long" in parts:
+        # A multi-day history: dated episodes with routine sentences between them.
+        sentences = [x + "。" for x in history.split("。") if x]
+        days = sorted(rng.sample(range(2, 15), len(sentences)), reverse=True)
+        history = "".join(f"入院前{d}天，{x}{rng.choice(HISTORY_FILLERS)}" for d, x in zip(days, sentences))
+    changed = dict(present_history=history)
+    if "abbrev" in parts:
+        ab = lambda t: abbreviate(t, rng)  # noqa: E731
+        changed = dict(present_history=ab(history), past_history=ab(case.past_history),
+                       signs=tuple(map(ab, case.signs)), tests=tuple(map(ab, case.tests)),
+                       treatment=tuple(map(ab, case.treatment)), progress=tuple(map(ab, case.progress)),
+                       discharge_condition=ab(case.discharge_condition))
+    return dataclasses.replace(case, style=tuple(p for p in STYLES if p in parts), **changed)
+
+
+def draw_style(rng: random.Random, p_varied: float) -> tuple[str, ...]:
+    """No style (standard template) with probability 1 - ``p_varied``; else a non-empty
+    random subset of ``STYLES``."""
+    if rng.random() >= p_varied:
+        return ()
+    while True:
+        parts = tuple(p for p in STYLES if rng.random() < 0.5)
+        if parts:
+            return parts
 
 
 def diagnosis_target(case: Case) -> str:
+    # The basis copies the case's own words (abbreviations included): grounded by design.
     basis = f"{case.chief_complaint}；{case.signs[0]}{case.tests[0]}"
     lines = [f"{prompts.PRIMARY_HEADING}：{case.disease}",
              f"{prompts.BASIS_HEADING}：{basis}",
@@ -212,7 +304,9 @@ def discharge_target(case: Case) -> str:
 
 
 def task_prompt(case: Case, task: str) -> str:
-    template = {"diagnosis": prompts.DIAGNOSIS_PROMPT, "discharge": prompts.DISCHARGE_PROMPT}
+    free = "free_text" in case.style
+    template = {"diagnosis": prompts.DIAGNOSIS_PROMPT_FREE_TEXT if free else prompts.DIAGNOSIS_PROMPT,
+                "discharge": prompts.DISCHARGE_PROMPT_FREE_TEXT if free else prompts.DISCHARGE_PROMPT}
     if task not in template:
         raise MedwbError(f"task {task!r} is unknown: use one of {', '.join(TASKS)}")
     return template[task].format(**case.fields())
@@ -228,10 +322,13 @@ def to_record(case: Case, task: str) -> dict:
 
 
 def generate_cases(n_per_disease: int, seed: str, exclude: set[str] = frozenset(),
-                   id_prefix: str = "", diseases=None) -> list[Case]:
-    """``n_per_disease`` distinct cases per disease whose signatures avoid ``exclude``."""
+                   id_prefix: str = "", diseases=None, p_varied: float = 0.0) -> list[Case]:
+    """``n_per_disease`` distinct cases per disease whose signatures avoid ``exclude``; a
+    share ``p_varied`` of them in the varied style (drawn from a separate stream, so the
+    underlying cases do not depend on it)."""
     diseases = diseases or load_knowledge()
     rng = random.Random(seed)
+    style_rng = random.Random(seed + "/style")
     cases, seen = [], set(exclude)
     for d_index, disease in enumerate(diseases):
         made, tries = 0, 0
@@ -245,18 +342,28 @@ def generate_cases(n_per_disease: int, seed: str, exclude: set[str] = frozenset(
             if sig in seen:
                 continue
             seen.add(sig)
-            cases.append(case)
+            cases.append(stylize(case, draw_style(style_rng, p_varied), style_rng) if p_varied else case)
             made += 1
     return cases
 
 
-def heldout_cases(n_per_disease: int = 2, seed: str = "medwb-heldout-v1") -> list[Case]:
-    return generate_cases(n_per_disease, seed, id_prefix="h")
+def heldout_cases(name: str = "standard") -> list[Case]:
+    """One shipped held-out set (``HELDOUT_SETS``); the varied set avoids the standard one."""
+    if name not in HELDOUT_SETS:
+        raise MedwbError(f"held-out set {name!r} is unknown: use one of {', '.join(HELDOUT_SETS)}")
+    n, seed, varied = HELDOUT_SETS[name]
+    exclude = set() if name == "standard" else {c.signature() for c in heldout_cases("standard")}
+    prefix = "h" if name == "standard" else "v"
+    return generate_cases(n, seed, exclude=exclude, id_prefix=prefix, p_varied=1.0 if varied else 0.0)
 
 
-def train_cases(n_per_disease: int, seed: str, heldout: list[Case]) -> list[Case]:
+def all_heldout_cases() -> list[Case]:
+    return [c for name in HELDOUT_SETS for c in heldout_cases(name)]
+
+
+def train_cases(n_per_disease: int, seed: str, heldout: list[Case], p_varied: float = 0.0) -> list[Case]:
     return generate_cases(n_per_disease, seed, exclude={c.signature() for c in heldout},
-                          id_prefix="t")
+                          id_prefix="t", p_varied=p_varied)
 
 
 # --- the shipped evaluation set --------------------------------------------------------
@@ -269,21 +376,29 @@ def heldout_records_text(cases: list[Case]) -> dict[str, str]:
     return out
 
 
+def heldout_file(task: str, name: str = "standard") -> str:
+    return f"{task}.jsonl" if name == "standard" else f"{task}_{name}.jsonl"
+
+
 def write_heldout(out_dir: Path = HELDOUT_DIR) -> list[Path]:
     from medwb.paths import write_text_atomic
     written = []
-    for task, text in heldout_records_text(heldout_cases()).items():
-        path = Path(out_dir) / f"{task}.jsonl"
-        write_text_atomic(path, text)
-        written.append(path)
+    for name in HELDOUT_SETS:
+        for task, text in heldout_records_text(heldout_cases(name)).items():
+            path = Path(out_dir) / heldout_file(task, name)
+            write_text_atomic(path, text)
+            written.append(path)
     return written
 
 
-def load_records(task: str, data_dir: Path = HELDOUT_DIR, limit: int | None = None) -> list[dict]:
-    """The bundled held-out records of one workflow."""
+def load_records(task: str, data_dir: Path = HELDOUT_DIR, limit: int | None = None,
+                 heldout_set: str = "standard") -> list[dict]:
+    """The bundled held-out records of one workflow (``heldout_set``: standard or varied)."""
     if task not in TASKS:
         raise MedwbError(f"task {task!r} is unknown: use one of {', '.join(TASKS)}")
-    path = Path(data_dir) / f"{task}.jsonl"
+    if heldout_set not in HELDOUT_SETS:
+        raise MedwbError(f"held-out set {heldout_set!r} is unknown: use one of {', '.join(HELDOUT_SETS)}")
+    path = Path(data_dir) / heldout_file(task, heldout_set)
     if not path.exists():
         raise MedwbError(f"held-out set {path} is missing: run `medwb data` to regenerate it")
     with open(path, encoding="utf-8") as f:

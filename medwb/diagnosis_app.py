@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from medwb import diagnosis, feedback, prompts, workers
+from medwb import diagnosis, feedback, prompts, sysinfo, workers
 from medwb.errors import MedwbError
 
 WORKFLOW = "differential_diagnosis"
@@ -261,16 +261,21 @@ class DiagnosisApp:
             self.case_ref = None  # edited: no longer the bundled case as shipped
         if not self.record_editor.value.strip():
             self.record_editor.value = diagnosis.course_record(fields)
+        # Our own workers are left out: another busy process would slow every answer.
+        load = sysinfo.machine_load(interval_s=0.2)
         with self._lock:
             parent = self.round_id
             if parent is not None:
                 self.store.action("regenerate", parent)
                 self._stop_running()
             round_id = self.store.new_round(WORKFLOW, self.session_id, fields, self.template, self.max_new_tokens,
-                                            parent_round_id=parent, case_ref=self.case_ref, origin=self.origin)
+                                            parent_round_id=parent, case_ref=self.case_ref, origin=self.origin,
+                                            machine_load=load)
             self.round_id = round_id
             self.say(f"第 {round_id} 轮 · round {round_id}" + (f" (regenerated from round {parent})" if parent else "")
                      + f": {len(self.cards)} models generating", new_round=True)
+            if sysinfo.load_warning(load):
+                self.say(sysinfo.load_warning(load), "warning")
             for card in self.cards:
                 model = {**card.worker.spec, **card.worker.info}
                 output_id = self.store.new_output(round_id, card.slot, {

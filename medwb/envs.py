@@ -13,7 +13,6 @@ $MEDWB_MAIN_PYTHON / $MEDWB_BIGDL_PYTHON point elsewhere (e.g. conda envs).
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -52,17 +51,14 @@ def run_in(env: str, module_args: list[str], timeout: float = 300) -> subprocess
 
 
 def query_json(env: str, module_args: list[str], timeout: float = 300, raise_error: bool = True):
-    """Run a medwb module in ``env`` that prints JSON on its last stdout line. With
-    ``raise_error=False`` a failure comes back as ``{"error": "..."}``."""
+    """Run a medwb module in ``env`` that hands back JSON with ``medwb.child.write_result``
+    (a result file, never stdout). With ``raise_error=False`` a failure comes back as
+    ``{"error": "..."}``."""
+    from medwb import child
     try:
-        proc = run_in(env, module_args, timeout)
-    except subprocess.TimeoutExpired:
+        return child.run([str(require(env)), *module_args], timeout=timeout, cwd=REPO_DIR,
+                         what=f"{env} environment: {' '.join(module_args)}")
+    except child.ChildError as e:
         if raise_error:
             raise
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        if not raise_error:
-            return {"error": tail[0]}
-        raise MedwbError(f"{env} environment: `{' '.join(module_args)}` failed: {tail[0]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return {"error": str(e)}

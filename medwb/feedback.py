@@ -27,7 +27,9 @@ from pathlib import Path
 
 from medwb.errors import MedwbError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Older stores are upgraded in place by adding columns (rows are never rewritten or lost).
+MIGRATIONS = {1: ["ALTER TABLE rounds ADD COLUMN machine_load TEXT"]}
 ACTIONS = ("view", "backfill", "copy", "like", "dislike", "report_error", "regenerate")
 OUTPUT_STATUSES = ("running", "ok", "error", "timeout", "cancelled")
 ERROR_CATEGORIES = ("事实错误 factual error", "遗漏 omission", "诊断不当 wrong diagnosis",
@@ -46,7 +48,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     inputs_json     TEXT,
     template_hash   TEXT NOT NULL,
     max_new_tokens  INTEGER NOT NULL,
-    created_at      TEXT NOT NULL);
+    created_at      TEXT NOT NULL,
+    machine_load    TEXT);
 CREATE TABLE IF NOT EXISTS outputs (
     output_id         INTEGER PRIMARY KEY AUTOINCREMENT,
     round_id          INTEGER NOT NULL REFERENCES rounds(round_id),
@@ -102,8 +105,15 @@ class FeedbackStore:
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             with self._conn:
+                new = self._conn.execute("SELECT name FROM sqlite_master WHERE name = 'rounds'").fetchone() is None
                 self._conn.executescript(SCHEMA)
-                self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                if new:
+                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                version = int(self._meta("schema_version"))
+                for old in range(version, SCHEMA_VERSION):
+                    for statement in MIGRATIONS.get(old, []):
+                        self._conn.execute(statement)
+                    self._conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(old + 1),))
                 self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('hash_key', ?)", (secrets.token_hex(32),))
         except sqlite3.DatabaseError as e:
             raise MedwbError(f"{parameter} '{self.path}' cannot be opened as a writable feedback database ({e}); "
@@ -151,15 +161,17 @@ class FeedbackStore:
 
     # ------------------------------------------------------------------ writes
     def new_round(self, workflow: str, session_id: str, inputs: dict, template: str, max_new_tokens: int,
-                  parent_round_id: int | None = None, case_ref: str | None = None, origin: str = "ui") -> int:
+                  parent_round_id: int | None = None, case_ref: str | None = None, origin: str = "ui",
+                  machine_load: dict | None = None) -> int:
         """``origin``: 'ui' (a person at the widgets) or 'scripted' (a notebook driving the app,
-        e.g. the headless demo), so a report can leave scripted feedback out."""
+        e.g. the headless demo), so a report can leave scripted feedback out. ``machine_load``
+        (medwb.sysinfo.machine_load) tells later whether slow answers came from a busy server."""
         return self._write(
             "INSERT INTO rounds (workflow, session_id, origin, parent_round_id, case_ref, inputs_hash, inputs_json,"
-            " template_hash, max_new_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " template_hash, max_new_tokens, created_at, machine_load) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (workflow, session_id, origin, parent_round_id, case_ref, self.inputs_hash(inputs),
              json.dumps(inputs, ensure_ascii=False) if self.store_text else None, text_hash(template),
-             int(max_new_tokens), now_ms()))
+             int(max_new_tokens), now_ms(), json.dumps(machine_load) if machine_load else None))
 
     def new_output(self, round_id: int, slot: int, model: dict) -> int:
         """``model``: label, backend, precision, model_path, fingerprint (the model's identity)."""

@@ -209,11 +209,13 @@ def state_summary(ir_dir) -> dict:
 
 if __name__ == "__main__":
     # python -m medwb.openvino_export MODEL_DIR OUT_DIR FORMAT [GROUP_SIZE]: one export in a
-    # fresh process (the benchmark prepares IRs this way); prints the manifest as JSON.
+    # fresh process (the benchmark prepares IRs this way); hands back the manifest.
     import sys
+
+    from medwb.child import write_result
     try:
         group = int(sys.argv[4]) if len(sys.argv) > 4 else None
-        print(json.dumps(export(sys.argv[1], sys.argv[2], sys.argv[3], group)))
+        write_result(export(sys.argv[1], sys.argv[2], sys.argv[3], group))
     except MedwbError as e:
         print(f"medwb: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -21,7 +21,6 @@ import importlib.metadata
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -85,6 +84,8 @@ def probe(spec: dict) -> dict:
         return probe_cli(spec)
     if spec.get("kernel_build"):
         bigdl_kernels.use_build(spec["kernel_build"])
+    from medwb import sysinfo
+    load = sysinfo.machine_load()  # our parent (the notebook or bench) is left out
     started = time.perf_counter()
     for module in BACKEND_IMPORTS.get(spec["backend"], ()):
         importlib.import_module(module)
@@ -94,7 +95,8 @@ def probe(spec: dict) -> dict:
     backend = load_backend(spec)
     result = {"load_s": round(time.perf_counter() - started, 3), "import_s": round(import_s, 3),
               "rss_mb_before_load": round(rss_before, 1),
-              "peak_rss_mb_load": round(measure.peak_rss_mb(), 1), "describe": backend.describe()}
+              "peak_rss_mb_load": round(measure.peak_rss_mb(), 1), "describe": backend.describe(),
+              "machine_load": load}
     if spec.get("save_to"):
         backend.save_low_bit(spec["save_to"])
         result["saved_bytes"] = measure.dir_size_bytes(spec["save_to"])
@@ -143,8 +145,10 @@ def probe_cli(spec: dict) -> dict:
     from medwb.backends.pytorch import load_tokenizer
     family, precision = "llama", spec["precision"]
     native = Path(spec["native_dir"]) / f"bigdl_llm_{family}_{'q4_0' if precision == 'int4' else 'q8_0'}.bin"
+    from medwb import sysinfo
     result: dict = {"describe": {"backend": "bigdl-cli", "precision": precision, "model_dir": spec["model_path"],
-                                 "bigdl_llm": importlib.metadata.version("bigdl-llm")}}
+                                 "bigdl_llm": importlib.metadata.version("bigdl-llm")},
+                    "machine_load": sysinfo.machine_load()}
     if not native.exists():
         conv = bigdl_native.convert(spec["model_path"], spec["native_dir"], family, precision)
         result.update(convert_s=conv["seconds"], convert_command=conv["command"])
@@ -221,22 +225,21 @@ def agreement(result: dict, reference: dict) -> dict:
 def run_probe(spec: dict, python: str | None = None, timeout: float = 900) -> dict:
     """One variant in a fresh interpreter (``python``: this one by default); a failure or
     a timeout becomes the result's ``error`` field instead of an exception."""
+    from medwb import child
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
         json.dump(spec, f, ensure_ascii=False)
     try:
-        proc = subprocess.run([python or sys.executable, "-m", "medwb.probe", f.name],
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
+        return child.run([python or sys.executable, "-m", "medwb.probe", f.name], timeout=timeout,
+                         what="probe")
+    except child.ChildError as e:
+        # The record keeps the child's own words (its last stderr line), not our wrapper.
+        return {"error": e.reason.removeprefix("failed: ")}
     finally:
         os.unlink(f.name)
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
+    from medwb.child import write_result
     with open(sys.argv[1], encoding="utf-8") as f:
         spec = json.load(f)
-    print(json.dumps(probe(spec), ensure_ascii=False))
+    write_result(probe(spec))

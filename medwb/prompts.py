@@ -60,19 +60,25 @@ CASE_FEATURES = (
     "体格检查：{physical_exam}\n"
     "辅助检查：{auxiliary_exams}\n"
 )
-DIAGNOSIS_PROMPT = "任务：鉴别诊断\n" + CASE_FEATURES + "请给出初步诊断、诊断依据及鉴别诊断。"
+# Real records often carry one free-text 病历特点 paragraph instead of the four fields; the
+# corpus renders part of its cases that way (``medwb.corpus`` styles) so the model reads both.
+CASE_SUMMARY = "主诉：{chief_complaint}\n病历特点：{case_summary}\n"
+DIAGNOSIS_INSTRUCTION = "请给出初步诊断、诊断依据及鉴别诊断。"
+DIAGNOSIS_PROMPT = "任务：鉴别诊断\n" + CASE_FEATURES + DIAGNOSIS_INSTRUCTION
+DIAGNOSIS_PROMPT_FREE_TEXT = "任务：鉴别诊断\n" + CASE_SUMMARY + DIAGNOSIS_INSTRUCTION
 PRIMARY_HEADING = "初步诊断"
 BASIS_HEADING = "诊断依据"
 DIFFERENTIAL_HEADING = "鉴别诊断"
 
 # --- discharge record (出院记录) ----------------------------------------------------
-DISCHARGE_PROMPT = (
-    "任务：出院记录\n" + CASE_FEATURES
-    + "入院诊断：{disease}\n"
+_DISCHARGE_REST = (
+    "入院诊断：{disease}\n"
     "病程记录：{course_notes}\n"
     "出院前查房：{discharge_condition}\n"
     "出院医嘱：{orders_brief}\n"
     "请根据以上病历生成出院记录。"
 )
+DISCHARGE_PROMPT = "任务：出院记录\n" + CASE_FEATURES + _DISCHARGE_REST
+DISCHARGE_PROMPT_FREE_TEXT = "任务：出院记录\n" + CASE_SUMMARY + _DISCHARGE_REST
 # The five sections of a discharge record, in order.
 DISCHARGE_SECTIONS = ("出院诊断", "入院情况", "诊疗经过", "出院情况", "出院医嘱")

@@ -31,7 +31,7 @@ def read_records(path) -> list[dict]:
 _MEASURED = ("load_s", "import_s", "rss_mb_before_load", "peak_rss_mb_load", "peak_rss_mb", "rss_increase_mb",
              "ttft_ms", "tpot_ms", "ttft_ms_trials", "tpot_ms_trials", "throughput_tok_s", "trials",
              "timing", "n_prompt_tokens", "n_new_tokens", "output_md5", "kernel_builds", "saved_bytes",
-             "compiled_properties", "runtime_layer_types", "kernels")
+             "compiled_properties", "runtime_layer_types", "kernels", "machine_load")
 _VERSIONS = ("torch", "transformers", "bigdl_llm", "openvino", "optimum_intel", "openvino_genai")
 
 
@@ -46,6 +46,10 @@ def variant_record(backend: str, route: str, precision: str, result: dict, refer
         rec["error"] = result["error"]
         return rec
     rec.update({k: result[k] for k in _MEASURED if k in result})
+    from medwb.sysinfo import load_warning
+    if result.get("machine_load") and load_warning(result["machine_load"]):
+        # Shown where the figure is read (notebook or bench output), and kept in the record.
+        print(f"{backend}:{precision}: {load_warning(result['machine_load'])}")
     rec["versions"] = {k: v for k, v in result["describe"].items() if k in _VERSIONS}
     if result["describe"].get("load"):
         rec["load"] = result["describe"]["load"]

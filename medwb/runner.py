@@ -1,8 +1,9 @@
 """The main job: execute every notebook with papermill into a timestamped run folder.
 
 ``runs/<YYYYmmdd-HHMMSS>/`` receives the executed notebooks, whatever they write (each
-notebook gets ``run_dir`` as a parameter), and ``summary.json`` (status and duration per
-notebook). ``runs/latest`` points at the newest run. A failing notebook is recorded and
+notebook gets ``run_dir`` as a parameter), ``manifest.json`` (commit, lock files, CPU,
+model checksums, parameters: ``medwb.provenance``) and ``summary.json`` (status and
+duration per notebook). ``runs/latest`` points at the newest run. A failing notebook is recorded and
 the others still run; the job's exit status says whether all passed.
 """
 from __future__ import annotations
@@ -99,6 +100,10 @@ def run_all(notebooks: list[Path] | None = None, root: Path | None = None,
         notebook_parameters(nb, Path("."), parameters)
     run = new_run_dir(root)
     log(f"run folder: {run}")
+    from medwb import provenance, sysinfo
+    sysinfo.check_load(log=log)
+    provenance.write(run, {"notebooks": [nb.name for nb in notebooks], "overrides": parameters or {}},
+                     kind="main job")
     records = []
     for nb in notebooks:
         log(f"  executing {nb.name} (kernel {kernel_of(nb)}) ...")

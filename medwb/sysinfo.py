@@ -6,7 +6,6 @@ environment-check notebook calls it in the bigdl env from the main kernel.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
 import sys
@@ -64,6 +63,64 @@ def cpu() -> dict:
         "memory_total_gib": round(mem.total / 2**30, 1),
         "memory_available_gib": round(mem.available / 2**30, 1),
     }
+
+
+def machine_load(interval_s: float = 0.5, busy_percent: float = 30.0) -> dict:
+    """How busy this machine is right now, for anything that times or trains.
+
+    OpenMP pools (torch, bigdl, OpenVINO) spin-wait for a thread whose core is taken: one
+    busy process beside a 2-thread job made it 5-40x slower here. Other processes using
+    more than ``busy_percent`` of a core over ``interval_s`` are listed; ``quiet`` is False
+    when there is any, or when the 1-minute load average exceeds half the cores.
+    """
+    import time
+
+    import psutil
+    mine = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
+    mine |= {p.pid for p in psutil.Process().parents()}
+    procs = []
+    for p in psutil.process_iter(["pid", "name"]):
+        if p.info["pid"] in mine:
+            continue
+        try:
+            p.cpu_percent(None)
+            procs.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    time.sleep(interval_s)
+    busy = []
+    for p in procs:
+        try:
+            pct = p.cpu_percent(None)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if pct >= busy_percent:
+            busy.append({"pid": p.info["pid"], "name": p.info["name"], "cpu_percent": round(pct, 1)})
+    cores = os.cpu_count() or 1
+    load1 = os.getloadavg()[0]
+    quiet = not busy and load1 <= max(0.5, cores / 2)
+    return {"loadavg_1m": round(load1, 2), "cores": cores, "quiet": quiet,
+            "busy_processes": sorted(busy, key=lambda b: -b["cpu_percent"])}
+
+
+def load_warning(load: dict) -> str | None:
+    """One line to show before timing on a machine that is not quiet, else None."""
+    if load["quiet"]:
+        return None
+    who = ", ".join(f"{b['name']} (pid {b['pid']}, {b['cpu_percent']:.0f}% CPU)"
+                    for b in load["busy_processes"][:3]) or "no single process"
+    return (f"warning: the machine is not quiet (load average {load['loadavg_1m']} on {load['cores']} "
+            f"cores; busy: {who}): timings will be slower than this CPU can do; the load is stored "
+            "with every record")
+
+
+def check_load(log=print, **kwargs) -> dict:
+    """``machine_load()``, warning through ``log`` when the machine is busy."""
+    load = machine_load(**kwargs)
+    warning = load_warning(load)
+    if warning:
+        log(warning)
+    return load
 
 
 def isa_features(flags: set[str] | None = None) -> list[dict]:
@@ -188,4 +245,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Print this machine's MedWB environment report.")
     parser.add_argument("--env", choices=["main", "bigdl"], default="main")
     args = parser.parse_args()
-    print(json.dumps(report(args.env), ensure_ascii=False))
+    from medwb.child import write_result
+    write_result(report(args.env))

@@ -8,8 +8,9 @@ Small on purpose (a few minutes on two cores):
   diagnosis is one token among hundreds otherwise);
 - AdamW with warm-up and cosine decay; bf16 autocast where the CPU has native bf16 (it
   roughly halves step time here);
-- a wall-clock cap so a slow machine still finishes (the manifest then says it stopped
-  early).
+- a fixed number of steps on a fixed number of threads: the result never depends on
+  how fast or busy the machine is (a wall-clock cap once let a busy machine ship a model
+  trained for 18 of 680 steps). ``contention()`` measures what a busy core costs.
 """
 from __future__ import annotations
 
@@ -91,13 +92,15 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, final_ratio: float = 0.
 
 
 def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_decay: float,
-          batch_tokens: int, seed: int, pad_id: int, bf16_autocast: bool, max_seconds: float,
+          batch_tokens: int, seed: int, pad_id: int, bf16_autocast: bool, threads: int = 1,
           loss_on_prompt: bool = False, key_weight: float = 1.0, progress: bool = True,
           on_step=None) -> dict:
-    """Train in place; return a log (steps done, seconds, tokens, loss history)."""
+    """Train in place for exactly ``steps`` steps on ``threads`` threads; return a log
+    (seconds, step rate, tokens, loss history)."""
     import torch
     from tqdm.auto import tqdm
 
+    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95),
@@ -105,13 +108,9 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
     model.train()
     batches: list[list[int]] = []
     history, tokens_seen, start = [], 0, time.perf_counter()
-    stopped_early = False
     bar = tqdm(range(steps), desc="training demo model", unit="step", disable=not progress)
     running, steps_done = None, 0
     for step in bar:
-        if time.perf_counter() - start > max_seconds:
-            stopped_early = True
-            break
         if not batches:
             batches = make_batches(examples, batch_tokens, rng)
         ids, mask, weights = collate(examples, batches.pop(), pad_id, loss_on_prompt, key_weight)
@@ -135,7 +134,40 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
             on_step(step, model)
     bar.close()
     model.eval()
-    return {"steps_planned": steps, "steps_done": steps_done,
-            "seconds": round(time.perf_counter() - start, 1), "tokens_seen": tokens_seen,
-            "final_loss": round(running, 4) if running is not None else None,
-            "loss_history": history, "stopped_early": stopped_early}
+    seconds = time.perf_counter() - start
+    return {"steps": steps_done, "threads": threads, "seconds": round(seconds, 1),
+            "steps_per_s": round(steps_done / seconds, 3) if seconds else None,
+            "tokens_seen": tokens_seen, "final_loss": round(running, 4) if running is not None else None,
+            "loss_history": history}
+
+
+def contention(model, examples, thread_counts=(1, 2), steps: int = 16, warmup: int = 4,
+               **train_kwargs) -> list[dict]:
+    """Step rate of a throwaway copy of ``model`` alone and with one busy process beside
+    it, per thread count: the record that justifies the recipe's thread setting."""
+    import copy
+    import subprocess
+    import sys
+
+    rows = []
+    for threads in thread_counts:
+        row = {"threads": threads}
+        for label in ("alone", "busy_core"):
+            busy = None
+            if label == "busy_core":  # one single-threaded busy loop, as an editor or a search would be
+                busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                time.sleep(0.5)
+            try:
+                stamps: list[float] = []
+                kw = dict(train_kwargs, steps=warmup + steps, threads=threads, progress=False,
+                          on_step=lambda step, _m: stamps.append(time.perf_counter()))
+                train(copy.deepcopy(model), examples, **kw)
+            finally:
+                if busy is not None:
+                    busy.kill()
+                    busy.wait()
+            # The first steps allocate and pick kernels: timed from the end of the warm-up.
+            row[f"{label}_steps_per_s"] = round(steps / (stamps[-1] - stamps[warmup - 1]), 3)
+        row["slowdown"] = round(row["alone_steps_per_s"] / row["busy_core_steps_per_s"], 2)
+        rows.append(row)
+    return rows

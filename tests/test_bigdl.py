@@ -22,7 +22,7 @@ import json, medwb
 from medwb import bigdl_route
 recs = bigdl_route.api_route({str(demo_model_dir)!r}, ["sym_int8"], {str(tmp_path)!r}, 2,
                              n_prompts=8, max_new_tokens=32, log=lambda *a: None)
-print(json.dumps(recs))
+from medwb.child import write_result; write_result(recs)
 """
     fp32, first, again = run_python("bigdl", code)
     assert fp32["precision"] == "fp32" and "error" not in first and "error" not in again
@@ -40,8 +40,9 @@ def test_kernel_build_is_reported_and_override_loads_the_requested_build(demo_mo
     code = f"""
 import json, medwb
 from medwb import bigdl_route
-print(json.dumps(bigdl_route.kernel_comparison({str(demo_model_dir)!r}, "sym_int4", 2, "avx2",
-                                               n_prompts=1, max_new_tokens=4)))
+from medwb.child import write_result
+write_result(bigdl_route.kernel_comparison({str(demo_model_dir)!r}, "sym_int4", 2, "avx2",
+                                           n_prompts=1, max_new_tokens=4))
 """
     default, override = run_python("bigdl", code)
     assert set(default["kernel_builds"]) == {"llama"}  # read from the process, whatever it is
@@ -54,7 +55,7 @@ import json, medwb
 from medwb import bigdl_route
 recs, why = bigdl_route.cli_route({str(demo_model_dir)!r}, "llama", {str(tmp_path)!r}, 2,
                                   "【医生】任务：鉴别诊断\\n主诉：胸痛2小时\\n【助手】", n_predict=8, log=lambda *a: None)
-print(json.dumps({{"recs": recs, "why": why}}))
+from medwb.child import write_result; write_result({{"recs": recs, "why": why}})
 """
     out = run_python("bigdl", code)
     assert out["why"] is None
@@ -77,7 +78,8 @@ def test_cli_route_explains_why_a_model_cannot_take_it(demo_model_dir, tmp_path)
 import json, medwb
 from medwb import bigdl_native
 from pathlib import Path
-print(json.dumps(bigdl_native.cli_route_problems(Path({str(model)!r}), "llama")))
+from medwb.child import write_result
+write_result(bigdl_native.cli_route_problems(Path({str(model)!r}), "llama"))
 """
     problems = " ".join(run_python("bigdl", code))
     assert "pytorch_model.bin" in problems and "layers" in problems and "grouped-query" in problems

@@ -34,11 +34,13 @@ def test_pytorch_bin_holds_the_same_weights_as_safetensors(demo_model_dir):
 
 
 def test_quality_meets_the_targets_on_heldout_cases(demo_model_dir):
-    """Re-measured here, not read from the manifest."""
+    """Re-measured here (greedy FP32, both held-out sets), not read from the manifest."""
     q = demo_model.evaluate_model(demo_model_dir, progress=False)
     print(demo_model.format_quality(q))
-    assert q["discharge_sections_rate"] >= 0.9
-    assert q["diagnosis_top3_rate"] >= 0.5
+    assert demo_model.gate(q, demo_model.RECIPE["targets"]) == []
+    # The varied set (abbreviations, free text, long records) has no target; it is
+    # reported, and must at least be far from useless.
+    assert q["varied"]["diagnosis_top3_rate"] >= 0.5 and q["varied"]["discharge_sections_rate"] >= 0.5
 
 
 def test_bigdl_env_loads_the_model_and_agrees_with_main_env(demo_model_dir):
@@ -55,46 +57,127 @@ t = AutoTokenizer.from_pretrained({str(demo_model_dir)!r})
 m = AutoModelForCausalLM.from_pretrained({str(demo_model_dir)!r}, torch_dtype=torch.float32).eval()
 enc = t([{prompt!r}], return_tensors="pt")
 out = m.generate(**enc, max_new_tokens=24, do_sample=False)
-print(json.dumps(out[0].tolist()))
+from medwb.child import write_result; write_result(out[0].tolist())
 """
     assert run_python("bigdl", code) == main_ids
 
 
-# --- cache ---------------------------------------------------------------------------
-TINY = copy.deepcopy(demo_model.RECIPE)
-TINY["name"] = "medwb-demo-llama-test-tiny"
-TINY["corpus"]["train_cases_per_disease"] = 2
-TINY["train"]["steps"] = 2
-TINY["eval"] = {"cases": 2, "max_new_tokens": {"diagnosis": 4, "discharge": 4}}
+# --- shipped, derived, rebuilt ---------------------------------------------------------
+def test_loaded_files_are_byte_identical_to_the_committed_ones(demo_model_dir):
+    """What every route loads is the shipped model, byte for byte (plus the derived .bin)."""
+    import hashlib
+    manifest = demo_model.read_manifest(demo_model.SHIPPED_DIR)
+    committed = subprocess.run(["git", "ls-files", "data/demo-model"], capture_output=True, text=True,
+                               cwd=demo_model.SHIPPED_DIR.parents[1]).stdout.split()
+    for name in demo_model.SHIPPED_FILES:
+        assert f"data/demo-model/{name}" in committed
+        shipped = hashlib.sha256((demo_model.SHIPPED_DIR / name).read_bytes()).hexdigest()
+        loaded = hashlib.sha256((demo_model_dir / name).read_bytes()).hexdigest()
+        assert shipped == loaded == manifest["files"][name], name
+    assert demo_model.verify(demo_model_dir) is None
+
+
+def test_shipped_model_was_built_from_this_recipe_and_data():
+    """Editing the knowledge table, the corpus or the recipe without rebuilding would ship
+    a model that never saw the change: `make demo-model-rebuild`, then commit data/demo-model."""
+    assert demo_model.read_manifest(demo_model.SHIPPED_DIR)["data_hash"] == demo_model.data_hash()
 
 
 @pytest.fixture()
-def tiny_cache(tmp_path, monkeypatch):
+def empty_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDWB_CACHE", str(tmp_path / "cache"))
-    return tmp_path
+    return tmp_path / "cache"
 
 
-def test_cache_is_reused_and_a_corrupt_cache_is_rebuilt(tiny_cache):
-    logs = []
-    path = demo_model.ensure(recipe=TINY, progress=False, log=logs.append)
-    assert demo_model.verify(path, TINY) is None
-    logs.clear()
-    assert demo_model.ensure(recipe=TINY, progress=False, log=logs.append) == path
-    assert logs == []  # reused: nothing built
-    with open(path / "model.safetensors", "r+b") as f:  # flip bytes in the weights
-        f.seek(200)
+def test_a_fresh_cache_derives_the_model_without_training(empty_cache, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from medwb import training
+
+    def no_training(*a, **k):
+        raise AssertionError("ensure() must never train")
+    monkeypatch.setattr(training, "train", no_training)
+    path = demo_model.ensure(log=lambda *_: None)
+    assert path.is_relative_to(empty_cache) and demo_model.verify(path) is None
+    st = load_file(path / "model.safetensors")
+    pt = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    assert st.keys() == pt.keys() and all(torch.equal(st[k], pt[k]) for k in st)
+    # A corrupt derived file is derived again, never trusted.
+    with open(path / "pytorch_model.bin", "r+b") as f:
+        f.seek(300)
         f.write(b"\x00\x01\x02\x03")
-    assert "checksum" in demo_model.verify(path, TINY)
-    demo_model.ensure(recipe=TINY, progress=False, log=logs.append)
-    assert any("not usable" in line and "rebuilding" in line for line in logs)
-    assert demo_model.verify(path, TINY) is None
-    assert not list(path.parent.glob(".*tmp-*"))  # no half-written directory left
+    logs = []
+    assert demo_model.ensure(log=logs.append) == path
+    assert any("not usable" in line and "checksum" in line for line in logs)
+    assert demo_model.verify(path) is None
+    assert not list(path.parent.glob(".*tmp-*"))
 
 
-def test_recipe_change_gives_another_cache_entry():
+def test_a_recipe_change_warns_and_keeps_the_shipped_model(empty_cache):
     other = copy.deepcopy(demo_model.RECIPE)
-    other["train"]["steps"] += 1
-    assert demo_model.recipe_hash(other) != demo_model.recipe_hash()
+    other["corpus"]["p_varied"] = 0.1
+    assert demo_model.data_hash(other) != demo_model.data_hash()
+    logs = []
+    assert demo_model.source(other, log=logs.append) == demo_model.SHIPPED_DIR
+    assert "medwb demo-model --rebuild" in logs[0]
+
+
+TINY = copy.deepcopy(demo_model.RECIPE)
+TINY["name"] = "medwb-demo-llama-test-tiny"
+TINY["corpus"]["train_cases_per_disease"] = 2
+TINY["train"]["steps"] = 3
+TINY["eval"] = {"cases": 2, "max_new_tokens": {"diagnosis": 4, "discharge": 4}}
+
+
+def test_the_quality_gate_refuses_an_undertrained_model_and_keeps_nothing(empty_cache):
+    with pytest.raises(MedwbError) as err:
+        demo_model.rebuild(TINY, progress=False, log=lambda *_: None)
+    message = str(err.value)
+    assert "failed its quality gate" in message and "target 90%" in message
+    assert "steps/s" in message and "load average" in message  # figures to act on
+    builds = demo_model.builds_dir()
+    assert [p.name for p in builds.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_rebuild_that_passes_is_kept_verified_and_reused(empty_cache):
+    passing = copy.deepcopy(TINY)
+    passing["targets"] = {}  # a tiny model passes an empty gate: this checks the plumbing
+    path = demo_model.rebuild(passing, progress=False, log=lambda *_: None)
+    assert demo_model.verify(path) is None
+    manifest = demo_model.read_manifest(path)
+    assert manifest["training"]["steps"] == 3 and manifest["data_hash"] == demo_model.data_hash(passing)
+    logs = []
+    assert demo_model.rebuild(passing, progress=False, log=logs.append) == path
+    assert "reusing" in logs[0]
+    assert demo_model.source(passing, log=logs.append) == path  # a local rebuild wins over a stale shipped one
+
+
+def test_training_is_deterministic_for_a_fixed_thread_count():
+    import random
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from medwb import training
+    rng = random.Random(0)
+    examples = [training.Example([1] + [rng.randrange(5, 500) for _ in range(rng.randrange(20, 60))],
+                                 [rng.randrange(5, 500) for _ in range(10)], 2) for _ in range(24)]
+
+    def run():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=192,
+                                             num_hidden_layers=2, num_attention_heads=2,
+                                             num_key_value_heads=2, max_position_embeddings=128))
+        log = training.train(model, examples, steps=6, lr=3e-3, warmup_steps=2, weight_decay=0.01,
+                             batch_tokens=256, seed=0, pad_id=0, bf16_autocast=False, threads=1,
+                             key_weight=5.0, progress=False)
+        return [loss for _, loss in log["loss_history"]] + [log["final_loss"]], model.state_dict()
+
+    losses_a, weights_a = run()
+    losses_b, weights_b = run()
+    assert losses_a == losses_b
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
 def test_bad_shapes_are_rejected_before_training():
@@ -110,7 +193,7 @@ def test_cli_prints_quality_figures_and_copies_with_out(demo_model_dir, tmp_path
     out = subprocess.run([sys.executable, "-m", "medwb", "demo-model", "--out", str(tmp_path / "m")],
                          capture_output=True, text=True, check=True)
     assert "true diagnosis among the first three named" in out.stdout
-    assert "all five section headings present" in out.stdout
+    assert "all five section headings present" in out.stdout and "varied style" in out.stdout
     assert demo_model.verify(tmp_path / "m") is None
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
@@ -119,3 +202,5 @@ def test_cli_prints_quality_figures_and_copies_with_out(demo_model_dir, tmp_path
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and str(tmp_path / "other") in bad.stderr
     assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
+    alone = subprocess.run([sys.executable, "-m", "medwb", "demo-model", "--force"], capture_output=True, text=True)
+    assert alone.returncode == 2 and "--force" in alone.stderr

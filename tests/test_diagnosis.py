@@ -71,6 +71,23 @@ def test_not_a_database_is_refused(tmp_path):
         feedback.FeedbackStore(bad)
 
 
+def test_a_version_1_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(feedback.SCHEMA.replace(",\n    machine_load    TEXT", ""))
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('hash_key', ?)", ("ab" * 32,))
+    conn.execute("INSERT INTO rounds (workflow, session_id, origin, inputs_hash, template_hash, max_new_tokens,"
+                 " created_at) VALUES ('diagnosis', 's', 'ui', 'h', 't', 8, 'now')")
+    conn.commit()
+    conn.close()
+    store = feedback.FeedbackStore(path)
+    assert store._meta("schema_version") == str(feedback.SCHEMA_VERSION)
+    assert len(store.rows("rounds")) == 1 and store.rows("rounds")[0]["machine_load"] is None
+    rid = store.new_round("diagnosis", "s", {"chief_complaint": "x"}, "t", 8, machine_load={"quiet": True})
+    assert json.loads(store.rows("rounds")[-1]["machine_load"]) == {"quiet": True} and rid == 2
+    store.close()
+
+
 def test_concurrent_writers_lose_nothing(tmp_path):
     """Button callbacks, worker threads and a second process-like connection at once."""
     path = tmp_path / "fb.sqlite"

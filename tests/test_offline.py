@@ -10,6 +10,8 @@ from medwb.errors import MedwbError
 from medwb.offline import OFFLINE_ENV
 from medwb.paths import check_model_dir
 
+from conftest import run_python
+
 
 def test_import_forces_offline_switches():
     env = {k: v for k, v in os.environ.items() if k not in OFFLINE_ENV}
@@ -48,10 +50,10 @@ from medwb.backends.pytorch import PyTorchBackend
 from medwb import prompts
 b = PyTorchBackend.load({str(demo_model_dir)!r})
 out = b.generate([prompts.render_chat([{{"role": "user", "content": "任务：鉴别诊断\\n主诉：发热3天"}}])], 8)
-print(json.dumps({{"attempts": attempts, "out": out}}, ensure_ascii=False))
+from medwb.child import write_result
+write_result({{"attempts": attempts, "out": out}})
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_python("main", code)
     assert result["attempts"] == []
     assert result["out"][0]
 

@@ -32,6 +32,16 @@ def test_main_job_runs_every_notebook_into_a_run_folder(tmp_path, demo_model_dir
     for name in names:
         assert (latest / name).exists()
     assert (latest / "environment.json").exists()  # run_dir reached the notebook
+    manifest = json.loads((latest / "manifest.json").read_text())
+    assert manifest["kind"] == "main job" and len(manifest["git"]["commit"]) == 40
+    assert manifest["parameters"]["notebooks"] == names and manifest["demo_model"]["data_hash"]
+    # every measured variant's record carries the machine load it was timed under
+    bench = [json.loads(line) for line in (latest / "records" / "bench.jsonl").read_text().splitlines()]
+    assert all("machine_load" in r for r in bench if r["record_type"] == "variant" and not r.get("error"))
+    # the run compares with itself as identical (the check a reproducibility job runs)
+    same = subprocess.run([sys.executable, "-m", "medwb", "compare-runs", str(latest), str(latest)],
+                          capture_output=True, text=True)
+    assert same.returncode == 0 and " 0 differ" in same.stdout
     assert str(latest.resolve()) in out.stdout
     # notebook 04 with its defaults: three workers (both routes) answered the bundled case,
     # and every kind of doctor action reached the feedback database

@@ -41,7 +41,7 @@ def test_bigdl_env_tokenizes_identically(demo_model_dir):
     main_ids = [_tokenizer(demo_model_dir)(t)["input_ids"] for t in SAMPLES]
     code = (f"import json, medwb; from transformers import AutoTokenizer\n"
             f"t = AutoTokenizer.from_pretrained({str(demo_model_dir)!r})\n"
-            f"print(json.dumps([t(s)['input_ids'] for s in {SAMPLES!r}]))")
+            f"from medwb.child import write_result; write_result([t(s)['input_ids'] for s in {SAMPLES!r}])")
     assert run_python("bigdl", code) == main_ids
 
 
