@@ -111,7 +111,7 @@ def parse_token_pairs(text: str) -> list[list[int]]:
 def resolve_model(model: str) -> Path:
     if model in ("", "demo"):
         from medwb import demo_model
-        return demo_model.ensure(progress=False)
+        return demo_model.ensure()
     if model.startswith("shape:"):
         return shapes.ensure(model.split(":", 1)[1])
     return check_model_dir(model, "model")

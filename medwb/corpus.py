@@ -121,15 +121,14 @@ class Case:
         # Dated ward-round notes; the discharge summary rewrites them as prose. A long
         # (multi-day) record has a routine note on most days in between.
         long = "long" in self.style
-        notes, day, filler = [], 1, int(self.sig[:8] or "0", 16)
-        for item in self.treatment + self.progress:
+        first = int(self.sig[:8] or "0", 16)  # which routine note comes first: per case
+        notes = []
+        for i, item in enumerate(self.treatment + self.progress):
+            day = 1 + i * (4 if long else 2)
             notes.append(f"第{day}日，{item}")
-            day += 1
-            for _ in range(3 if long else 1):
-                if long:
-                    notes.append(f"第{day}日，{WARD_FILLERS[filler % len(WARD_FILLERS)]}")
-                    filler += 1
-                day += 1
+            if long:  # a routine note on each of the three days until the next event
+                notes += [f"第{day + k}日，{WARD_FILLERS[(first + 3 * i + k - 1) % len(WARD_FILLERS)]}"
+                          for k in (1, 2, 3)]
         return "".join(notes)
 
     @property

@@ -217,7 +217,7 @@ def derived_path(src: Path) -> Path:
     return cache_dir() / "demo-model" / key
 
 
-def ensure(recipe: dict = RECIPE, log=print, progress: bool = True) -> Path:
+def ensure(recipe: dict = RECIPE, log=print) -> Path:
     """The demo model folder every route loads: the shipped (or locally rebuilt) files plus
     ``pytorch_model.bin``, derived once into the cache. Never trains.
 

@@ -274,8 +274,9 @@ class DiagnosisApp:
             self.round_id = round_id
             self.say(f"第 {round_id} 轮 · round {round_id}" + (f" (regenerated from round {parent})" if parent else "")
                      + f": {len(self.cards)} models generating", new_round=True)
-            if sysinfo.load_warning(load):
-                self.say(sysinfo.load_warning(load), "warning")
+            warning = sysinfo.load_warning(load)
+            if warning:
+                self.say(warning, "warning")
             for card in self.cards:
                 model = {**card.worker.spec, **card.worker.info}
                 output_id = self.store.new_output(round_id, card.slot, {

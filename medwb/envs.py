@@ -14,7 +14,6 @@ $MEDWB_MAIN_PYTHON / $MEDWB_BIGDL_PYTHON point elsewhere (e.g. conda envs).
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 from medwb.errors import MedwbError
@@ -41,13 +40,6 @@ def require(env: str) -> Path:
     if not python.exists():
         raise MedwbError(f"the {env} environment is missing ({python}): run `make setup`")
     return python
-
-
-def run_in(env: str, module_args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m ...`` in another environment (offline switches inherited)."""
-    python = require(env)
-    return subprocess.run([str(python), *module_args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO_DIR, env=os.environ.copy())
 
 
 def query_json(env: str, module_args: list[str], timeout: float = 300, raise_error: bool = True):

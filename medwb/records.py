@@ -47,9 +47,9 @@ def variant_record(backend: str, route: str, precision: str, result: dict, refer
         return rec
     rec.update({k: result[k] for k in _MEASURED if k in result})
     from medwb.sysinfo import load_warning
-    if result.get("machine_load") and load_warning(result["machine_load"]):
-        # Shown where the figure is read (notebook or bench output), and kept in the record.
-        print(f"{backend}:{precision}: {load_warning(result['machine_load'])}")
+    warning = load_warning(result["machine_load"]) if result.get("machine_load") else None
+    if warning:  # shown where the figure is read (notebook or bench output), kept in the record
+        print(f"{backend}:{precision}: {warning}")
     rec["versions"] = {k: v for k, v in result["describe"].items() if k in _VERSIONS}
     if result["describe"].get("load"):
         rec["load"] = result["describe"]["load"]

@@ -79,7 +79,7 @@ def ensure(name: str, with_bin: bool | None = None, log=print) -> Path:
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items() if k != "architectures"}))
     model.eval()
-    demo = demo_model.ensure(progress=False)
+    demo = demo_model.ensure()
     with atomic_dir(out, overwrite=True) as tmp:
         demo_model.save_checkpoint(model, tmp, with_bin=with_bin)
         cfg = json.loads((tmp / "config.json").read_text())

@@ -109,7 +109,7 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
     batches: list[list[int]] = []
     history, tokens_seen, start = [], 0, time.perf_counter()
     bar = tqdm(range(steps), desc="training demo model", unit="step", disable=not progress)
-    running, steps_done = None, 0
+    running = None
     for step in bar:
         if not batches:
             batches = make_batches(examples, batch_tokens, rng)
@@ -124,7 +124,6 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
         opt.step()
         opt.zero_grad(set_to_none=True)
         tokens_seen += int(mask.sum())
-        steps_done += 1
         value = float(loss.detach())
         running = value if running is None else 0.9 * running + 0.1 * value
         if step % 10 == 0 or step == steps - 1:
@@ -135,8 +134,8 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
     bar.close()
     model.eval()
     seconds = time.perf_counter() - start
-    return {"steps": steps_done, "threads": threads, "seconds": round(seconds, 1),
-            "steps_per_s": round(steps_done / seconds, 3) if seconds else None,
+    return {"steps": steps, "threads": threads, "seconds": round(seconds, 1),
+            "steps_per_s": round(steps / seconds, 3) if seconds else None,
             "tokens_seen": tokens_seen, "final_loss": round(running, 4) if running is not None else None,
             "loss_history": history}
 

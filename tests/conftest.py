@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
     from medwb import demo_model
-    return demo_model.ensure(progress=False)
+    return demo_model.ensure()
 
 
 def run_python(env: str, code: str, timeout: float = 600, extra_env: dict | None = None):
