@@ -14,7 +14,7 @@ from medwb.errors import MedwbError
 
 
 def cmd_demo_model(args) -> int:
-    from medwb import demo_model
+    from medwb.models import demo_model
     if args.rebuild:
         path = demo_model.rebuild(out=args.out, force=args.force)
     elif args.force and not args.out:
@@ -33,7 +33,8 @@ def cmd_demo_model(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from medwb import demo_model, runner
+    from medwb import runner
+    from medwb.models import demo_model
     demo_model.ensure()  # derived once, before the notebooks, so none of them races to do it
     notebooks = [Path(p) for p in args.notebooks] if args.notebooks else runner.discover()
     missing = [str(p) for p in notebooks if not p.exists()]
@@ -51,12 +52,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from medwb import bench
-    cfg = bench.load_config(
+    from medwb.backends.variants import parse_variants
+    from medwb.bench import config
+    from medwb.bench import run as bench
+    cfg = config.load_config(
         args.config, model=args.model, trials=args.trials, threads=args.threads,
         quality_cases=args.quality_cases, timeout_s=args.timeout,
-        variants=bench.parse_variants(args.variants) if args.variants else None,
-        token_pairs=bench.parse_token_pairs(args.token_pairs) if args.token_pairs else None)
+        variants=parse_variants(args.variants) if args.variants else None,
+        token_pairs=config.parse_token_pairs(args.token_pairs) if args.token_pairs else None)
     records = bench.run(cfg, args.run_dir, progress=not args.no_progress)
     import pandas as pd
     with pd.option_context("display.width", 200, "display.max_columns", 30):
@@ -70,7 +73,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from medwb import corpus
+    from medwb.tasks import corpus
     for path in corpus.write_heldout(Path(args.out) if args.out else corpus.HELDOUT_DIR):
         print(f"wrote {path}")
     return 0
@@ -86,7 +89,7 @@ def cmd_sysinfo(args) -> int:
 
 
 def cmd_feedback(args) -> int:
-    from medwb import feedback
+    from medwb.apps import feedback
     path = Path(args.database)
     if not path.is_file():
         raise MedwbError(f"database '{path}' does not exist: give the feedback_db of notebook 04 "
@@ -110,7 +113,7 @@ def cmd_compare_runs(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from medwb.bench import DEFAULT_CONFIG as DEFAULT_BENCH_CONFIG
+    from medwb.bench.config import DEFAULT_CONFIG as DEFAULT_BENCH_CONFIG
     p = argparse.ArgumentParser(prog="medwb", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 

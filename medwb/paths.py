@@ -72,6 +72,17 @@ def checkpoint_bytes(model_dir) -> int:
     return sum(p.stat().st_size for p in files)
 
 
+def dir_size_bytes(path) -> int:
+    """Bytes of every regular file below ``path`` (links not followed)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            if not os.path.islink(p):
+                total += os.path.getsize(p)
+    return total
+
+
 def check_writable_dir(path, parameter: str = "out_dir") -> Path:
     """``path`` (or, when it does not exist yet, its nearest existing parent) is writable."""
     out = Path(path)
@@ -125,12 +136,20 @@ def _umask() -> int:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside ``path``, then rename: never a half-written file."""
+    with atomic_file(path, "w") as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "wb"):
+    """An open temporary file beside ``path``, renamed to ``path`` when the block ends
+    without an error (removed otherwise): ``path`` is complete or absent, never partial."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:

@@ -44,7 +44,9 @@ def _sha256(path: Path) -> str | None:
 
 def collect(parameters: dict | None = None, kind: str = "run") -> dict:
     """The manifest of a run starting now."""
-    from medwb import demo_model, records, sysinfo
+    from medwb import sysinfo
+    from medwb.models import demo_model
+    from medwb.bench import records
 
     status = _git("status", "--porcelain", "--untracked-files=no")
     try:
@@ -83,7 +85,7 @@ def _read_manifest(run: Path) -> dict:
 
 def outputs(run: Path) -> dict[str, dict]:
     """key -> record, for every record under ``run`` that carries an ``output_md5``."""
-    from medwb.records import read_records
+    from medwb.bench.records import read_records
 
     found: dict[str, dict] = {}
     for path in sorted(run.rglob("*.jsonl")):

@@ -29,14 +29,13 @@ BIGDL_PACKAGES = ["torch", "transformers", "tokenizers", "bigdl-llm", "accelerat
 
 
 def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    """The CPU's flags (the one place medwb reads them)."""
+    return set(_cpuinfo_field("flags").split())
+
+
+def isa_flags() -> list[str]:
+    """The CPU's flags among ``ISA_FEATURES`` (what records keep beside every figure)."""
+    return sorted(cpu_flags() & {f for f, _, _ in ISA_FEATURES})
 
 
 def _cpuinfo_field(name: str) -> str:

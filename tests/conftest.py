@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
-    from medwb import demo_model
+    from medwb.models import demo_model
     return demo_model.ensure()
 
 

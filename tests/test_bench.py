@@ -7,9 +7,11 @@ import sys
 import papermill as pm
 import pytest
 
-from medwb import bench, runner
+from medwb import runner
+from medwb.backends.variants import parse_variants
+from medwb.bench import config
 from medwb.errors import MedwbError
-from medwb.records import read_records
+from medwb.bench.records import read_records
 
 
 def _bench_cli(*args, timeout=1200):
@@ -34,8 +36,8 @@ def test_bad_config_is_rejected_before_anything_runs(tmp_path):
     assert "variants[3] (bigdl:nf4): 'nf4' raises 'not supported on CPU'" in proc.stderr
     assert not out.exists()
     with pytest.raises(MedwbError, match="unknown setting"):
-        bench.load_config(None, tokens=[1, 2])
-    assert bench.parse_variants("pytorch:fp32,openvino-genai:int4/bf16") == [
+        config.load_config(None, tokens=[1, 2])
+    assert parse_variants("pytorch:fp32,openvino-genai:int4/bf16") == [
         {"backend": "pytorch", "precision": "fp32"},
         {"backend": "openvino-genai", "precision": "bf16", "weights": "int4"}]
 

@@ -19,7 +19,7 @@ INT8_MIN_LOGIT_COSINE = 0.999
 def test_sym_int8_agrees_with_fp32_and_low_bit_round_trip_is_exact(demo_model_dir, tmp_path):
     code = f"""
 import json, medwb
-from medwb import bigdl_route
+from medwb.routes import bigdl as bigdl_route
 recs = bigdl_route.api_route({str(demo_model_dir)!r}, ["sym_int8"], {str(tmp_path)!r}, 2,
                              n_prompts=8, max_new_tokens=32, log=lambda *a: None)
 from medwb.child import write_result; write_result(recs)
@@ -39,7 +39,7 @@ def test_kernel_build_is_reported_and_override_loads_the_requested_build(demo_mo
     """avx2 is requested because any CPU that runs these tests has it."""
     code = f"""
 import json, medwb
-from medwb import bigdl_route
+from medwb.routes import bigdl as bigdl_route
 from medwb.child import write_result
 write_result(bigdl_route.kernel_comparison({str(demo_model_dir)!r}, "sym_int4", 2, "avx2",
                                            n_prompts=1, max_new_tokens=4))
@@ -52,7 +52,7 @@ write_result(bigdl_route.kernel_comparison({str(demo_model_dir)!r}, "sym_int4", 
 def test_cli_route_converts_and_runs_llm_cli(demo_model_dir, tmp_path):
     code = f"""
 import json, medwb
-from medwb import bigdl_route
+from medwb.routes import bigdl as bigdl_route
 recs, why = bigdl_route.cli_route({str(demo_model_dir)!r}, "llama", {str(tmp_path)!r}, 2,
                                   "【医生】任务：鉴别诊断\\n主诉：胸痛2小时\\n【助手】", n_predict=8, log=lambda *a: None)
 from medwb.child import write_result; write_result({{"recs": recs, "why": why}})
@@ -76,10 +76,10 @@ def test_cli_route_explains_why_a_model_cannot_take_it(demo_model_dir, tmp_path)
     (model / "model.safetensors").write_bytes(b"")
     code = f"""
 import json, medwb
-from medwb import bigdl_native
+from medwb.backends.toolchain import llm_cli
 from pathlib import Path
 from medwb.child import write_result
-write_result(bigdl_native.cli_route_problems(Path({str(model)!r}), "llama"))
+write_result(llm_cli.cli_route_problems(Path({str(model)!r}), "llama"))
 """
     problems = " ".join(run_python("bigdl", code))
     assert "pytorch_model.bin" in problems and "layers" in problems and "grouped-query" in problems

@@ -1,7 +1,8 @@
 """The knowledge table, the synthetic corpus and the shipped held-out sets."""
 import pytest
 
-from medwb import corpus, evaluate, prompts
+from medwb.tasks import corpus, prompts
+from medwb.quality import workflow as evaluate
 from medwb.errors import MedwbError
 
 
@@ -47,7 +48,7 @@ def test_varied_style_changes_the_writing_not_the_case():
     assert corpus.abbreviate("血压90/56mmHg，白细胞14.2×10^9/L，否认高血压、呼吸困难", random.Random(0), p=1.0) \
         == "BP 90/56mmHg，WBC14.2×10^9/L，denies HTN、呼吸困难"
     # Targets copy the case's own (abbreviated) findings, so they are grounded by design.
-    from medwb import grounding
+    from medwb.quality import grounding
     for c in corpus.heldout_cases("varied")[:20]:
         basis = grounding.section(corpus.diagnosis_target(c), prompts.BASIS_HEADING, (prompts.DIFFERENTIAL_HEADING,))
         assert grounding.ungrounded(basis, corpus.task_prompt(c, "diagnosis")) == []

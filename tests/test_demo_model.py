@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from medwb import corpus, demo_model, prompts
+from medwb.tasks import corpus, prompts
+from medwb.models import demo_model
 from medwb.backends.pytorch import PyTorchBackend
 from medwb.errors import MedwbError
 
@@ -93,7 +94,7 @@ def test_a_fresh_cache_derives_the_model_without_training(empty_cache, monkeypat
     import torch
     from safetensors.torch import load_file
 
-    from medwb import training
+    from medwb.models import training
 
     def no_training(*a, **k):
         raise AssertionError("ensure() must never train")
@@ -159,7 +160,7 @@ def test_training_is_deterministic_for_a_fixed_thread_count():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from medwb import training
+    from medwb.models import training
     rng = random.Random(0)
     examples = [training.Example([1] + [rng.randrange(5, 500) for _ in range(rng.randrange(20, 60))],
                                  [rng.randrange(5, 500) for _ in range(10)], 2) for _ in range(24)]

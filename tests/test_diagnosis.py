@@ -11,8 +11,11 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from medwb import cli, diagnosis, feedback, prompts, runner, workers
-from medwb.diagnosis_app import DiagnosisApp
+from medwb import cli, runner
+from medwb.apps.diagnosis import record as diagnosis
+from medwb.apps import feedback, workers
+from medwb.tasks import prompts
+from medwb.apps.diagnosis.app import DiagnosisApp
 from medwb.errors import MedwbError
 
 CASE = "h010001"

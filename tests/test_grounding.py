@@ -1,5 +1,5 @@
 """Grounding: numbers with units in an answer, checked against the record (exact cases)."""
-from medwb import grounding
+from medwb.quality import grounding
 
 
 def test_findings_are_numbers_with_units_only():

@@ -47,7 +47,7 @@ socket.socket.connect = trap
 socket.socket.connect_ex = trap
 import medwb
 from medwb.backends.pytorch import PyTorchBackend
-from medwb import prompts
+from medwb.tasks import prompts
 b = PyTorchBackend.load({str(demo_model_dir)!r})
 out = b.generate([prompts.render_chat([{{"role": "user", "content": "任务：鉴别诊断\\n主诉：发热3天"}}])], 8)
 from medwb.child import write_result

@@ -6,7 +6,10 @@ import shutil
 import papermill as pm
 import pytest
 
-from medwb import corpus, openvino_export as oe, prompts, records, runner
+from medwb import runner
+from medwb.tasks import corpus, prompts
+from medwb.backends.toolchain import openvino_export as oe
+from medwb.bench import records
 from medwb.backends.openvino import OptimumOVBackend
 from medwb.backends.openvino_genai import GenAIBackend
 from medwb.backends.pytorch import PyTorchBackend

@@ -4,7 +4,8 @@ import subprocess
 import sys
 import time
 
-from medwb import provenance, records, sysinfo
+from medwb import provenance, sysinfo
+from medwb.bench import records
 
 
 def _run(tmp_path, name, md5s, parameters=None):

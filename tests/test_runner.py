@@ -7,7 +7,8 @@ import sys
 
 import nbformat
 
-from medwb import feedback, runner
+from medwb import runner
+from medwb.apps import feedback
 
 
 def _notebook(path, source):

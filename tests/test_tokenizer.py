@@ -1,7 +1,7 @@
 """The demo tokenizer: one chat format everywhere, readable by both stacks and OpenVINO."""
 
-from medwb import corpus, prompts
-from medwb.tokenizer import bytes_to_unicode
+from medwb.tasks import corpus, prompts
+from medwb.models.tokenizer import bytes_to_unicode
 
 from conftest import run_python
 

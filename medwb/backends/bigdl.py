@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from medwb.backends.pytorch import PyTorchBackend, load_tokenizer
+from medwb.backends.registry import Backend, register
 from medwb.errors import MedwbError
 from medwb.paths import atomic_dir, check_model_dir, linear_input_dims, model_config
 
@@ -102,3 +103,57 @@ class BigDLBackend(PyTorchBackend):
         info.update(backend=self.name, precision=self.low_bit, load=self.source,
                     bigdl_llm=importlib.metadata.version("bigdl-llm"))
         return info
+
+
+@register
+class BigDL(Backend):
+    name, env, family, route = "bigdl", "bigdl", "bigdl", "bigdl-api"
+    precisions = CPU_LOW_BITS
+    imports = ("torch", "transformers", "bigdl.llm.transformers")
+    kernel_builds = True
+    kv_bytes = 4  # bigdl keeps the KV cache in FP32 on CPU
+
+    def load(self, spec: dict) -> BigDLBackend:
+        return BigDLBackend.load(spec["model_path"], spec["precision"], spec.get("threads"))
+
+    def precision_problem(self, precision, where: str) -> str | None:
+        try:
+            check_low_bit(precision, where)
+        except MedwbError as e:
+            return str(e)
+        return None
+
+    def prepare(self, model_dir: Path, variant: dict, root: Path, cfg: dict, log=print) -> dict:
+        # Loaded from a save_low_bit folder, as a deployment would (no FP32-sized peak).
+        from medwb import envs
+        from medwb.paths import dir_size_bytes
+        folder = root / f"bigdl-{variant['precision']}"
+        if not (folder / "config.json").exists():
+            log(f"bigdl {variant['precision']}: quantizing and saving the low-bit folder {folder} ...")
+            res = envs.query_json(self.env, ["-m", __name__, str(model_dir), str(folder), variant["precision"],
+                                             str(cfg.get("threads") or 0)],
+                                  timeout=cfg.get("timeout_s", 1800), raise_error=False)
+            if "error" in res:
+                return {"error": f"save_low_bit failed: {res['error']}"}
+        return {"path": folder, "bytes": dir_size_bytes(folder)}
+
+    def given_artifact(self, path: Path) -> Path | None:
+        return path if is_low_bit_dir(path) else None
+
+    def kernels_label(self, kernel_build: str | None) -> str | None:
+        return f"bigdl {kernel_build} build"
+
+
+if __name__ == "__main__":
+    # python -m medwb.backends.bigdl MODEL_DIR OUT_DIR LOW_BIT [THREADS] (bigdl env): quantize and
+    # save_low_bit in a fresh process; hands back the folder's size.
+    import sys
+
+    import medwb  # noqa: F401  (offline switches before bigdl imports transformers)
+    from medwb.child import write_result
+    try:
+        backend = BigDLBackend.load(sys.argv[1], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else None)
+        write_result({"path": str(backend.save_low_bit(sys.argv[2]))})
+    except MedwbError as e:
+        print(f"medwb: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 
 from medwb.backends.pytorch import PyTorchBackend, load_tokenizer
+from medwb.backends.registry import Backend, register
 from medwb.errors import MedwbError
-from medwb.openvino_export import check_ir_dir
+from medwb.backends.toolchain.openvino_export import check_ir_dir
 
 PRECISIONS = ("f32", "bf16")
 # KV_CACHE_PRECISION values the CPU plugin takes (unset: the plugin's default).
@@ -101,3 +102,41 @@ class OptimumOVBackend(PyTorchBackend):
                     openvino=importlib.metadata.version("openvino"),
                     optimum_intel=importlib.metadata.version("optimum-intel"))
         return info
+
+
+@register
+class OpenVINOOptimum(Backend):
+    """optimum-intel over a stateful IR; openvino-genai (its own file) shares the IR and
+    these settings."""
+    name, family, route = "openvino-optimum", "openvino", "openvino-optimum"
+    precisions = PRECISIONS
+    imports = ("torch", "transformers", "optimum.intel")
+    kv_cache_precisions = KV_CACHE_PRECISIONS
+    # kv_bytes stays the default 2: the record reads the compiled KV_CACHE_PRECISION where
+    # the runtime reports it (optimum does, genai does not).
+
+    @property
+    def weights(self) -> tuple:
+        from medwb.backends.toolchain.openvino_export import WEIGHT_FORMATS
+        return WEIGHT_FORMATS
+
+    def load(self, spec: dict):
+        return OptimumOVBackend.load(spec["model_path"], spec["precision"], spec.get("kv_cache_precision"),
+                                     spec.get("threads"))
+
+    def prepare(self, model_dir: Path, variant: dict, root: Path, cfg: dict, log=print) -> dict:
+        # One IR per weight format, exported once in a fresh process and shared by both runtimes.
+        from medwb import envs
+        from medwb.backends.toolchain import openvino_export as oe
+        ir = root / f"openvino-{variant['weights']}"
+        if not oe.is_complete(ir):
+            log(f"exporting {variant['weights']} IR to {ir} ...")
+        res = envs.query_json(self.env, ["-m", oe.__name__, str(model_dir), str(ir), variant["weights"]],
+                              timeout=cfg.get("timeout_s", 1800), raise_error=False)
+        if "error" in res:
+            return {"error": res["error"]}
+        return {"path": ir, "bytes": res["ir_bytes"], "export_s": res["export_s"]}
+
+    def given_artifact(self, path: Path) -> Path | None:
+        from medwb.backends.toolchain.openvino_export import check_ir_dir
+        return check_ir_dir(path, "model path") if (path / "openvino_model.xml").exists() else None

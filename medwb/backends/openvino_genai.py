@@ -1,7 +1,7 @@
 """OpenVINO GenAI (main env): ``openvino_genai.LLMPipeline`` over the same stateful IR.
 
 Needs the converted tokenizer (openvino_tokenizer.xml / openvino_detokenizer.xml). Prompts
-arrive already formatted (medwb.prompts.render_chat), so the pipeline's own chat template
+arrive already formatted (medwb.tasks.prompts.render_chat), so the pipeline's own chat template
 is switched off. Prefix caching is off: on CPU it is on by default and makes a repeated
 prompt's first token look about 3x faster than it is.
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medwb.backends.openvino import cpu_properties
+from medwb.backends.openvino import OpenVINOOptimum, cpu_properties
+from medwb.backends.registry import register
 from medwb.errors import MedwbError
-from medwb.openvino_export import check_ir_dir
+from medwb.backends.toolchain.openvino_export import check_ir_dir
 
 
 def _greedy_config(max_new_tokens: int, force_length: bool):
@@ -40,7 +41,7 @@ class GenAIBackend:
         for f in ("openvino_tokenizer.xml", "openvino_detokenizer.xml"):
             if not (ir_dir / f).exists():
                 raise MedwbError(f"{parameter} '{ir_dir}' has no {f}: openvino-genai needs the "
-                                 "converted tokenizer (medwb.openvino_export writes it)")
+                                 "converted tokenizer (medwb.backends.toolchain.openvino_export writes it)")
         threads = threads or os.cpu_count() or 1
         props = cpu_properties(inference_precision, kv_cache_precision, threads)
         scheduler = og.SchedulerConfig()
@@ -60,7 +61,7 @@ class GenAIBackend:
                 out.append(str(self.pipe.generate(prompt, cfg, lambda chunk: bool(streamer(chunk)))))
         return out
 
-    # Token-level protocol of medwb.probe (see PyTorchBackend).
+    # Token-level protocol of medwb.bench.probe (see PyTorchBackend).
     def encode(self, prompt: str) -> list[int]:
         return [int(t) for t in self.pipe.get_tokenizer().encode(prompt).input_ids.data[0]]
 
@@ -120,3 +121,13 @@ class GenAIBackend:
         return {"backend": self.name, "precision": self.precision, "model_dir": str(self.model_dir),
                 "threads": self.threads, "requested": self.props,
                 "openvino_genai": importlib.metadata.version("openvino-genai")}
+
+
+@register
+class OpenVINOGenAI(OpenVINOOptimum):
+    name, route = "openvino-genai", "openvino-genai"
+    imports = ("openvino", "openvino_genai")
+
+    def load(self, spec: dict):
+        return GenAIBackend.load(spec["model_path"], spec["precision"], spec.get("kv_cache_precision"),
+                                 spec.get("threads"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medwb.backends.registry import Backend, register
 from medwb.paths import check_model_dir
 
 
@@ -63,7 +64,7 @@ class PyTorchBackend:
             outputs += self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return outputs
 
-    # Token-level protocol used by medwb.probe: the same calls on every backend, so one
+    # Token-level protocol used by medwb.bench.probe: the same calls on every backend, so one
     # measurement routine times them all and compares their tokens.
     def encode(self, prompt: str) -> list[int]:
         return list(self.tokenizer(prompt)["input_ids"])
@@ -121,7 +122,7 @@ class PyTorchBackend:
 
     def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
         """First-token and per-token latency of one forced-length greedy run."""
-        from medwb.measure import TimingStreamer
+        from medwb.bench.measure import TimingStreamer
         streamer = TimingStreamer()
         streamer.begin()
         ids = self.generate_ids(input_ids, max_new_tokens, force_length=True, streamer=streamer)
@@ -144,3 +145,21 @@ class PyTorchBackend:
         return {"backend": self.name, "precision": self.dtype, "model_dir": str(self.model_dir),
                 "threads": self.threads, "torch": torch.__version__,
                 "transformers": transformers.__version__}
+
+
+@register
+class PyTorch(Backend):
+    name, family, route = "pytorch", "pytorch", "pytorch"
+    precisions = ("fp32", "bf16")
+    imports = ("torch", "transformers")
+    kv_bytes = {"fp32": 4, "bf16": 2}
+
+    def load(self, spec: dict) -> PyTorchBackend:
+        dtype = {"fp32": "float32", "bf16": "bfloat16"}[spec["precision"]]
+        return PyTorchBackend.load(spec["model_path"], dtype, spec.get("threads"))
+
+    def prepare(self, model_dir: Path, variant: dict, root: Path, cfg: dict, log=print) -> dict:
+        from medwb.paths import checkpoint_bytes
+        # BF16 is a load-time cast of the same checkpoint: what it holds in memory is half.
+        halve = 2 if variant["precision"] == "bf16" else 1
+        return {"path": model_dir, "bytes": checkpoint_bytes(model_dir) // halve}

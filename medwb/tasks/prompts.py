@@ -5,7 +5,7 @@ exactly these forms, so changing them for the demo model lowers its quality (reb
 with `medwb demo-model --force` after an edit: the templates are part of its recipe).
 
 Placeholders are filled with str.format; every field of a case is available (see
-``medwb.corpus.Case``). Section headings are constants so that evaluation code and the
+``medwb.tasks.corpus.Case``). Section headings are constants so that evaluation code and the
 workflows parse the same words the templates write.
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ CASE_FEATURES = (
     "辅助检查：{auxiliary_exams}\n"
 )
 # Real records often carry one free-text 病历特点 paragraph instead of the four fields; the
-# corpus renders part of its cases that way (``medwb.corpus`` styles) so the model reads both.
+# corpus renders part of its cases that way (``medwb.tasks.corpus`` styles) so the model reads both.
 CASE_SUMMARY = "主诉：{chief_complaint}\n病历特点：{case_summary}\n"
 DIAGNOSIS_INSTRUCTION = "请给出初步诊断、诊断依据及鉴别诊断。"
 DIAGNOSIS_PROMPT = "任务：鉴别诊断\n" + CASE_FEATURES + DIAGNOSIS_INSTRUCTION

@@ -1,4 +1,4 @@
-"""Measurements shared by every backend: per-token timing, peak memory, agreement.
+"""Measurements shared by every backend: per-token timing, peak memory, prompt length.
 
 Speed and memory are recorded, never asserted: the numbers go into JSON records.
 """
@@ -63,32 +63,15 @@ def current_rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def dir_size_bytes(path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            p = os.path.join(root, f)
-            if not os.path.islink(p):
-                total += os.path.getsize(p)
-    return total
-
-
-def prefix_agreement(a: list[int], b: list[int]) -> float:
-    """Share of the reference's tokens reproduced before the first difference."""
-    if not b:
-        return 1.0 if not a else 0.0
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n / len(b)
-
-
-def cosine(u, v) -> float:
-    import numpy as np
-    u, v = np.asarray(u, dtype=np.float64).ravel(), np.asarray(v, dtype=np.float64).ravel()
-    return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+def exact_length(ids: list[int], n: int) -> list[int]:
+    """The prompt's ids cut, or repeated after its first token (BOS), to exactly ``n``."""
+    if n <= len(ids):
+        return ids[:n]
+    body = ids[1:] or ids
+    out = list(ids)
+    while len(out) < n:
+        out += body[: n - len(out)]
+    return out
 
 
 def run_tracking_peak_rss(cmd: list[str], timeout: float, env=None, poll_s: float = 0.05):

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from medwb.prompts import CHAT_TEMPLATE
+from medwb.tasks.prompts import CHAT_TEMPLATE
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 SPECIAL_TOKENS = [UNK, BOS, EOS]

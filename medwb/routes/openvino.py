@@ -1,8 +1,8 @@
 """The OpenVINO route, end to end, for notebook 02 (main env).
 
 Validates every parameter before anything is written, exports one IR per weight format
-(``medwb.openvino_export``), then measures every IR under both runtimes, and a stateless
-export beside the stateful one, each in a fresh process (``medwb.probe``). Records go to
+(``medwb.backends.toolchain.openvino_export``), then measures every IR under both runtimes, and a stateless
+export beside the stateful one, each in a fresh process (``medwb.bench.probe``). Records go to
 ``<run_dir>/records/openvino.jsonl`` in the shared format.
 """
 from __future__ import annotations
@@ -11,13 +11,14 @@ import os
 import types
 from pathlib import Path
 
-from medwb import openvino_export as oe
+from medwb.backends.toolchain import openvino_export as oe
+from medwb.backends import registry
 from medwb.backends.openvino import KV_CACHE_PRECISIONS, PRECISIONS
-from medwb.evaluate import heldout_prompts
+from medwb.tasks.corpus import heldout_prompts
 from medwb.errors import MedwbError
 from medwb.paths import checkpoint_bytes, check_model_dir, check_writable_dir
-from medwb.probe import run_probe
-from medwb.records import variant_record
+from medwb.bench.probe import against_reference, run_probe
+from medwb.bench.records import table as records_table, variant_record
 
 RUNTIMES = ("openvino-optimum", "openvino-genai")
 # The layer types that show the fusions in the compiled graph.
@@ -29,7 +30,7 @@ def prepare(model_path, weight_formats, int4_group_size, int4_sym, inference_pre
             kv_cache_precision, out_dir, threads, prompt, run_dir) -> types.SimpleNamespace:
     """Resolve the notebook's parameters (defaults: the demo model, all cores, a held-out
     case) and reject bad ones with a message naming the parameter, before any writing."""
-    from medwb import demo_model
+    from medwb.models import demo_model
     model_dir = check_model_dir(model_path, "model_path") if model_path else demo_model.ensure()
     if isinstance(weight_formats, str) or not weight_formats:
         raise MedwbError("weight_formats must be a non-empty list, e.g. ['fp16', 'int8', 'int4']")
@@ -91,26 +92,30 @@ def measure_variants(cfg, manifests: dict, n_prompts: int = 8, max_new_tokens: i
                      trials: int = 3, log=print) -> list[dict]:
     """FP32 PyTorch reference, then every IR under both runtimes, one fresh process each."""
     prompts = heldout_prompts(n_prompts)
-    log("FP32 PyTorch reference ...")
-    reference = run_probe(_spec(cfg, "pytorch", cfg.model_dir, "fp32", prompts, max_new_tokens, trials=trials))
     ckpt = checkpoint_bytes(cfg.model_dir)
-    records = [variant_record("pytorch", "pytorch", "fp32", reference, None, model_path=str(cfg.model_dir),
-                              weight_format="fp32 checkpoint", size_bytes=ckpt, threads=cfg.threads)]
-    for wf, manifest in manifests.items():
-        for runtime in RUNTIMES:
-            log(f"{wf} IR on {runtime} at {cfg.inference_precision} ...")
-            result = run_probe(_spec(cfg, runtime, cfg.out_dir / wf, cfg.inference_precision, prompts,
+
+    def measure(item, reference: dict | None) -> tuple[list[dict], dict]:
+        if item is registry.REFERENCE:
+            log("FP32 PyTorch reference ...")
+            result = run_probe(_spec(cfg, item["backend"], cfg.model_dir, item["precision"], prompts,
                                      max_new_tokens, trials=trials))
-            rec = variant_record("openvino", runtime, f"{wf}/{cfg.inference_precision}", result, reference,
-                                 model_path=str(cfg.out_dir / wf), weight_format=wf,
-                                 inference_precision=cfg.inference_precision,
-                                 kv_cache_precision=cfg.kv_cache_precision, stateful=True,
-                                 size_bytes=manifest["ir_bytes"], export_s=manifest["export_s"],
-                                 threads=cfg.threads)
-            if "error" in rec:
-                log(f"  failed: {rec['error']}")
-            records.append(rec)
-    return records
+            return [variant_record("pytorch", "pytorch", "fp32", result, None, model_path=str(cfg.model_dir),
+                                   weight_format="fp32 checkpoint", size_bytes=ckpt, threads=cfg.threads)], result
+        wf, runtime = item
+        log(f"{wf} IR on {runtime} at {cfg.inference_precision} ...")
+        result = run_probe(_spec(cfg, runtime, cfg.out_dir / wf, cfg.inference_precision, prompts,
+                                 max_new_tokens, trials=trials))
+        rec = variant_record("openvino", runtime, f"{wf}/{cfg.inference_precision}", result, reference,
+                             model_path=str(cfg.out_dir / wf), weight_format=wf,
+                             inference_precision=cfg.inference_precision,
+                             kv_cache_precision=cfg.kv_cache_precision, stateful=True,
+                             size_bytes=manifests[wf]["ir_bytes"], export_s=manifests[wf]["export_s"],
+                             threads=cfg.threads)
+        if "error" in rec:
+            log(f"  failed: {rec['error']}")
+        return [rec], result
+
+    return against_reference(registry.REFERENCE, [(wf, rt) for wf in manifests for rt in RUNTIMES], measure)
 
 
 def stateless_comparison(cfg, weight_format: str, input_tokens: int = 1024, max_new_tokens: int = 64,
@@ -221,19 +226,9 @@ def runtime_options(cfg, ir_dir) -> "object":
 
 def table(records: list[dict]):
     """Per variant: size, export, load/compile, first/next token, peak RSS, agreement."""
-    import pandas as pd
-    rows = []
-    for r in records:
-        a = r.get("agreement_vs_fp32", {})
-        rows.append({"runtime": r["route"], "weights": r.get("weight_format"),
-                     "precision": r.get("inference_precision", r["precision"]),
-                     "size_MB": round(r["size_bytes"] / 1e6, 2) if r.get("size_bytes") else None,
-                     "export_s": r.get("export_s"), "load_compile_s": r.get("load_s"),
-                     "ttft_ms": r.get("ttft_ms"), "tpot_ms": r.get("tpot_ms"),
-                     "peak_rss_MB": r.get("peak_rss_mb"), "exact_match": a.get("exact_match_rate"),
-                     "prefix_agree": a.get("prefix_agreement"), "logit_cos": a.get("last_token_logit_cosine"),
-                     "error": r.get("error", "")})
-    return pd.DataFrame(rows)
+    return records_table(records, ["runtime", "weights", "inference_precision", "size_MB", "export_s",
+                                   "load_compile_s", "ttft_ms", "tpot_ms", "peak_rss_MB", "exact_match",
+                                   "prefix_agree", "logit_cos", "error"])
 
 
 def agreement_summary(records: list[dict]) -> list[str]:

@@ -1,7 +1,7 @@
 """The embedded demo model: shipped in the repository, rebuilt from its recipe on request.
 
 No model hub is reachable in hospitals or here, so the project trains its own small
-Llama model on the synthetic corpus (``medwb.corpus``) and **ships it** in
+Llama model on the synthetic corpus (``medwb.tasks.corpus``) and **ships it** in
 ``data/demo-model/`` (safetensors, tokenizer, config and a manifest with checksums): a
 fresh machine never trains. Its shape is chosen so that every route can take it:
 
@@ -31,7 +31,8 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from medwb import corpus, evaluate, grounding, prompts
+from medwb.tasks import corpus, prompts
+from medwb.quality import workflow
 from medwb.errors import MedwbError
 from medwb.paths import DATA_DIR, atomic_dir, cache_dir, write_json_atomic
 
@@ -49,7 +50,7 @@ RECIPE = {
     # Every training case gives a diagnosis example, every `discharge_every`-th one also a
     # discharge example: choosing the diagnosis is the harder skill (the discharge record
     # is mostly reorganised copying). A share `p_varied` is written in the varied style
-    # (abbreviations, free-text 病历特点, long multi-day records: see medwb.corpus).
+    # (abbreviations, free-text 病历特点, long multi-day records: see medwb.tasks.corpus).
     "corpus": {"train_cases_per_disease": 160, "seed": "medwb-train-v1", "discharge_every": 2,
                "p_varied": 0.4},
     "tokenizer": {"vocab_size": 4096, "min_frequency": 2},
@@ -293,7 +294,7 @@ def _copy_model(src: Path, out_dir, force: bool, names, parameter: str) -> Path:
 # --- building ---------------------------------------------------------------------------
 def _example(tokenizer, prompt_text: str, answer: str):
     """A training example; for diagnosis the first answer line (初步诊断：X) is the key."""
-    from medwb.training import Example
+    from medwb.models.training import Example
 
     prompt_ids = tokenizer(prompt_text)["input_ids"]  # starts with <s>
     answer_ids = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
@@ -337,8 +338,8 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from medwb import sysinfo
-    from medwb import tokenizer as tok_mod
-    from medwb import training
+    from medwb.models import tokenizer as tok_mod
+    from medwb.models import training
 
     check_shape(recipe["model"])
     started = time.perf_counter()
@@ -421,12 +422,8 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
 
 
 def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
+    from medwb.sysinfo import cpu_flags
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def save_checkpoint(model, out_dir: Path, with_bin: bool = True) -> None:
@@ -450,24 +447,15 @@ def save_checkpoint(model, out_dir: Path, with_bin: bool = True) -> None:
 # --- quality ----------------------------------------------------------------------------
 def evaluate_cases(backend, cases, max_new_tokens: dict, batch_size: int = 24) -> dict:
     """Greedy outputs of ``backend`` on ``cases``: diagnosis primary and top-3 hit rates,
-    discharge section completeness, and grounding of both (medwb.grounding)."""
-    vocab = corpus.diagnosis_vocabulary()
+    discharge section completeness, and grounding of both (medwb.quality.grounding)."""
     result = {"n_cases": len(cases)}
     for task in corpus.TASKS:
         inputs = [corpus.task_prompt(c, task) for c in cases]
         chat = [prompts.render_chat([{"role": "user", "content": x}]) for x in inputs]
         outputs = backend.generate(chat, max_new_tokens=max_new_tokens[task], batch_size=batch_size)
-        if task == "diagnosis":
-            named = [evaluate.named_diagnoses(o, vocab) for o in outputs]
-            result["diagnosis_top3_rate"] = round(evaluate.rate(c.disease in n[:3] for n, c in zip(named, cases)), 4)
-            result["diagnosis_primary_rate"] = round(evaluate.rate(n[:1] == [c.disease] for n, c in zip(named, cases)), 4)
-            checked = [grounding.section(o, prompts.BASIS_HEADING, (prompts.DIFFERENTIAL_HEADING,)) for o in outputs]
-        else:
-            result["discharge_sections_rate"] = round(evaluate.rate(evaluate.has_all_sections(o) for o in outputs), 4)
-            checked = outputs
-        grounded, total = grounding.counts(zip(checked, inputs))
-        result[f"{task}_grounding_rate"] = round(grounded / total, 4) if total else 0.0
-        result[f"{task}_findings"] = total
+        scores = (workflow.diagnosis_scores(outputs, [c.disease for c in cases], inputs) if task == "diagnosis"
+                  else workflow.discharge_scores(outputs, inputs))
+        result.update({f"{task}_{k}": v for k, v in scores.items()})
         result[f"{task}_example"] = outputs[0]
     return result
 

@@ -1,6 +1,6 @@
 """Long-lived model workers: one process per model, started once and reused across rounds.
 
-Each model of the diagnosis app runs in its own process (``python -m medwb.workers``, in
+Each model of the diagnosis app runs in its own process (``python -m medwb.apps.workers``, in
 the bigdl environment for bigdl models), so three models generate truly in parallel, a
 crash or hang ends one model and not the app, and the bigdl and OpenVINO stacks (which need
 different transformers versions) never share an interpreter.
@@ -38,11 +38,11 @@ def parse_model(item, index: int, parameter: str = "models") -> dict:
     Without a path the model is the demo model; a path is a checkpoint folder, or an
     already-built artifact (an OpenVINO IR folder, a bigdl ``save_low_bit`` folder).
     """
-    from medwb import bench
+    from medwb.backends import registry, variants
     where = f"{parameter}[{index}]"
     if isinstance(item, str):
         text, _, path = item.partition("@")
-        parsed = bench.parse_variants(text)
+        parsed = variants.parse_variants(text)
         if len(parsed) != 1:
             raise MedwbError(f"{where} {item!r}: write one model as backend:[weights/]precision[@path], "
                              "e.g. openvino-genai:int4/f32 or bigdl:sym_int4@/models/my-model")
@@ -51,12 +51,13 @@ def parse_model(item, index: int, parameter: str = "models") -> dict:
         spec = {"path": "", **item}
     else:
         raise MedwbError(f"{where} {item!r}: must be a string such as openvino-genai:int8/f32 or a mapping")
-    spec["label"] = spec.get("label") or bench.label(spec) + (f"@{Path(spec['path']).name}" if spec["path"] else "")
-    if spec.get("backend") == "bigdl-cli":
-        raise MedwbError(f"{where} {spec['label']}: llm-cli is a one-shot command-line tool and cannot serve "
-                         "a long-lived worker; use bigdl:sym_int4 (the same kernels through the API)")
+    spec["label"] = spec.get("label") or variants.label(spec) + (f"@{Path(spec['path']).name}" if spec["path"] else "")
     variant = {k: v for k, v in spec.items() if k not in ("path", "label")}
-    problems = bench.variant_problems(variant, where, Path(spec["path"] or "."))
+    problems = variants.variant_problems(variant, where, Path(spec["path"] or "."))
+    if not problems and not registry.get(spec["backend"]).serves:
+        problems = [f"{where} {spec['label']}: {spec['backend']} is a one-shot command-line tool and cannot "
+                    "serve a long-lived worker; use a backend that loads as a library (e.g. bigdl:sym_int4, "
+                    "the same kernels through the API)"]
     if problems:
         raise MedwbError("; ".join(problems))
     return spec
@@ -82,23 +83,19 @@ def fingerprint(folder: Path) -> str:
 def resolve_artifact(spec: dict, log=lambda *_: None) -> Path:
     """The folder the worker loads: a given artifact as is; otherwise the IR or low-bit folder
     built once from the checkpoint in the medwb cache (shared with ``medwb bench``)."""
-    from medwb import bench, openvino_export as oe
-    from medwb.backends.bigdl import is_low_bit_dir
+    from medwb.backends import registry, variants
     from medwb.paths import check_model_dir
     parameter = f"model path of {spec['label']}"
+    entry = registry.get(spec["backend"])
     if spec["path"]:
         given = Path(spec["path"]).expanduser()
-        if spec["backend"].startswith("openvino") and (given / "openvino_model.xml").exists():
-            return oe.check_ir_dir(given, parameter)
-        if spec["backend"] == "bigdl" and is_low_bit_dir(given):
-            return given
+        if entry.given_artifact(given):
+            return entry.given_artifact(given)
         model_dir = check_model_dir(given, parameter)
     else:
-        model_dir = bench.resolve_model("demo")
-    if spec["backend"] == "pytorch":
-        return model_dir
+        model_dir = variants.resolve_model("demo")
     variant = {k: spec[k] for k in ("backend", "precision", "weights") if spec.get(k)}
-    art = bench.prepare(model_dir, [variant], {"threads": 0, "timeout_s": 1800}, log=log)[bench.label(variant)]
+    art = variants.prepare(model_dir, [variant], {"threads": 0, "timeout_s": 1800}, log=log)[variants.label(variant)]
     if "error" in art:
         raise MedwbError(f"{spec['label']}: preparing {variant} failed: {art['error']}")
     return Path(art["path"])
@@ -150,12 +147,13 @@ class ModelWorker:
 
     def _launch(self) -> None:
         from medwb import envs
-        from medwb.probe import BACKEND_ENV
+        from medwb.backends import registry
+        entry = registry.get(self.spec["backend"])
         try:
             self._set_state("starting", "preparing the model files")
             with _PREPARE_LOCK:
                 path = resolve_artifact(self.spec)
-            python = envs.require(BACKEND_ENV[self.spec["backend"]])
+            python = envs.require(entry.env)
             self.info.update(model_path=str(path), fingerprint=fingerprint(path), python=str(python))
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / (self.label.replace("/", "_").replace(":", "_").replace("@", "_") + ".log")
@@ -164,11 +162,11 @@ class ModelWorker:
             n = str(self.threads)
             env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "PYTHONUNBUFFERED": "1"}
             with open(log_path, "ab") as log:  # the child keeps its own handle
-                proc = subprocess.Popen([str(python), "-m", "medwb.workers"], stdin=subprocess.PIPE,
+                proc = subprocess.Popen([str(python), "-m", "medwb.apps.workers"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=log, env=env,
                                         text=True, encoding="utf-8", bufsize=1)
             spec = {"backend": self.spec["backend"], "precision": self.spec["precision"], "model_path": str(path),
-                    "threads": self.threads, "kernel_build": "match" if self.spec["backend"] == "bigdl" else ""}
+                    "threads": self.threads, "kernel_build": "match" if entry.kernel_builds else ""}
             with self._lock:
                 self._proc = proc
                 proc.stdin.write(json.dumps(spec) + "\n")
@@ -366,20 +364,20 @@ def serve() -> int:
 
 def _load(spec: dict):
     import medwb  # noqa: F401  (offline switches before any library import)
-    from medwb import bigdl_kernels
+    from medwb.backends.toolchain import bigdl_kernels
     from medwb.paths import model_config
-    from medwb.probe import load_backend
+    from medwb.backends import registry
     if spec.get("kernel_build") == "match":
         bigdl_kernels.use_build(bigdl_kernels.matching_build())
     started = time.perf_counter()
-    backend = load_backend(spec)
+    backend = registry.get(spec["backend"]).load(spec)
     context = int(model_config(spec["model_path"]).get("max_position_embeddings") or 2048)
     return backend, {"load_s": round(time.perf_counter() - started, 2), "context": context,
                      "describe": backend.describe(), "pid": os.getpid()}
 
 
 def _run_job(backend, context: int, req: dict, cancelled: set, emit) -> dict:
-    from medwb import diagnosis
+    from medwb.apps.diagnosis import record as diagnosis
     job = req["job"]
     if job in cancelled:
         return {"event": "done", "job": job, "status": "cancelled", "text": "", "error": "cancelled before it started"}

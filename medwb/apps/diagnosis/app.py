@@ -3,9 +3,9 @@ record editor, and the feedback store, for notebook 04.
 
 Every button is a method too (``app.generate()``, ``app.backfill(slot)``, ...), and the
 notebook drives the same buttons with ``.click()`` headless, so papermill runs the whole
-flow a doctor would. The models run in long-lived worker processes (``medwb.workers``)
+flow a doctor would. The models run in long-lived worker processes (``medwb.apps.workers``)
 that generate in parallel and stream into their cards; every generation and every action
-goes to SQLite (``medwb.feedback``) as it happens.
+goes to SQLite (``medwb.apps.feedback``) as it happens.
 """
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ import time
 import uuid
 from pathlib import Path
 
-from medwb import diagnosis, feedback, prompts, sysinfo, workers
+from medwb import sysinfo
+from medwb.apps.diagnosis import record as diagnosis
+from medwb.apps import feedback, workers
+from medwb.tasks import prompts
 from medwb.errors import MedwbError
 
 WORKFLOW = "differential_diagnosis"
@@ -372,6 +375,49 @@ class DiagnosisApp:
                           detail=detail.strip() or None)
         card.error_detail.value = ""
         self.say(f"已报错 reported: {card.worker.label} · {category}")
+
+    # ================================================================ scripted demo
+    SCRIPTED_STEPS = ("generate", "doctor_actions", "long_record", "missing_field")
+
+    def scripted_demo(self, step: str, case_id: str = "") -> list[dict] | str:
+        """Drive the app through its widgets as a doctor would, for headless runs (notebook 04
+        under papermill, workshops without a browser): every click goes through the same
+        handlers and is stored like a real one (rounds are marked origin='scripted').
+
+        generate: pick ``case_id`` (else the first bundled case) and press 生成; the answers.
+        doctor_actions: view every answer, back-fill the first, like it, dislike the second,
+        copy the last and report an error on it; the status line.
+        long_record: append a very long 辅助检查 and generate again (the prompt is cut to fit
+        the context, saying so); the answers.
+        missing_field: empty 主诉 and press 生成 (refused, saying which field); the status line.
+        """
+        if step not in self.SCRIPTED_STEPS:
+            raise MedwbError(f"step {step!r}: use one of {', '.join(self.SCRIPTED_STEPS)}")
+        if step == "generate":
+            self.case_picker.value = case_id or self.case_picker.options[1][1]
+            self.generate_button.click()
+            return self.wait()
+        if step == "long_record":
+            self.inputs["auxiliary_exams"].value += "血常规：白细胞12.1×10^9/L，中性粒细胞百分比85%。" * 120
+            self.generate_button.click()
+            return self.wait()
+        if step == "missing_field":
+            self.inputs["chief_complaint"].value = ""
+            self.generate_button.click()
+            return self.status_text
+        ok = [c for c in self.cards if c.status == "ok"]
+        if not ok:
+            raise MedwbError("no answer finished: run the 'generate' step first (and check the cards' errors)")
+        for card in ok:
+            card.view_button.click()
+        ok[0].backfill_button.click()
+        ok[0].like_button.click()
+        ok[1 % len(ok)].dislike_button.click()
+        ok[-1].copy_button.click()
+        ok[-1].error_category.value = ok[-1].error_category.options[1]
+        ok[-1].error_detail.value = "鉴别诊断遗漏了重要疾病"
+        ok[-1].report_button.click()
+        return self.status_text
 
     # ================================================================ reporting
     def summary(self):

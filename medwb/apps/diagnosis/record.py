@@ -1,7 +1,7 @@
 """The differential-diagnosis workflow (鉴别诊断) without widgets: the form's fields, bundled
 cases, fitting a prompt into a model's context, and back-filling an answer into the record.
 
-The prompt template is ``medwb.prompts.DIAGNOSIS_PROMPT`` (a hospital edits it there, or
+The prompt template is ``medwb.tasks.prompts.DIAGNOSIS_PROMPT`` (a hospital edits it there, or
 passes its own template with the same placeholders to the app).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import html
 import math
 import string
 
-from medwb import corpus, prompts
+from medwb.tasks import corpus, prompts
 from medwb.errors import MedwbError
 
 # Form fields in display order: (placeholder, label). The 病历特点 are the last four.

@@ -81,13 +81,7 @@ def sentencepiece_file(model_dir: Path) -> Path:
     key = h.hexdigest()[:16]
     path = cache_dir() / "sentencepiece" / f"{key}.model"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            export_sentencepiece_vocab(model_dir, tmp)
-            os.replace(tmp, path)  # complete or absent, never half-written
-        finally:
-            tmp.unlink(missing_ok=True)
+        export_sentencepiece_vocab(model_dir, path)
     return path
 
 
@@ -103,7 +97,7 @@ def export_sentencepiece_vocab(model_dir: Path, out_file: Path) -> Path:
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
     from transformers import AutoTokenizer
 
-    from medwb.tokenizer import bytes_to_unicode
+    from medwb.models.tokenizer import bytes_to_unicode
 
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
@@ -139,15 +133,16 @@ def export_sentencepiece_vocab(model_dir: Path, out_file: Path) -> Path:
                 text, piece.type, piece.score = token + f"#{i}", P.UNUSED, -1e9
             piece.piece = text
         seen.add(piece.piece)
-    out_file = Path(out_file)
-    out_file.write_bytes(m.SerializeToString())
-    return out_file
+    from medwb.paths import atomic_file
+    with atomic_file(out_file) as f:  # complete or absent, never half-written
+        f.write(m.SerializeToString())
+    return Path(out_file)
 
 
 def _run(cmd: list[str], timeout: float, env=None) -> subprocess.CompletedProcess:
     """Run a bigdl script with this env's scripts first on PATH; ``peak_rss_mb`` is set on
     the result (the command's own peak memory, measured from outside)."""
-    from medwb.measure import run_tracking_peak_rss
+    from medwb.bench.measure import run_tracking_peak_rss
     path_env = {**os.environ, "PATH": f"{bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc, peak = run_tracking_peak_rss(cmd, timeout, env={**path_env, **(env or {})})
     proc.peak_rss_mb = round(peak, 1)
@@ -205,9 +200,9 @@ def run_cli(model_file, family: str, prompt: str, threads: int, n_predict: int =
     """``llm-cli`` on a native file (greedy); returns text, timing lines, kernel build, command.
 
     With ``kernel_build`` the same executable llm-cli would start (libs/main-<family>) runs
-    from a private copy whose kernel library is that build (see medwb.bigdl_kernels).
+    from a private copy whose kernel library is that build (see medwb.backends.toolchain.bigdl_kernels).
     """
-    from medwb import bigdl_kernels
+    from medwb.backends.toolchain import bigdl_kernels
     args = ["-t", str(threads), "-n", str(n_predict), "-c", str(ctx_size), "-m", str(model_file),
             "--temp", "0", "--repeat-penalty", "1.0"] + (["--ignore-eos"] if ignore_eos else []) + ["-p", prompt]
     if kernel_build:

@@ -1,17 +1,12 @@
 """Plots, a ranked recommendation and a self-contained HTML report from benchmark records
-(``medwb.bench``), for notebook 03."""
+(``medwb.bench.run``), for notebook 03."""
 from __future__ import annotations
 
 import base64
 import io
-import math
 from pathlib import Path
 
 from medwb.paths import write_text_atomic
-
-
-def _variants(records: list[dict]) -> list[dict]:
-    return [r for r in records if r.get("record_type") == "variant"]
 
 
 def run_info(records: list[dict]) -> dict:
@@ -19,7 +14,7 @@ def run_info(records: list[dict]) -> dict:
 
 
 def frame(records: list[dict]):
-    from medwb.bench import table
+    from medwb.bench.run import table
     return table(records)
 
 
@@ -172,15 +167,3 @@ def write_html(records: list[dict], run_dir, ranked, recommendation: str, figs: 
     path = Path(run_dir) / "report.html"
     write_text_atomic(path, html)
     return path
-
-
-def readme_table(records: list[dict]) -> str:
-    """A Markdown table of the records (for the README)."""
-    df = frame(records)
-    cols = ["variant", "tokens", "ttft_ms", "tpot_ms", "floor_ms", "pct_of_limit", "peak_rss_MB", "size_MB", "kernels", "error"]
-    df = df[cols]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        cells = ["" if (isinstance(v, float) and math.isnan(v)) or v is None else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """The quantized route, end to end, for notebook 01 (bigdl env).
 
 Validates every parameter before anything runs, then measures each variant in a fresh
-process (``medwb.probe``) and writes records in the shared format that the
+process (``medwb.bench.probe``) and writes records in the shared format that the
 comparison notebook reads: one JSON object per line in ``<run_dir>/records/bigdl.jsonl``.
 """
 from __future__ import annotations
@@ -10,18 +10,21 @@ import hashlib
 import os
 from pathlib import Path
 
-from medwb import bigdl_kernels, bigdl_native, corpus, evaluate, prompts, sysinfo
+from medwb import sysinfo
+from medwb.backends.toolchain import bigdl_kernels, llm_cli
+from medwb.tasks import corpus, prompts
+from medwb.backends import registry
 from medwb.backends.bigdl import check_low_bit
 from medwb.errors import MedwbError
 from medwb.paths import checkpoint_bytes, check_model_dir, check_writable_dir
-from medwb.probe import run_probe
-from medwb.records import now, variant_record
+from medwb.bench.probe import against_reference, run_probe
+from medwb.bench.records import table as records_table, now, variant_record
 
 
 def check_parameters(model_path, model_family: str, low_bits, out_dir, threads) -> dict:
     """Reject bad input with one message naming the parameter, before anything is written."""
     model_dir = check_model_dir(model_path, "model_path")
-    wrong_family = bigdl_native.family_problem(model_dir, model_family)
+    wrong_family = llm_cli.family_problem(model_dir, model_family)
     if wrong_family:
         raise MedwbError(wrong_family)
     if isinstance(low_bits, str) or not low_bits:
@@ -39,7 +42,7 @@ def check_parameters(model_path, model_family: str, low_bits, out_dir, threads) 
 def probe_spec(model_dir: Path, threads: int, n_prompts: int, max_new_tokens: int,
                timing_prompt: str | None = None) -> dict:
     """What every probe of one run shares: model, threads, held-out prompts, lengths."""
-    ps = evaluate.heldout_prompts(n_prompts)
+    ps = corpus.heldout_prompts(n_prompts)
     return {"model_path": str(model_dir), "threads": threads, "prompts": ps,
             "timing_prompt": timing_prompt or ps[0], "max_new_tokens": max_new_tokens}
 
@@ -61,28 +64,30 @@ def api_route(model_path, low_bits, out_dir, threads: int, n_prompts: int = 8,
     out_dir.mkdir(parents=True, exist_ok=True)
     base = probe_spec(model_dir, threads, n_prompts, max_new_tokens, timing_prompt)
     size_fp32 = checkpoint_bytes(model_dir) or None
-    log("FP32 reference (transformers 4.31) ...")
-    reference = run_probe({**base, "backend": "pytorch", "precision": "fp32"})
-    records = [make_record("pytorch", "fp32", reference, None, model_path=str(model_dir),
-                           size_bytes=size_fp32, threads=threads)]
-    for lb in low_bits:
+
+    def measure(lb, reference: dict | None) -> tuple[list[dict], dict]:
+        if lb is registry.REFERENCE:
+            log("FP32 reference (transformers 4.31) ...")
+            result = run_probe({**base, **registry.REFERENCE})
+            return [make_record("pytorch", "fp32", result, None, model_path=str(model_dir),
+                                size_bytes=size_fp32, threads=threads)], result
         folder = out_dir / f"low_bit_{lb}"
         log(f"{lb}: quantize on load, save_low_bit -> {folder} ...")
         first = run_probe({**base, **_bigdl(lb), "save_to": str(folder)})
-        records.append(make_record("bigdl-api", lb, first, reference, model_path=str(model_dir),
-                                   source="original checkpoint", threads=threads,
-                                   size_bytes=first.get("saved_bytes")))
+        records = [make_record("bigdl-api", lb, first, reference, model_path=str(model_dir),
+                               source="original checkpoint", threads=threads, size_bytes=first.get("saved_bytes"))]
         if "error" in first:
             log(f"  failed: {first['error']}")
-            continue
+            return records, first
         log(f"{lb}: load_low_bit from {folder} ...")
         again = run_probe({**base, **_bigdl(lb), "model_path": str(folder)})
         rec = make_record("bigdl-api", lb, again, reference, model_path=str(folder),
                           source="low-bit folder", threads=threads, size_bytes=first.get("saved_bytes"))
         if "error" not in again:
             rec["roundtrip_identical_tokens"] = again["output_ids"] == first["output_ids"]
-        records.append(rec)
-    return records
+        return records + [rec], again
+
+    return against_reference(registry.REFERENCE, list(low_bits), measure)
 
 
 def kernel_comparison(model_path, low_bit: str, threads: int, build: str, n_prompts: int = 2,
@@ -107,16 +112,16 @@ def cli_route(model_path, model_family: str, out_dir, threads: int, prompt: str,
     reason, so the notebook says why and carries on with the API route.
     """
     model_dir = check_model_dir(model_path)
-    problems = bigdl_native.cli_route_problems(model_dir, model_family)
+    problems = llm_cli.cli_route_problems(model_dir, model_family)
     if problems:
         return [], "; ".join(problems)
     records = []
-    for precision in bigdl_native.PRECISIONS[model_family]:
-        conv = bigdl_native.convert(model_dir, out_dir, model_family, precision)
+    for precision in llm_cli.PRECISIONS[model_family]:
+        conv = llm_cli.convert(model_dir, out_dir, model_family, precision)
         log(f"$ {conv['command']}")
         for kb in dict.fromkeys([None, kernel_build]):
             load = sysinfo.check_load(log=log)
-            cli = bigdl_native.run_cli(conv["file"], model_family, prompt, threads, n_predict, kernel_build=kb)
+            cli = llm_cli.run_cli(conv["file"], model_family, prompt, threads, n_predict, kernel_build=kb)
             log(f"$ {cli['command'][:160]}...")
             t = cli["timings"]
             records.append({
@@ -140,19 +145,8 @@ def _per(timings: dict, name: str) -> float | None:
 
 def table(records: list[dict]):
     """A readable table of the records (pandas)."""
-    import pandas as pd
-    rows = []
-    for r in records:
-        a = r.get("agreement_vs_fp32", {})
-        rows.append({"route": r["route"], "precision": r["precision"],
-                     "from": r.get("source") or r.get("kernel_choice", ""),
-                     "kernel": (r.get("kernel_build") or ",".join(sorted(set((r.get("kernel_builds") or {}).values())))),
-                     "size_MB": round(r["size_bytes"] / 1e6, 2) if r.get("size_bytes") else None,
-                     "load_s": r.get("load_s"), "peak_rss_MB": r.get("peak_rss_mb_load"),
-                     "ttft_ms": r.get("ttft_ms"), "tpot_ms": r.get("tpot_ms"),
-                     "exact_match": a.get("exact_match_rate"), "prefix_agree": a.get("prefix_agreement"),
-                     "logit_cos": a.get("last_token_logit_cosine"), "error": r.get("error", "")})
-    return pd.DataFrame(rows)
+    return records_table(records, ["route", "precision", "from", "kernel", "size_MB", "load_s", "load_peak_rss_MB",
+                                   "ttft_ms", "tpot_ms", "exact_match", "prefix_agree", "logit_cos", "error"])
 
 
 def cpu_kernel_summary() -> dict:
@@ -169,7 +163,7 @@ def prepare(model_path, model_family, low_bits, out_dir, threads, run_dir, promp
     case) and validate them all before anything runs or is written."""
     import types
 
-    from medwb import demo_model
+    from medwb.models import demo_model
     if not model_path:
         model_path = demo_model.ensure()
     threads = threads or os.cpu_count() or 1
@@ -181,7 +175,7 @@ def prepare(model_path, model_family, low_bits, out_dir, threads, run_dir, promp
         raise MedwbError(f"kernel_build {kernel_build!r} is unknown; use '', 'match' or one of "
                          f"{', '.join(bigdl_kernels.BUILDS)}")
     if not prompt:
-        prompt = evaluate.heldout_prompts(1)[0]
+        prompt = corpus.heldout_prompts(1)[0]
     return types.SimpleNamespace(model_dir=checked["model_dir"], model_family=model_family,
                                  low_bits=list(low_bits), out_dir=Path(out_dir), threads=threads,
                                  prompt=prompt, kernel_build=kernel_build or None)
@@ -189,7 +183,7 @@ def prepare(model_path, model_family, low_bits, out_dir, threads, run_dir, promp
 
 def langchain_demo(low_bit_dir, max_new_tokens: int = 96) -> dict:
     """A LangChain chain on the low-bit model: bigdl's TransformersLLM fills the hospital's
-    differential-diagnosis template (medwb.prompts) for one held-out case."""
+    differential-diagnosis template (medwb.tasks.prompts) for one held-out case."""
     from bigdl.llm.langchain.llms import TransformersLLM
     from langchain import LLMChain, PromptTemplate
     from transformers import GenerationConfig

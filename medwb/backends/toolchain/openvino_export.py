@@ -208,7 +208,7 @@ def state_summary(ir_dir) -> dict:
 
 
 if __name__ == "__main__":
-    # python -m medwb.openvino_export MODEL_DIR OUT_DIR FORMAT [GROUP_SIZE]: one export in a
+    # python -m medwb.backends.toolchain.openvino_export MODEL_DIR OUT_DIR FORMAT [GROUP_SIZE]: one export in a
     # fresh process (the benchmark prepares IRs this way); hands back the manifest.
     import sys
 

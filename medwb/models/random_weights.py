@@ -61,7 +61,7 @@ def ensure(name: str, with_bin: bool | None = None, log=print) -> Path:
     if (out / "medwb_shape.json").exists():
         return out
     config = SHAPES[name]
-    from medwb.bigdl_native import LLAMA_CLI_LAYERS
+    from medwb.backends.toolchain.llm_cli import LLAMA_CLI_LAYERS
     cli_ok = config["num_hidden_layers"] in LLAMA_CLI_LAYERS and \
         config["num_key_value_heads"] == config["num_attention_heads"]
     with_bin = cli_ok if with_bin is None else with_bin
@@ -73,7 +73,7 @@ def ensure(name: str, with_bin: bool | None = None, log=print) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from medwb import demo_model
+    from medwb.models import demo_model
     log(f"building random-weight checkpoint '{name}' ({parameter_count(config) / 1e9:.2f} B parameters, "
         "speed only) ...")
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ def read_records(path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-# Result fields of medwb.probe copied into a record as they are.
+# Result fields of medwb.bench.probe copied into a record as they are.
 _MEASURED = ("load_s", "import_s", "rss_mb_before_load", "peak_rss_mb_load", "peak_rss_mb", "rss_increase_mb",
              "ttft_ms", "tpot_ms", "ttft_ms_trials", "tpot_ms_trials", "throughput_tok_s", "trials",
              "timing", "n_prompt_tokens", "n_new_tokens", "output_md5", "kernel_builds", "saved_bytes",
@@ -38,7 +38,7 @@ _VERSIONS = ("torch", "transformers", "bigdl_llm", "openvino", "optimum_intel", 
 def variant_record(backend: str, route: str, precision: str, result: dict, reference: dict | None,
                    **extra) -> dict:
     """One variant's record from a probe result; a failed probe gives a record with its error."""
-    from medwb.probe import agreement
+    from medwb.quality.agreement import agreement
     rec = {"record_type": "variant", "backend": backend, "route": route, "precision": precision,
            "created": now()}
     rec.update(extra)
@@ -56,3 +56,48 @@ def variant_record(backend: str, route: str, precision: str, result: dict, refer
     if reference is not None and "error" not in reference and result.get("output_ids"):
         rec["agreement_vs_fp32"] = agreement(result, reference)
     return rec
+
+
+def _agreement(key: str):
+    return lambda r: (r.get("agreement_vs_fp32") or {}).get(key)
+
+
+def _quality(key: str):
+    return lambda r: (r.get("quality") or {}).get(key)
+
+
+def _mb(r: dict):
+    return round(r["size_bytes"] / 1e6, 2) if r.get("size_bytes") else None
+
+
+# Every column a record table can show: its header, and how it is read from a record
+# (a field name, or a function of the record).
+COLUMNS = {
+    "variant": "variant", "route": "route", "runtime": "route", "precision": "precision",
+    "weights": "weight_format",
+    "tokens": lambda r: f"{r.get('input_tokens', '?')}-{r.get('output_tokens', '?')}",
+    "from": lambda r: r.get("source") or r.get("kernel_choice", ""),
+    "kernel": lambda r: r.get("kernel_build") or ",".join(sorted(set((r.get("kernel_builds") or {}).values()))),
+    "inference_precision": lambda r: r.get("inference_precision", r["precision"]),
+    "size_MB": _mb, "export_s": "export_s", "load_s": "load_s", "load_compile_s": "load_s",
+    "ttft_ms": "ttft_ms", "tpot_ms": "tpot_ms", "tok_s": "throughput_tok_s", "floor_ms": "decode_floor_ms",
+    "pct_of_limit": "pct_of_limit", "peak_rss_MB": "peak_rss_mb", "load_peak_rss_MB": "peak_rss_mb_load",
+    "kernels": "kernels",
+    "exact_match": _agreement("exact_match_rate"), "exact_vs_fp32": _agreement("exact_match_rate"),
+    "prefix_agree": _agreement("prefix_agreement"), "logit_cos": _agreement("last_token_logit_cosine"),
+    "rougeL_vs_fp32": _quality("rouge_l_vs_fp32"), "dx_top3": _quality("diagnosis_top3_rate"),
+    "dc_complete": _quality("discharge_complete_rate"),
+    "error": lambda r: r.get("error", ""),
+}
+
+
+def table(records: list[dict], columns: list[str]):
+    """The readable table of the variant records (pandas), one row each, with ``columns``
+    (names in ``COLUMNS``): the one table helper of the routes and the benchmark."""
+    import pandas as pd
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown table column(s) {unknown}; known: {', '.join(COLUMNS)}")
+    read = {c: COLUMNS[c] if callable(COLUMNS[c]) else (lambda r, k=COLUMNS[c]: r.get(k)) for c in columns}
+    rows = [{c: f(r) for c, f in read.items()} for r in records if r.get("record_type", "variant") == "variant"]
+    return pd.DataFrame(rows, columns=columns)

@@ -12,7 +12,7 @@ Real records are less tidy than the table, so part of the cases are rendered in 
 style* (``STYLES``): English abbreviations mixed in (BP, WBC, CRP, HTN...), one free-text
 病历特点 paragraph instead of the four fields, and long multi-day histories and course notes.
 The targets copy the findings as the case writes them, so an answer can be checked against
-its source (``medwb.grounding``). A second held-out set is all varied-style cases.
+its source (``medwb.quality.grounding``). A second held-out set is all varied-style cases.
 
 Records use the PromptCBLUE layout (input, target, answer_choices, task_type,
 task_dataset, sample_id) plus the structured ``case``. Everything is deterministic for a
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import yaml
 
-from medwb import prompts
+from medwb.tasks import prompts
 from medwb.errors import MedwbError
-from medwb.paths import DATA_DIR, PACKAGE_DIR
+from medwb.paths import DATA_DIR
 
-KNOWLEDGE_DIR = PACKAGE_DIR / "knowledge"
+KNOWLEDGE_DIR = Path(__file__).resolve().parent / "knowledge"
 HELDOUT_DIR = DATA_DIR / "heldout"
 TASK_DATASET = "medwb-synthetic-v1"
 TASKS = ("diagnosis", "discharge")
@@ -350,10 +350,17 @@ def heldout_cases(name: str = "standard") -> list[Case]:
     """One shipped held-out set (``HELDOUT_SETS``); the varied set avoids the standard one."""
     if name not in HELDOUT_SETS:
         raise MedwbError(f"held-out set {name!r} is unknown: use one of {', '.join(HELDOUT_SETS)}")
+    return list(_heldout_cases(name, knowledge_digest()))
+
+
+@lru_cache(maxsize=8)
+def _heldout_cases(name: str, digest: str) -> tuple[Case, ...]:
+    # Generated once per process and knowledge table (``digest``): a build, the data hash and
+    # the evaluation all ask for the same sets.
     n, seed, varied = HELDOUT_SETS[name]
     exclude = set() if name == "standard" else {c.signature() for c in heldout_cases("standard")}
     prefix = "h" if name == "standard" else "v"
-    return generate_cases(n, seed, exclude=exclude, id_prefix=prefix, p_varied=1.0 if varied else 0.0)
+    return tuple(generate_cases(n, seed, exclude=exclude, id_prefix=prefix, p_varied=1.0 if varied else 0.0))
 
 
 def all_heldout_cases() -> list[Case]:
@@ -403,3 +410,10 @@ def load_records(task: str, data_dir: Path = HELDOUT_DIR, limit: int | None = No
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     return records[:limit] if limit else records
+
+
+def heldout_prompts(n: int) -> list[str]:
+    """Chat-formatted prompts of the first ``n`` held-out cases of each workflow, alternating."""
+    per_task = [load_records(t, limit=n) for t in TASKS]
+    mixed = [r for pair in zip(*per_task) for r in pair][:n]
+    return [prompts.render_chat([{"role": "user", "content": r["input"]}]) for r in mixed]

@@ -216,13 +216,12 @@ class FeedbackStore:
 
 def summary(path, workflow: str | None = None, origin: str | None = None):
     """Per model: outputs, failures, like rate, adoption (back-fill) rate, copies, error
-    reports and latency, from the database file (read-only; works while the app writes).
-
-    Votes: a doctor may change their mind, so each output counts its latest like/dislike.
-    Adoption: outputs back-filled at least once / outputs that completed. ``workflow`` and
-    ``origin`` ('ui' or 'scripted') select rounds; None: all.
-    """
+    reports and latency (``medwb.quality.usage``), from the database file (read-only; works
+    while the app writes). ``workflow`` and ``origin`` ('ui' or 'scripted') select rounds;
+    None: all."""
     import pandas as pd
+
+    from medwb.quality import usage
     uri = Path(path).resolve().as_uri() + "?mode=ro"
     with sqlite3.connect(uri, uri=True) as conn:
         where = [(c, v) for c, v in (("r.workflow", workflow), ("r.origin", origin)) if v]
@@ -233,28 +232,4 @@ def summary(path, workflow: str | None = None, origin: str | None = None):
         actions = pd.read_sql_query("SELECT * FROM actions WHERE output_id IS NOT NULL ORDER BY action_id", conn)
     if outputs.empty:
         return pd.DataFrame()
-    votes = actions[actions.action.isin(["like", "dislike"])].groupby("output_id").action.last()
-    counts = actions.groupby(["output_id", "action"]).size().unstack(fill_value=0)
-    rows = []
-    for label, out in outputs.groupby("model_label", sort=False):
-        ok = out[out.status == "ok"]
-        ids = set(out.output_id)
-        mine = votes[votes.index.isin(ids)]
-        per = counts[counts.index.isin(ids)]
-
-        def n(action):
-            return int((per[action] > 0).sum()) if action in per else 0
-        # Decode speed: the tokens after the first, over the time after the first.
-        tok_s = ((ok.new_tokens - 1) / (ok.total_ms - ok.ttft_ms) * 1e3).where(ok.new_tokens > 1)
-        rows.append({
-            "model": label, "outputs": len(out), "ok": len(ok),
-            "failed": int(out.status.isin(["error", "timeout"]).sum()),
-            "likes": int((mine == "like").sum()), "dislikes": int((mine == "dislike").sum()),
-            "like_rate": round((mine == "like").mean(), 3) if len(mine) else None,
-            "backfilled": n("backfill"), "adoption_rate": round(n("backfill") / len(ok), 3) if len(ok) else None,
-            "copied": n("copy"), "error_reports": int(per["report_error"].sum()) if "report_error" in per else 0,
-            "median_ttft_ms": round(ok.ttft_ms.median(), 1) if len(ok) else None,
-            "median_total_ms": round(ok.total_ms.median(), 1) if len(ok) else None,
-            "median_tok_s": round(tok_s.median(), 1) if tok_s.notna().any() else None,
-        })
-    return pd.DataFrame(rows).set_index("model")
+    return usage.per_model(outputs, actions)

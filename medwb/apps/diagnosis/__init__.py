@@ -1,0 +1,1 @@
+"""Differential diagnosis (鉴别诊断): the record logic (``record``) and the widget app (``app``)."""

@@ -1,0 +1,119 @@
+"""The backend registry: the one place that knows which backends exist.
+
+A backend is one file in this folder holding two things: the runtime class that loads and
+runs a model (the *runtime protocol* below), and a :class:`Backend` entry registered with
+``@register`` that tells the rest of medwb what it needs to know without importing any
+heavy library: its name, the environment that runs it, the precisions it takes, how its
+artifact is made, and the bytes per KV-cache element. Adding a backend is one new file plus
+its module name in ``MODULES``; nothing outside ``medwb/backends`` compares backend names.
+
+Runtime protocol (what ``Backend.load`` returns; medwb.bench.probe, the routes and the app
+workers call exactly these):
+
+- ``encode(prompt) -> list[int]`` and ``decode(ids) -> str``;
+- ``generate_ids(ids, max_new_tokens, force_length=False) -> list[int]``: greedy new
+  tokens (``force_length`` ignores EOS, for speed runs);
+- ``timed_generate(ids, max_new_tokens) -> dict``: ttft_ms, tpot_ms, n_new_tokens,
+  output_ids and how it was timed, for one forced-length greedy run;
+- ``stream(ids, max_new_tokens, on_text) -> dict``: text handed out as it is decoded
+  (``on_text`` returning True stops it): text, n_new_tokens, ttft_ms, stopped;
+- ``last_token_logits(ids) -> list[float] | None`` (None: the backend hides logits);
+- ``describe() -> dict``: backend, precision, model_dir, threads and library versions.
+
+Optional: ``save_low_bit(out_dir)``, ``compiled_properties()``, ``runtime_layer_types()``,
+``kernels()`` (the kernels that really ran, read after inference).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from medwb.errors import MedwbError
+
+# The backend files, in the order they are listed to users.
+MODULES = ("pytorch", "bigdl", "bigdl_cli", "openvino", "openvino_genai")
+# The variant every other one is compared to (agreement, quality vs FP32).
+REFERENCE = {"backend": "pytorch", "precision": "fp32"}
+
+_REGISTRY: dict[str, "Backend"] = {}
+
+
+class Backend:
+    """What medwb knows about one backend. Subclasses set the attributes and override the
+    hooks that differ from these defaults (a checkpoint folder loaded as it is)."""
+    name = ""
+    env = "main"              # the environment (.venvs/<env>) whose Python runs it
+    family = ""               # the record's ``backend`` field: pytorch, bigdl or openvino
+    route = ""                # the record's ``route`` field
+    precisions: tuple = ()    # what ``precision`` may be
+    imports: tuple = ()       # imported before the load timer starts (load_s is loading, not imports)
+    weights: tuple = ()       # the artifact's weight formats (a variant's ``weights``); () when none
+    kv_cache_precisions: tuple = ()  # what ``kv_cache_precision`` may be; () when not settable
+    kernel_builds = False     # bigdl's per-ISA kernel build applies (``kernel_build``)
+    serves = True             # can run as a long-lived app worker
+    kv_bytes: dict | float = 2  # bytes per KV element when the run does not report it (per precision)
+
+    def load(self, spec: dict):
+        """The runtime object for ``spec`` (model_path, precision, threads, kv_cache_precision)."""
+        raise NotImplementedError
+
+    def precision_problem(self, precision, where: str) -> str | None:
+        if precision in self.precisions:
+            return None
+        return (f"{where}: precision {precision!r} is not supported by {self.name}; use one of "
+                f"{', '.join(self.precisions)}")
+
+    def model_problems(self, model_dir: Path) -> list[str]:
+        """Why this checkpoint cannot take this backend (empty: it can)."""
+        return []
+
+    def prepare(self, model_dir: Path, variant: dict, root: Path, cfg: dict, log=print) -> dict:
+        """The artifact the variant loads: {"path", "bytes", optional extra probe "spec"
+        keys}, or {"error"}. Built once under ``root`` (the artifacts folder of this model)."""
+        from medwb.paths import checkpoint_bytes
+        return {"path": model_dir, "bytes": checkpoint_bytes(model_dir)}
+
+    def given_artifact(self, path: Path) -> Path | None:
+        """``path`` when it is an already-built artifact this backend loads as it is."""
+        return None
+
+    def probe(self, spec: dict) -> dict | None:
+        """A whole probe result when this backend measures itself (a one-shot native tool);
+        None: medwb.bench.probe measures the runtime object."""
+        return None
+
+    def kernels_label(self, kernel_build: str | None) -> str | None:
+        """The record's ``kernels`` field when it is known without running (bigdl builds)."""
+        return None
+
+    def kv_element_bytes(self, precision: str) -> float:
+        return self.kv_bytes.get(precision, 2) if isinstance(self.kv_bytes, dict) else self.kv_bytes
+
+
+def register(cls: type[Backend]) -> type[Backend]:
+    """Class decorator: add one instance of ``cls`` to the registry under ``cls.name``."""
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def _load_all() -> dict[str, Backend]:
+    if len(_REGISTRY) < len(MODULES):
+        for module in MODULES:
+            importlib.import_module(f"medwb.backends.{module}")
+    return _REGISTRY
+
+
+def names() -> list[str]:
+    registry = _load_all()
+    return [b.name for m in MODULES for b in registry.values() if b.__module__ == f"medwb.backends.{m}"]
+
+
+def get(name, where: str = "backend") -> Backend:
+    registry = _load_all()
+    if name not in registry:
+        raise MedwbError(f"{where}: backend {name!r} is unknown; use one of {', '.join(names())}")
+    return registry[name]
+
+
+def is_reference(variant: dict) -> bool:
+    return all(variant.get(k) == v for k, v in REFERENCE.items()) and not variant.get("weights")

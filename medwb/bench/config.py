@@ -1,0 +1,104 @@
+"""``medwb bench`` configuration: the defaults, a YAML/JSON file with keyword overrides, and
+validation of the whole matrix before anything runs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medwb.backends.variants import label, resolve_model, variant_problems
+from medwb.errors import MedwbError
+from medwb.models import random_weights
+from medwb.paths import model_config
+
+DEFAULT_VARIANTS = [
+    {"backend": "pytorch", "precision": "fp32"},
+    {"backend": "pytorch", "precision": "bf16"},
+    {"backend": "bigdl", "precision": "sym_int4"},
+    {"backend": "bigdl", "precision": "sym_int8"},
+    {"backend": "bigdl-cli", "precision": "int4"},
+    {"backend": "openvino-optimum", "weights": "int8", "precision": "bf16"},
+    {"backend": "openvino-optimum", "weights": "int4", "precision": "bf16"},
+    {"backend": "openvino-genai", "weights": "fp16", "precision": "f32"},
+    {"backend": "openvino-genai", "weights": "int8", "precision": "bf16"},
+    {"backend": "openvino-genai", "weights": "int4", "precision": "bf16"},
+]
+DEFAULT_CONFIG = {
+    "model": "demo",            # "demo", "shape:<name>" (random weights, speed only) or a checkpoint folder
+    "token_pairs": [[32, 64], [512, 128]],
+    "trials": 3,
+    "threads": 0,               # 0: all cores
+    "quality_cases": 4,         # held-out cases per workflow for quality (demo-like models); 0: none
+    "bandwidth_mb": 1024,
+    "kernel_build": "match",    # bigdl kernels: "match" (the CPU's own flags), "" (bigdl decides), a build
+    "timeout_s": 1800,          # per variant
+    "artifacts_dir": "",        # converted models (IRs, low-bit folders, native files); empty: the medwb cache
+    "variants": DEFAULT_VARIANTS,
+}
+
+
+def load_config(path=None, **overrides) -> dict:
+    """DEFAULT_CONFIG, updated from a YAML/JSON file, then from keyword overrides (None: unset)."""
+    import yaml
+    cfg = json.loads(json.dumps(DEFAULT_CONFIG))
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise MedwbError(f"config file '{p}' does not exist")
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise MedwbError(f"config file '{p}' must hold a mapping of settings")
+        cfg.update(loaded)
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(cfg) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise MedwbError(f"config: unknown setting(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_CONFIG)}")
+    return cfg
+
+
+def parse_token_pairs(text: str) -> list[list[int]]:
+    """``32-64,512-128`` -> [[32, 64], [512, 128]]."""
+    try:
+        return [[int(a), int(b)] for a, b in (p.split("-") for p in text.split(",") if p.strip())]
+    except ValueError:
+        raise MedwbError(f"token pairs {text!r}: write them as INPUT-OUTPUT, comma separated, e.g. 32-64,512-128")
+
+
+def validate(cfg: dict) -> dict:
+    """Every problem found before anything runs, each naming its entry; raises MedwbError."""
+    from medwb.backends.toolchain.bigdl_kernels import BUILDS
+    model = cfg["model"]
+    if isinstance(model, str) and model.startswith("shape:") and model[6:] not in random_weights.SHAPES:
+        raise MedwbError(f"model: shape {model[6:]!r} is unknown; use one of {', '.join(random_weights.SHAPES)}")
+    model_dir = resolve_model(model)
+    context = model_config(model_dir).get("max_position_embeddings", 2048)
+    problems = []
+    pairs = cfg["token_pairs"]
+    if not isinstance(pairs, list) or not pairs:
+        problems.append("token_pairs must be a non-empty list of [input, output] token counts")
+        pairs = []
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, int) and x > 0 for x in pair)):
+            problems.append(f"token_pairs[{i}] {pair!r}: must be [input, output], two positive integers")
+        elif sum(pair) > context:
+            problems.append(f"token_pairs[{i}] {list(pair)}: {sum(pair)} tokens exceed the model's context of "
+                            f"{context} (max_position_embeddings); shorten the pair")
+    for key in ("trials", "quality_cases", "threads", "bandwidth_mb", "timeout_s"):
+        if not isinstance(cfg[key], int) or cfg[key] < (1 if key in ("trials", "timeout_s") else 0):
+            problems.append(f"{key} must be a {'positive' if key in ('trials', 'timeout_s') else 'non-negative'} "
+                            f"integer, got {cfg[key]!r}")
+    kb = cfg.get("kernel_build") or ""
+    if kb and kb != "match" and kb not in BUILDS:
+        problems.append(f"kernel_build {kb!r} is unknown; use '', 'match' or one of {', '.join(BUILDS)}")
+    variants = cfg["variants"]
+    if not isinstance(variants, list) or not variants:
+        problems.append("variants must be a non-empty list")
+        variants = []
+    for i, v in enumerate(variants):
+        problems += variant_problems(v, f"variants[{i}]", model_dir)
+    if problems:
+        raise MedwbError("bad benchmark config:\n  - " + "\n  - ".join(problems))
+    labels = [label(v) for v in variants]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise MedwbError(f"variants: {', '.join(dup)} listed more than once")
+    return {"model_dir": model_dir, "context": context, "speed_only": random_weights.is_speed_only(model_dir)}

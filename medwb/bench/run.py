@@ -1,0 +1,255 @@
+"""``medwb bench``: one benchmark for every variant, against the hardware's limit, with quality.
+
+A *variant* is a backend at a precision: PyTorch FP32/BF16, bigdl-llm low-bit types (API
+route, loaded from a ``save_low_bit`` folder as a deployment would), llm-cli native files,
+and OpenVINO IRs under optimum-intel and openvino-genai. Each variant runs in its own fresh
+process (in the bigdl environment where needed, through ``medwb.bench.probe``), so memory figures
+are clean and one crash ends one variant, not the run.
+
+Protocol, per variant and token pair (input, output): the prompt cut or repeated to exactly
+the input length, greedy, output length forced, one untimed warm-up, ``trials`` timed runs
+(medians reported), the thread count recorded. Before the matrix, the machine's memory
+bandwidth is measured; every record gets its decode floor (bytes read per token /
+bandwidth) and its next-token latency as a percentage of that limit.
+
+On the demo model every variant also answers held-out cases of both workflows, for quality
+beside speed. Random-weight checkpoints of real shapes (``medwb.models.random_weights``) are speed-only.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from medwb import envs
+from medwb.backends import registry
+from medwb.backends import variants
+from medwb.backends.variants import label, prepare
+from medwb.bench import bandwidth
+from medwb.bench.config import load_config, validate
+from medwb.bench.probe import against_reference, run_probe
+from medwb.bench.records import table as records_table, now, read_records, variant_record, write_records
+from medwb.errors import MedwbError
+from medwb.models import random_weights
+from medwb.paths import model_config, write_text_atomic
+from medwb.quality.workflow import score_outputs
+from medwb.tasks.corpus import heldout_prompts
+
+
+# ---------------------------------------------------------------- quality
+
+def quality_cases(n: int) -> list[dict]:
+    """The first ``n`` held-out cases of each workflow, with the prompt and token budget."""
+    from medwb.tasks import corpus, prompts
+    from medwb.models.demo_model import RECIPE
+    out = []
+    for task in corpus.TASKS:
+        for rec in corpus.load_records(task, limit=n):
+            out.append({"task": task, "prompt": prompts.render_chat([{"role": "user", "content": rec["input"]}]),
+                        "target": rec["target"], "disease": rec["case"]["disease"],
+                        "budget": RECIPE["eval"]["max_new_tokens"][task]})
+    return out
+
+
+# ---------------------------------------------------------------- running
+
+_KV_TYPE_BYTES = {"float32": 4, "f32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "f16": 2, "uint8_t": 1, "u8": 1}
+
+
+def _kv_bytes(v: dict, result: dict) -> float:
+    """Bytes per KV-cache element: what the compiled model reports, else the backend's."""
+    kv = (result.get("compiled_properties") or {}).get("KV_CACHE_PRECISION", "")
+    m = re.search(r"'(\w+)'", kv)
+    if m and m[1] in _KV_TYPE_BYTES:
+        return _KV_TYPE_BYTES[m[1]]
+    return registry.get(v["backend"]).kv_element_bytes(v["precision"])
+
+
+def _records_for(v: dict, art: dict, result: dict, reference: dict | None, cases: list[dict], ctx: dict) -> list[dict]:
+    """One record per token pair (or one error record)."""
+    cfg_model = model_config(ctx["model_dir"])
+    base = {"variant": label(v), "weights": v.get("weights"), "model": str(ctx["model_dir"]),
+            "speed_only": ctx["speed_only"], "threads": ctx["threads"], "size_bytes": art.get("bytes"),
+            "export_s": art.get("export_s"), "bandwidth_read_gb_s": ctx["bandwidth"]["read_gb_s"],
+            "cpu": ctx["cpu"], "run_id": ctx["run_id"]}
+    entry = registry.get(v["backend"])
+    family, route = entry.family, entry.route
+    if "error" in result:
+        return [variant_record(family, route, v["precision"], result, None, **base)]
+    size = result.get("saved_bytes") or art.get("bytes") or 0
+    base["size_bytes"] = size
+    # Bytes read per token: every weight except the embedding table (one row is read).
+    # Llama-style config keys; for other families the floor is left out, not guessed.
+    try:
+        params = random_weights.parameter_count({**cfg_model, "num_key_value_heads": cfg_model.get("num_key_value_heads")
+                                         or cfg_model["num_attention_heads"]})
+        weights_read = size * (1 - cfg_model["vocab_size"] * cfg_model["hidden_size"] / params)
+    except (KeyError, TypeError, ZeroDivisionError):
+        weights_read = None
+    kv_elem = _kv_bytes(v, result)
+    qual = None
+    if cases and result.get("texts"):
+        qual = score_outputs(result["texts"], cases, reference.get("texts") if reference else None)
+    records = []
+    for pair in result.get("pairs", []):
+        pair_result = {**result, **{k: x for k, x in pair.items() if k not in ("input_tokens", "output_tokens")}}
+        rec = variant_record(family, route, v["precision"], pair_result,
+                             reference if reference is not result else None,
+                             input_tokens=pair["input_tokens"], output_tokens=pair["output_tokens"], **base)
+        if weights_read is not None:
+            kv_read = bandwidth.kv_bytes_per_token(cfg_model, pair["input_tokens"] + pair["output_tokens"] / 2, kv_elem)
+            floor = bandwidth.decode_floor_ms(weights_read, kv_read, ctx["bandwidth"]["read_gb_s"])
+            rec.update(weights_read_bytes=int(weights_read), kv_read_bytes=int(kv_read), kv_bytes_per_element=kv_elem,
+                       decode_floor_ms=round(floor, 4),
+                       pct_of_limit=round(100 * floor / rec["tpot_ms"], 1) if rec.get("tpot_ms") else None)
+        builds = sorted(set((result.get("kernel_builds") or {}).values()))
+        rec["kernel_build"] = pair.get("kernel_build") or ",".join(builds) or None
+        known = entry.kernels_label(rec["kernel_build"])  # e.g. bigdl's own ISA build of its kernels
+        if known:
+            rec["kernels"] = known
+        if qual:
+            rec["quality"] = qual
+        records.append(rec)
+    return records
+
+
+def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]:
+    """Validate, measure bandwidth, prepare artifacts, then every variant in a fresh process.
+    ``run_dir`` empty: a new ``runs/<timestamp>``, made only once the config is valid.
+    Records are rewritten after every variant (JSON lines and CSV), so a run cut short
+    keeps what it measured."""
+    from tqdm.auto import tqdm
+
+    from medwb import runner, sysinfo
+    checked = validate(cfg)
+    model_dir = checked["model_dir"]
+    threads = cfg["threads"] or os.cpu_count() or 1
+    cfg = {**cfg, "threads": threads}
+    if run_dir:
+        run_dir = Path(run_dir)
+    else:  # a run of its own: it gets its own manifest (inside the main job, the job's is kept)
+        run_dir = runner.new_run_dir()
+        from medwb import provenance
+        provenance.write(run_dir, {"bench": cfg}, kind="bench")
+    cpu = sysinfo.cpu()
+    log(f"model {model_dir}{' (random weights: speed only)' if checked['speed_only'] else ''}; "
+        f"{len(cfg['variants'])} variants x {len(cfg['token_pairs'])} token pairs, {cfg['trials']} trials, "
+        f"{threads} threads")
+    load = sysinfo.check_load(log=log)  # each variant's record also has the load at its own start
+    bw = bandwidth.measure(threads, cfg["bandwidth_mb"])
+    log(f"memory bandwidth: read {bw['read_gb_s']} GB/s, copy {bw['copy_gb_s']} GB/s ({bw['method']})")
+    ctx = {"model_dir": model_dir, "speed_only": checked["speed_only"], "threads": threads, "bandwidth": bw,
+           "cpu": {"model": cpu["model"], "flags": sysinfo.isa_flags()},
+           "run_id": run_dir.name}
+    arts = prepare(model_dir, cfg["variants"], cfg, log)
+    cases = [] if checked["speed_only"] or not cfg["quality_cases"] else quality_cases(cfg["quality_cases"])
+    pair_prompt = cases[0]["prompt"] if cases else heldout_prompts(1)[0]
+    kb = cfg.get("kernel_build") or None
+    tuned = {registry.get(v["backend"]).env for v in cfg["variants"] if registry.get(v["backend"]).kernel_builds}
+    if kb == "match" and tuned:
+        env = tuned.pop()  # the bigdl environment: its kernel builds match this CPU's flags
+        kb = None if not envs.available(env) else envs.query_json(
+            env, ["-c", "from medwb.backends.toolchain import bigdl_kernels; from medwb.child import write_result; "
+                  "write_result(bigdl_kernels.matching_build())"])
+    records: list[dict] = [{"record_type": "run", "created": now(), "config": cfg, "model": str(model_dir),
+                            "run_dir": str(run_dir),
+                            "speed_only": checked["speed_only"], "bandwidth": bw, "cpu": ctx["cpu"],
+                            "machine_load": load,
+                            "python": sys.version.split()[0]}]
+    bar = tqdm(total=len(cfg["variants"]), desc="bench", unit="variant", disable=not progress)
+
+    def spec_of(v: dict) -> dict:
+        entry, art = registry.get(v["backend"]), arts[label(v)]
+        return {"backend": v["backend"], "model_path": str(art.get("path")), "precision": v["precision"],
+                "threads": threads, "kv_cache_precision": v.get("kv_cache_precision"),
+                "kernel_build": v.get("kernel_build", kb) if entry.kernel_builds else None,
+                "token_pairs": cfg["token_pairs"], "pair_prompt": pair_prompt, "trials": cfg["trials"],
+                "prompts": [c["prompt"] for c in cases], "prompt_budgets": [c["budget"] for c in cases],
+                "logits": False, **art.get("spec", {})}
+
+    def measure(v: dict, reference: dict | None) -> tuple[list[dict], dict]:
+        bar.set_postfix_str(label(v))
+        art, started = arts[label(v)], time.perf_counter()
+        result = {"error": art["error"]} if "error" in art else run_probe(
+            spec_of(v), python=str(envs.python_of(registry.get(v["backend"]).env)), timeout=cfg["timeout_s"])
+        if v is ref and "error" not in result:
+            reference = result  # its own row: agreement left out, ROUGE-L vs itself
+        new = _records_for(v, art, result, reference, cases, ctx)
+        for r in new:
+            r["wall_s"] = round(time.perf_counter() - started, 1)
+        records.extend(new)
+        if "error" in result:
+            log(f"{label(v)} failed: {result['error']}")
+        write(records, run_dir)
+        bar.update()
+        return new, result
+
+    # The FP32 PyTorch variant, when listed, runs first: the reference for agreement.
+    ref = next((v for v in cfg["variants"] if registry.is_reference(v)), None)
+    against_reference(ref, [v for v in cfg["variants"] if v is not ref], measure)
+    bar.close()
+    return records
+
+
+def write(records: list[dict], run_dir) -> dict[str, Path]:
+    """``records/bench.jsonl`` (every field) and ``records/bench.csv`` (flat), both atomic."""
+    run_dir = Path(run_dir)
+    jsonl = write_records(records, run_dir, "bench")
+    rows = [flat(r) for r in records if r.get("record_type") == "variant"]
+    buf = io.StringIO()
+    if rows:
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    csv_path = run_dir / "records" / "bench.csv"
+    write_text_atomic(csv_path, buf.getvalue())
+    return {"jsonl": jsonl, "csv": csv_path}
+
+
+def flat(r: dict) -> dict:
+    """One CSV row: nested dicts become dotted columns, lists JSON."""
+    out = {}
+    for k, v in r.items():
+        if isinstance(v, dict):
+            for k2, v2 in flat(v).items():
+                out[f"{k}.{k2}"] = v2
+        elif isinstance(v, list):
+            out[k] = json.dumps(v, ensure_ascii=False)
+        else:
+            out[k] = v
+    return out
+
+
+def load(run_dir) -> list[dict]:
+    return read_records(Path(run_dir) / "records" / "bench.jsonl")
+
+
+TABLE_COLUMNS = ["variant", "tokens", "load_s", "ttft_ms", "tpot_ms", "tok_s", "floor_ms", "pct_of_limit",
+                 "peak_rss_MB", "size_MB", "kernels", "exact_vs_fp32", "rougeL_vs_fp32", "dx_top3", "dc_complete",
+                 "error"]
+
+
+def table(records: list[dict]):
+    """The readable table: one row per variant and token pair."""
+    return records_table(records, TABLE_COLUMNS)
+
+
+def run_or_load(config_file="", records_from="", run_dir="", log=print, **overrides) -> list[dict]:
+    """Notebook 03's entry: load the records of an earlier run folder, or run the benchmark
+    (config file, then the notebook's parameters; empty parameters keep the config's)."""
+    if records_from:
+        if not (Path(records_from) / "records" / "bench.jsonl").exists():
+            raise MedwbError(f"records_from '{records_from}' has no records/bench.jsonl: give a run folder "
+                             "written by `medwb bench` or notebook 03, or leave it empty to run now")
+        return load(records_from)
+    if isinstance(overrides.get("variants"), list) and overrides["variants"] and \
+            isinstance(overrides["variants"][0], str):
+        overrides["variants"] = variants.parse_variants(",".join(overrides["variants"]))
+    overrides = {k: v for k, v in overrides.items() if v not in ("", [], None)}
+    return run(load_config(config_file or None, **overrides), run_dir, log=log)
