@@ -1,8 +1,8 @@
 """The differential-diagnosis app (鉴别诊断): an ipywidgets form, one card per model, the
 record editor, and the feedback store, for notebook 04.
 
-Every button is a method too (``app.generate()``, ``app.backfill(slot)``, ...), and the
-notebook drives the same buttons with ``.click()`` headless, so papermill runs the whole
+Every button is a method too (``app.generate()``, ``app.backfill(slot)``, ...), and
+``app.scripted_demo(step)`` clicks the same buttons headless, so papermill runs the whole
 flow a doctor would. The models run in long-lived worker processes (``medwb.apps.workers``)
 that generate in parallel and stream into their cards; every generation and every action
 goes to SQLite (``medwb.apps.feedback``) as it happens.
