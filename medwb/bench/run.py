@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 
 from medwb import envs
-from medwb.backends import registry
-from medwb.backends import variants
+from medwb.backends import registry, variants
 from medwb.backends.variants import label, prepare
 from medwb.bench import bandwidth
 from medwb.bench.config import load_config, validate

@@ -350,13 +350,13 @@ def heldout_cases(name: str = "standard") -> list[Case]:
     """One shipped held-out set (``HELDOUT_SETS``); the varied set avoids the standard one."""
     if name not in HELDOUT_SETS:
         raise MedwbError(f"held-out set {name!r} is unknown: use one of {', '.join(HELDOUT_SETS)}")
-    return list(_heldout_cases(name, knowledge_digest()))
+    return list(_heldout_cases(name))
 
 
-@lru_cache(maxsize=8)
-def _heldout_cases(name: str, digest: str) -> tuple[Case, ...]:
-    # Generated once per process and knowledge table (``digest``): a build, the data hash and
-    # the evaluation all ask for the same sets.
+@lru_cache(maxsize=4)
+def _heldout_cases(name: str) -> tuple[Case, ...]:
+    # Generated once per process, as the knowledge table is read once (load_knowledge): a
+    # build, the data hash and the evaluation all ask for the same sets.
     n, seed, varied = HELDOUT_SETS[name]
     exclude = set() if name == "standard" else {c.signature() for c in heldout_cases("standard")}
     prefix = "h" if name == "standard" else "v"
