@@ -72,10 +72,32 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from medwb.eval import report
+    from medwb.eval import run as evaluation
+    if args.rescore:
+        result = evaluation.rescore(args.rescore)
+    else:
+        result = evaluation.run(model=args.model, eval_file=args.eval_file, variants=args.variants,
+                                limit=args.limit, threads=args.threads, task_map=args.task_map,
+                                bootstrap=args.bootstrap, timeout_s=args.timeout,
+                                run_dir=args.run_dir, progress=not args.no_progress)
+    import pandas as pd
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 80):
+        print(report.guard_table(result["scores"], result["verdicts"]).to_string())
+    print(f"report: {result['paths']['html']}\nscores: {result['paths']['csv']}\n"
+          f"per-sample logs: {result['dir'] / 'samples'}")
+    if result["errors"]:
+        print("failed variants (run again to resume): " + ", ".join(result["errors"]), file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_data(args) -> int:
-    from medwb.tasks import corpus
+    from medwb.tasks import corpus, evalset
     for path in corpus.write_heldout(Path(args.out) if args.out else corpus.HELDOUT_DIR):
         print(f"wrote {path}")
+    print(f"wrote {evalset.write(Path(args.out) / evalset.EVAL_FILE.name if args.out else evalset.EVAL_FILE)}")
     return 0
 
 
@@ -152,8 +174,30 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
-    g = sub.add_parser("data", help="regenerate the held-out evaluation sets in data/heldout")
-    g.add_argument("--out", help="directory to write (default: data/heldout)")
+    e = sub.add_parser("eval", help="accuracy of every variant on PromptCBLUE-format medical tasks, vs FP32",
+                       description="Every variant answers a PromptCBLUE-format file (default: the bundled "
+                                   "synthetic set, data/eval/medwb-eval-v1.jsonl), greedy, each in its own "
+                                   "process; scored by the official PromptCBLUE rules, with bootstrap "
+                                   "intervals and the paired difference to FP32. Answers are cached: a rerun "
+                                   "resumes, and the same run again loads no model.")
+    e.add_argument("--model", help="demo (default) or a local checkpoint folder")
+    e.add_argument("--eval-file", help="PromptCBLUE-format JSON lines (input, target, answer_choices, "
+                                       "task_type, task_dataset, sample_id)")
+    e.add_argument("--variants", help="comma-separated backend:[weights/]precision (default: FP32 and the "
+                                      "low-bit variants of both routes)")
+    e.add_argument("--limit", type=int, help="samples per task, a seeded random sample of each (0: all)")
+    e.add_argument("--threads", type=int, help="CPU threads (0: all cores)")
+    e.add_argument("--task-map", help="score unknown task names as a known task or family: "
+                                      "NAME=TASK_OR_FAMILY[,...], e.g. MyNER=CMeEE-V2")
+    e.add_argument("--bootstrap", type=int, help="bootstrap resamples for the intervals (default 1000)")
+    e.add_argument("--timeout", type=int, help="seconds per variant before it is stopped (resumable)")
+    e.add_argument("--run-dir", help="folder for the results (default: a new runs/<timestamp>)")
+    e.add_argument("--rescore", metavar="RUN_DIR", help="score an earlier run's answers again, no model")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.set_defaults(func=cmd_eval)
+
+    g = sub.add_parser("data", help="regenerate the held-out sets (data/heldout) and the evaluation set (data/eval)")
+    g.add_argument("--out", help="directory to write (default: data/heldout and data/eval)")
     g.set_defaults(func=cmd_data)
 
     f = sub.add_parser("feedback", help="per-model like, adoption and error rates from a feedback database")

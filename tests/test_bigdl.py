@@ -125,3 +125,21 @@ def test_notebook_runs_headless_and_writes_every_artifact(tmp_path, demo_model_d
     executed = json.loads((tmp_path / NB.name).read_text())
     text = json.dumps([o for c in executed["cells"] for o in c.get("outputs", [])], ensure_ascii=False)
     assert "template variables" in text  # the LangChain section ran
+
+
+def test_a_kernel_shadow_left_by_a_deleted_checkout_is_made_again(tmp_path):
+    """The medwb cache is shared by every checkout on a machine: a shadow of bigdl's libs
+    whose links point into a venv that is gone must not be trusted (it once made every
+    bigdl variant fail with "Shared library with base name 'llama' not found")."""
+    out = run_python("bigdl", """
+import os
+from medwb.backends.toolchain import bigdl_kernels as k
+from medwb.child import write_result
+shadow = k.shadow_libs("avx2")
+link = shadow / "libllama_avx2.so"
+os.remove(link)
+os.symlink("/nonexistent/checkout/libllama_avx2.so", link)  # as a deleted clone leaves it
+again = k.shadow_libs("avx2")
+write_result({"same": str(again) == str(shadow), "ok": all(p.exists() for p in again.iterdir())})
+""", extra_env={"MEDWB_CACHE": str(tmp_path)})
+    assert out == {"same": True, "ok": True}

@@ -72,14 +72,20 @@ def plots(records: list[dict]) -> dict:
 # ---------------------------------------------------------------- recommendation
 
 def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: float, side_by_side: int = 3,
-              tokens: str | None = None):
+              tokens: str | None = None, evaluation: dict | None = None):
     """Variants ranked for a next-token latency target and a RAM budget.
 
     A variant qualifies when its next-token latency meets the target and ``side_by_side``
     copies fit in the budget (the diagnosis workflow runs three models at once). When they
     decode at the same time they share the memory bandwidth, so the table also gives an
     *estimate* of the latency then: at least ``side_by_side`` x the decode floor.
-    Ranked by quality (ROUGE-L vs FP32, when measured), then by latency.
+
+    Quality is a gate, not a score to maximise: FP32 always "wins" a similarity-to-FP32
+    axis, and small differences in task scores are noise. With an ``evaluation`` of this
+    model (``medwb.eval.run.latest_summary``: PromptCBLUE-format task scores), a variant is
+    accurate enough when the accuracy guard says it keeps >= 95% of FP32's score on every
+    task; without one, the proxy is ROUGE-L vs FP32 >= 0.9 on the few benchmark cases.
+    Ranked: qualifies, accurate enough, then fastest next token.
     """
     import pandas as pd
     df = frame(records)
@@ -95,32 +101,51 @@ def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: floa
     df["meets_latency"] = df["tpot_ms"] <= latency_target_ms
     df["fits_side_by_side"] = df["fit_in_budget"] >= side_by_side
     df["qualifies"] = df["meets_latency"] & df["fits_side_by_side"]
-    quality = df["rougeL_vs_fp32"].fillna(-1) if df["rougeL_vs_fp32"].notna().any() else 0
-    df["_q"] = quality
-    df = df.sort_values(["qualifies", "_q", "tpot_ms"], ascending=[False, False, True])
+    evaluated = (evaluation or {}).get("variants", {})
+    df["task_score"] = [evaluated.get(v, {}).get("overall") for v in df["variant"]]
+    if evaluated:
+        df["accurate"] = [bool(evaluated.get(v, {}).get("keeps_accuracy")) for v in df["variant"]]
+        df["quality_basis"] = "task scores"
+    else:
+        df["accurate"] = df["rougeL_vs_fp32"].fillna(0) >= 0.9
+        df["quality_basis"] = "ROUGE-L vs FP32 (proxy)"
+    df = df.sort_values(["qualifies", "accurate", "tpot_ms"], ascending=[False, False, True])
     df.insert(0, "rank", range(1, len(df) + 1))
-    cols = ["rank", "variant", "qualifies", "tpot_ms", "tpot_side_by_side_est", "ttft_ms", "peak_rss_MB",
-            "fit_in_budget", "rougeL_vs_fp32", "dx_top3", "dc_complete", "kernels"]
+    cols = ["rank", "variant", "qualifies", "accurate", "tpot_ms", "tpot_side_by_side_est", "ttft_ms",
+            "peak_rss_MB", "fit_in_budget", "task_score", "rougeL_vs_fp32", "dx_top3", "dc_complete", "kernels",
+            "quality_basis"]
     return df[cols].reset_index(drop=True)
 
 
-def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, side_by_side: int = 3) -> str:
+def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, side_by_side: int = 3,
+                        evaluation: dict | None = None) -> str:
     if ranked is None or len(ranked) == 0:
         return "No variant produced measurements; see the errors in the records."
     fastest = ranked.sort_values("tpot_ms").iloc[0]
     lines = [f"Fastest next token here: {fastest['variant']} ({fastest['tpot_ms']:.2f} ms/token)."]
-    good = ranked[ranked["qualifies"]]
+    good = ranked[ranked["qualifies"] & ranked["accurate"]]
     if len(good):
         best = good.iloc[0]
-        q = "" if best["rougeL_vs_fp32"] != best["rougeL_vs_fp32"] or best["rougeL_vs_fp32"] is None else \
-            f", ROUGE-L vs FP32 {best['rougeL_vs_fp32']:.3f}"
+        q = f", task score {best['task_score']:.1f}" if best["task_score"] == best["task_score"] and \
+            best["task_score"] is not None else ""
         lines.append(f"For a next-token target of {latency_target_ms:g} ms and {ram_budget_gb:g} GB of RAM with "
                      f"{side_by_side} models side by side, deploy {best['variant']}: {best['tpot_ms']:.2f} ms/token "
                      f"alone (estimated >= {best['tpot_side_by_side_est']} ms when all {side_by_side} decode at "
                      f"once), {best['peak_rss_MB']:.0f} MB each, {int(best['fit_in_budget'])} fit{q}.")
+    elif len(ranked[ranked["qualifies"]]):
+        lines.append("Variants meet the latency and memory targets, but none keeps the accuracy "
+                     "(see the quality basis): do not deploy a low-bit variant on speed alone.")
     else:
         lines.append(f"No variant meets {latency_target_ms:g} ms/token with {side_by_side} copies in "
                      f"{ram_budget_gb:g} GB: relax the target, add RAM, or use a smaller model.")
+    if evaluation:
+        lines.append(f"Quality: task scores and the accuracy guard of the evaluation in {evaluation['run']} "
+                     f"({evaluation['created']}; notebook 06); a variant not evaluated there counts as not "
+                     "accurate.")
+    else:
+        lines.append("Quality: no task evaluation of this model yet, so ROUGE-L against FP32 on a few "
+                     "cases stands in for it (it cannot say whether FP32 itself is right): run notebook 06 "
+                     "(`medwb eval`), then this cell again.")
     return " ".join(lines)
 
 

@@ -85,6 +85,7 @@ class Disease:
     discharge_condition: tuple[str, ...]
     discharge_orders: tuple[str, ...]
     differentials: tuple[tuple[str, str], ...]  # (name, distinguishing basis)
+    aliases: tuple[str, ...] = ()  # colloquial names (宫外孕, AMI) for the normalization task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +195,8 @@ def load_knowledge(knowledge_dir: Path = KNOWLEDGE_DIR) -> tuple[Disease, ...]:
                 name=name, department=entry.get("department", department),
                 sex=entry.get("sex", "任意"), age=tuple(entry.get("age", (18, 80))),
                 **{k: tuple(entry[k]) for k in REQUIRED_LISTS},
-                differentials=tuple((x["name"], x["basis"]) for x in diffs[:3])))
+                differentials=tuple((x["name"], x["basis"]) for x in diffs[:3]),
+                aliases=tuple(entry.get("aliases") or ())))
     names = [d.name for d in diseases]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:

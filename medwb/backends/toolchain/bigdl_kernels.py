@@ -77,10 +77,16 @@ def shadow_libs(build: str, parameter: str = "kernel_build") -> Path:
         raise MedwbError(f"{parameter}: {build!r} is not a bigdl build; use one of {', '.join(BUILDS)}")
     import importlib.metadata
     import shutil
+    import hashlib
     src = libs_dir()
-    shadow = cache_dir() / "bigdl-libs" / f"{importlib.metadata.version('bigdl-llm')}-{build}"
+    # Keyed by the environment it links into as well: the cache is shared by every checkout
+    # on the machine, and a shadow made by a clone that was deleted links to nothing.
+    where = hashlib.sha256(str(src).encode()).hexdigest()[:10]
+    shadow = cache_dir() / "bigdl-libs" / f"{importlib.metadata.version('bigdl-llm')}-{build}-{where}"
     if shadow.exists():
-        return shadow
+        if all(p.exists() for p in shadow.iterdir()):  # exists() follows the links
+            return shadow
+        shutil.rmtree(shadow, ignore_errors=True)  # dangling: made again, never trusted
     tmp = shadow.with_name(shadow.name + f".tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
     for item in src.iterdir():

@@ -1,0 +1,1 @@
+"""PromptCBLUE-format evaluation: loading (dataset), official scoring (scoring), the run over variants and the accuracy guard."""

@@ -1,0 +1,142 @@
+"""The accuracy guard: does a variant keep FP32's accuracy, task by task, beyond noise?
+
+Per variant and task: the official main metric, its 95% bootstrap interval (samples
+resampled with replacement, the metric recomputed on each resample: the metrics are
+corpus-level, F1 over pooled counts, so a mean of per-sample scores would be wrong), the
+*paired* difference to the reference (FP32) with its interval (the same resampled samples
+for both, which removes the samples' own difficulty from the noise), the share of the
+reference's score kept, and the parse-failure rate. Overall: the mean of the task
+metrics x 100 (PromptCBLUE's overall), resampled per task.
+
+Verdict per variant: "keeps >= 95% of FP32 on every task", or the tasks where it does
+not, each marked whether its difference is beyond the bootstrap noise.
+
+Speed: ROUGE-L is computed once per sample (its pairs' F values), and pooled micro-F1
+from per-sample counts, so resampling them is array arithmetic; classification tasks
+call the official sklearn metric per resample (a few ms).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from medwb.eval import scoring
+
+KEEP = 0.95  # the share of FP32's score a variant must keep on every task
+
+
+def _resampler(spec, stats: list):
+    """f(index array) -> the task metric on those samples."""
+    if spec.metric == "rouge_l":
+        # Pooled mean over (sample, section) pairs = sum of pair F / number of pairs.
+        means = [scoring.aggregate(spec, [s])["score"] or 0.0 for s in stats]
+        counts = np.array([len(s) for s in stats], dtype=float)
+        sums = np.array(means) * counts
+        return lambda idx: float(sums[idx].sum() / counts[idx].sum()) if counts[idx].sum() else 0.0
+    if spec.metric == "micro_f1":
+        tp, fp, fn = (np.array([s[k] for s in stats], dtype=float) for k in range(3))
+
+        def micro(idx):
+            t, p, n = tp[idx].sum(), fp[idx].sum(), fn[idx].sum()
+            return 0.0 if t == 0 else float(2 * t / (2 * t + p + n))  # = 2PR/(P+R)
+        return micro
+    return lambda idx: scoring.aggregate(spec, [stats[i] for i in idx])["score"] or 0.0
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def evaluate(rows: dict[str, list[dict]], specs: dict, reference: str | None, errors: dict | None = None,
+             resamples: int = 1000, seed: int = 0, keep: float = KEEP):
+    """(scores DataFrame, verdicts {variant: text}) from per-sample rows (``_stats`` per
+    answered sample, as ``medwb.eval.run.score_run`` makes them)."""
+    import pandas as pd
+
+    errors = errors or {}
+    tasks = list(specs)
+    # One index matrix per task, shared by every variant: paired differences.
+    draws = {}
+    for t in tasks:
+        n = sum(r["task"] == t for r in next(iter(rows.values())))
+        draws[t] = np.random.default_rng([seed, tasks.index(t)]).integers(0, n, size=(resamples, n))
+    boot: dict[tuple[str, str], np.ndarray] = {}
+    records = []
+    for variant, rs in rows.items():
+        for t in tasks:
+            spec = specs[t]
+            mine = [r for r in rs if r["task"] == t]
+            answered = [r for r in mine if r["answered"]]
+            rec = {"variant": variant, "task": t, "metric": spec.metric, "n": len(mine),
+                   "answered": len(answered), "complete": len(answered) == len(mine)}
+            if answered and rec["complete"]:
+                stats = [r["_stats"] for r in mine]
+                f = _resampler(spec, stats)
+                rec["score"] = scoring.aggregate(spec, stats)["score"]
+                boot[variant, t] = np.array([f(idx) for idx in draws[t]])
+                rec["ci_low"], rec["ci_high"] = _interval(boot[variant, t])
+                rec["parse_failure_rate"] = sum(bool(r["parse_failed"]) for r in answered) / len(answered)
+            records.append(rec)
+    scores = pd.DataFrame.from_records(records)
+    for col in ("score", "ci_low", "ci_high", "parse_failure_rate"):
+        if col not in scores:
+            scores[col] = np.nan
+    # Paired differences and kept share against the reference.
+    for i, rec in scores.iterrows():
+        key, ref_key = (rec["variant"], rec["task"]), (reference, rec["task"])
+        if reference is None or rec["variant"] == reference or key not in boot or ref_key not in boot:
+            continue
+        ref_score = scores[(scores.variant == reference) & (scores.task == rec["task"])]["score"].iloc[0]
+        diff = boot[key] - boot[ref_key]
+        scores.loc[i, "diff"] = rec["score"] - ref_score
+        scores.loc[i, "diff_low"], scores.loc[i, "diff_high"] = _interval(diff)
+        scores.loc[i, "kept"] = rec["score"] / ref_score if ref_score else np.nan
+    scores = pd.concat([scores, _overall(scores, boot, tasks, reference)], ignore_index=True)
+    return scores, verdicts(scores, reference, errors, keep)
+
+
+def _overall(scores, boot, tasks, reference):
+    """Per variant: PromptCBLUE's overall (mean of the task metrics x 100) with its interval."""
+    import pandas as pd
+    rows = []
+    for variant in scores.variant.unique():
+        if not all((variant, t) in boot for t in tasks):
+            rows.append({"variant": variant, "task": "overall", "metric": "mean x 100", "complete": False})
+            continue
+        per_b = 100 * np.mean([boot[variant, t] for t in tasks], axis=0)
+        mine = scores[(scores.variant == variant) & (scores.task.isin(tasks))]
+        rec = {"variant": variant, "task": "overall", "metric": "mean x 100", "complete": True,
+               "n": int(mine.n.sum()), "answered": int(mine.answered.sum()),
+               "score": 100 * float(mine.score.mean()), "parse_failure_rate": float(mine.parse_failure_rate.mean())}
+        rec["ci_low"], rec["ci_high"] = _interval(per_b)
+        if reference and variant != reference and all((reference, t) in boot for t in tasks):
+            ref_b = 100 * np.mean([boot[reference, t] for t in tasks], axis=0)
+            ref_score = 100 * float(scores[(scores.variant == reference) & (scores.task.isin(tasks))].score.mean())
+            rec["diff"] = rec["score"] - ref_score
+            rec["diff_low"], rec["diff_high"] = _interval(per_b - ref_b)
+            rec["kept"] = rec["score"] / ref_score if ref_score else np.nan
+        rows.append(rec)
+    return pd.DataFrame.from_records(rows)
+
+
+def verdicts(scores, reference: str | None, errors: dict, keep: float = KEEP) -> dict[str, str]:
+    out = {}
+    tasks = scores[scores.task != "overall"]
+    for variant, mine in tasks.groupby("variant", sort=False):
+        if variant in errors:
+            out[variant] = f"incomplete: {errors[variant]}"
+        elif not mine.complete.all():
+            out[variant] = "incomplete: some samples have no answer (run again to resume)"
+        elif variant == reference:
+            out[variant] = "reference (FP32)"
+        elif reference is None or "kept" not in mine or mine.kept.isna().all():
+            out[variant] = "no reference to compare with (add pytorch:fp32 to the variants)"
+        else:
+            below = mine[mine.kept < keep]
+            if below.empty:
+                out[variant] = f"keeps >= {keep:.0%} of FP32 on every task"
+            else:
+                parts = [f"{r.task} {r.kept:.1%}" + (" (beyond noise)" if r.diff_high < 0 else " (within noise)")
+                         for r in below.itertuples()]
+                out[variant] = f"keeps < {keep:.0%} of FP32 on: " + ", ".join(parts)
+    return out

@@ -1,0 +1,382 @@
+"""``medwb eval`` and notebook 06: every variant answers a PromptCBLUE-format file, scored
+by the official rules, with the accuracy guard against FP32.
+
+The loop, per variant (FP32 PyTorch first: the reference):
+
+1. the samples to ask: the file's, or ``limit`` per task (a seeded random sample of
+   each task, the same every run);
+2. what the prediction cache already holds for them. The cache is keyed by the model's
+   fingerprint, the variant and everything that can change a greedy answer (threads,
+   KV-cache precision, kernel build, the environment's lock file), and per sample by the
+   hash of the exact prompt and its token budget: a rerun with the same parameters loads
+   no model at all, and a run cut short resumes where it stopped;
+3. the missing answers, from a fresh process in the backend's environment
+   (``medwb.eval.worker``), which appends each answer to the cache as it is made: a crash
+   loses only that variant's unfinished samples, and the error is recorded;
+4. parse and score (``medwb.eval.scoring``), per-sample logs, then the guard
+   (``medwb.eval.guard``) and the report (``medwb.eval.report``).
+
+``rescore(run_dir)`` scores a run folder's predictions again without any model.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from medwb import envs
+from medwb.backends import registry
+from medwb.backends.variants import label, parse_variants, prepare, resolve_model, variant_problems
+from medwb.errors import MedwbError
+from medwb.eval import dataset, scoring
+from medwb.paths import REPO_DIR, cache_dir, write_json_atomic, write_text_atomic
+
+# The compare matrix's variants that answer prompts: FP32, one low-bit variant of each
+# route and runtime (bf16 PyTorch and the OpenVINO f32 IR add little to an accuracy check).
+DEFAULT_VARIANTS = ("pytorch:fp32,bigdl:sym_int4,bigdl:sym_int8,bigdl-cli:int4,openvino-optimum:int8/bf16,"
+                    "openvino-optimum:int4/bf16,openvino-genai:int8/bf16,openvino-genai:int4/bf16")
+# Greedy budgets per task family (new tokens); a task's own entry wins.
+MAX_NEW_TOKENS = {"ner": 96, "spo": 128, "normalization": 32, "event": 128, "attr": 96, "causal": 128,
+                  "cls_macro": 16, "cls_weighted": 16, "report": 320, "free_text": 128,
+                  "diagnosis": 200, "sections": 560}
+DEFAULTS = {"model": "demo", "eval_file": "", "variants": DEFAULT_VARIANTS, "limit": 0, "threads": 0,
+            "task_map": {}, "timeout_s": 3600, "kernel_build": "match", "bootstrap": 1000,
+            "artifacts_dir": "", "max_new_tokens": {}, "answers_cache": ""}
+
+
+# ---------------------------------------------------------------- the samples
+def stratified(samples: list, limit: int, seed: str = "medwb-eval") -> list:
+    """``limit`` samples of one task: a seeded random sample (the same one every run), kept
+    in file order; all when limit is 0 or larger. Not an evenly spaced cut: files have
+    periodic structure (the bundled yes/no task alternates its labels, so every 6th sample
+    was always "是的"), and a random sample cannot alias with it."""
+    import random
+    if not limit or limit >= len(samples):
+        return list(samples)
+    task = samples[0].task_dataset if hasattr(samples[0], "task_dataset") else ""
+    picked = sorted(random.Random(f"{seed}/{task}").sample(range(len(samples)), limit))
+    return [samples[i] for i in picked]
+
+
+def select(data: dataset.Dataset, limit: int) -> list:
+    out = []
+    for _, samples in data.by_task().items():
+        out += stratified(samples, limit)
+    return out
+
+
+def chat_prompts(model_dir: Path, inputs: list[str]) -> list[str]:
+    """Each exact ``input`` as the user turn of the model's own chat template (from its
+    tokenizer_config.json; the raw input when it has none). The demo model's template is
+    medwb.tasks.prompts.CHAT_TEMPLATE, rendered here without loading its tokenizer."""
+    from medwb.tasks import prompts
+    cfg_path = Path(model_dir) / "tokenizer_config.json"
+    template = json.loads(cfg_path.read_text(encoding="utf-8")).get("chat_template") if cfg_path.exists() else None
+    if template == prompts.CHAT_TEMPLATE:
+        return [prompts.render_chat([{"role": "user", "content": x}]) for x in inputs]
+    if not template:
+        return list(inputs)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return [tok.apply_chat_template([{"role": "user", "content": x}], tokenize=False, add_generation_prompt=True)
+            for x in inputs]
+
+
+def budget(spec: scoring.TaskSpec, overrides: dict) -> int:
+    return int(overrides.get(spec.name) or overrides.get(spec.family) or MAX_NEW_TOKENS[spec.family])
+
+
+def sample_key(prompt: str, max_new_tokens: int) -> str:
+    return hashlib.sha256(f"{max_new_tokens}\n{prompt}".encode()).hexdigest()[:20]
+
+
+# ---------------------------------------------------------------- the cache
+def model_fingerprint(model_dir: Path) -> str:
+    """Hash of the model's files (config, tokenizer, weights), so a changed checkpoint in
+    the same folder never reuses old answers."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).iterdir() if p.is_file() and not p.name.endswith(".lock")):
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def cache_path(model_fp: str, v: dict, threads: int, kernel_build: str, root: str = "") -> Path:
+    entry = registry.get(v["backend"])
+    lock = REPO_DIR / "requirements" / f"{entry.env}.lock"
+    settings = {"variant": label(v), "kv": v.get("kv_cache_precision"), "threads": threads,
+                "kernel_build": kernel_build if entry.kernel_builds else None, "greedy": True,
+                "lock": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else None}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", label(v))
+    return (Path(root) if root else cache_dir() / "eval") / model_fp / f"{name}-{digest}.jsonl"
+
+
+def read_cache(path: Path) -> dict[str, dict]:
+    """key -> answer; a line cut off by a crash is ignored (its sample is asked again)."""
+    found: dict[str, dict] = {}
+    if not path.exists():
+        return found
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and "key" in rec and "output" in rec:
+                found[rec["key"]] = rec
+    return found
+
+
+def _end_with_newline(path: Path) -> None:
+    """A crash can leave a half line: start the next append on a line of its own."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
+# ---------------------------------------------------------------- answering
+def answer_missing(v: dict, art: dict, asks: list[dict], cache: Path, cfg: dict, progress) -> str | None:
+    """Run the worker for the samples not in ``cache``; None, or the error it ended with."""
+    from medwb import child
+    entry = registry.get(v["backend"])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    _end_with_newline(cache)
+    spec = {"backend": v["backend"], "model_path": str(art.get("path")), "precision": v["precision"],
+            "threads": cfg["threads"], "kv_cache_precision": v.get("kv_cache_precision"),
+            "kernel_build": cfg["kernel_build"] if entry.kernel_builds else None, "out": str(cache),
+            "samples": asks, **art.get("spec", {})}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
+        json.dump(spec, f, ensure_ascii=False)
+    command = [str(envs.python_of(entry.env)), "-m", "medwb.eval.worker", f.name]
+    before = len(read_cache(cache))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            job = pool.submit(child.run, command, timeout=cfg["timeout_s"], what=f"eval worker {label(v)}")
+            while True:  # the bar follows the cache file the worker appends to
+                try:
+                    job.result(timeout=2)
+                    break
+                except concurrent.futures.TimeoutError:
+                    progress(len(read_cache(cache)) - before)
+        return None
+    except child.ChildError as e:
+        return e.reason.removeprefix("failed: ")
+    finally:
+        progress(len(read_cache(cache)) - before)
+        os.unlink(f.name)
+
+
+# ---------------------------------------------------------------- the run
+def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True, **overrides) -> dict:
+    """Evaluate every variant; write ``<run_dir>/eval/`` (per-sample logs, scores, report).
+    Returns {"scores": DataFrame, "verdicts": {...}, "dir": Path, ...}."""
+    from tqdm.auto import tqdm
+
+    from medwb import runner, sysinfo
+    cfg = check_config({**DEFAULTS, **(cfg or {}), **{k: v for k, v in overrides.items() if v is not None}})
+    model_dir, data = cfg["model_dir"], cfg["data"]
+    samples = select(data, cfg["limit"])
+    specs = {t: scoring.task_spec(t, cfg["task_map"]) for t in data.tasks()}
+    if not run_dir:
+        run_dir = runner.new_run_dir()
+        from medwb import provenance
+        provenance.write(run_dir, {"eval": public(cfg)}, kind="eval")
+    out_dir = Path(run_dir) / "eval"
+    load = sysinfo.check_load(log=log)
+    fp = model_fingerprint(model_dir)
+    asks = []
+    for s, prompt in zip(samples, chat_prompts(model_dir, [s.input for s in samples])):
+        n = budget(specs[s.task_dataset], cfg["max_new_tokens"])
+        asks.append({"key": sample_key(prompt, n), "prompt": prompt, "max_new_tokens": n})
+    log(f"evaluating {len(cfg['variants'])} variant(s) on {len(samples)} samples of {len(specs)} task(s) "
+        f"from {data.path} (model {model_dir}, fingerprint {fp}, {cfg['threads']} threads)")
+    predictions, errors, timing = {}, {}, {}
+    for v in cfg["variants"]:
+        name = label(v)
+        cache = cache_path(fp, v, cfg["threads"], cfg["kernel_build"], cfg["answers_cache"])
+        have = read_cache(cache)
+        missing = [a for a in asks if a["key"] not in have]
+        started = time.perf_counter()
+        if missing:
+            log(f"{name}: {len(asks) - len(missing)} answers cached, {len(missing)} to generate")
+            art = prepare(model_dir, [v], {**cfg, "threads": cfg["threads"]}, log)[name]
+            bar = tqdm(total=len(missing), desc=name, unit="sample", disable=not progress)
+
+            def advance(done: int, bar=bar) -> None:
+                bar.update(max(0, done - bar.n))
+            error = art.get("error") or answer_missing(v, art, missing, cache, cfg, advance)
+            bar.close()
+            have = read_cache(cache)
+            if error:
+                left = sum(a["key"] not in have for a in asks)
+                errors[name] = f"{error} ({left} of {len(asks)} samples unanswered; run again to resume)"
+                log(f"{name} failed: {errors[name]}")
+        else:
+            log(f"{name}: all {len(asks)} answers cached (no model loaded)")
+        timing[name] = round(time.perf_counter() - started, 1)
+        predictions[name] = [have.get(a["key"]) for a in asks]
+    result = score_run(samples, asks, specs, predictions, errors, cfg, out_dir, log=log)
+    result.update(timing=timing, machine_load=load, cpu=sysinfo.cpu().get("model"), model_fingerprint=fp)
+    write_json_atomic(out_dir / "run.json", {"config": public(cfg), "errors": errors, "timing": timing,
+                                             "machine_load": load, "cpu": result["cpu"],
+                                             "model_fingerprint": fp})
+    write_json_atomic(Path(cfg["answers_cache"] or cache_dir() / "eval") / fp / "latest.json", result["summary"])
+    return result
+
+
+def summarize(result: dict, out_dir: Path) -> dict:
+    """Per variant: overall score, its interval and the guard's verdict (what notebook 03's
+    recommendation reads as its quality axis)."""
+    from medwb.bench.records import now
+    overall = result["scores"][result["scores"].task == "overall"]
+    variants = {}
+    for r in overall.itertuples():
+        variants[r.variant] = {"overall": None if r.score != r.score else round(float(r.score), 2),
+                               "ci": None if r.score != r.score else [round(float(r.ci_low), 2),
+                                                                        round(float(r.ci_high), 2)],
+                               "verdict": result["verdicts"].get(r.variant, ""),
+                               "keeps_accuracy": result["verdicts"].get(r.variant, "").startswith(
+                                   ("keeps >=", "reference"))}
+    return {"created": now(), "run": str(out_dir.parent), "variants": variants}
+
+
+def latest_summary(model: str = "demo", eval_from: str = "", answers_cache: str = "") -> dict | None:
+    """The evaluation summary of ``eval_from`` (a run folder), else the latest evaluation of
+    this model on this machine (any run), else None."""
+    if eval_from:
+        path = Path(eval_from) / "eval" / "summary.json"
+        if not path.exists():
+            raise MedwbError(f"eval_from '{eval_from}' has no eval/summary.json: give a run folder written "
+                             "by `medwb eval` or notebook 06, or leave it empty")
+        return json.loads(path.read_text(encoding="utf-8"))
+    if model.startswith("shape:"):  # random weights: nothing to evaluate
+        return None
+    latest = Path(answers_cache or cache_dir() / "eval") / model_fingerprint(resolve_model(model)) / "latest.json"
+    return json.loads(latest.read_text(encoding="utf-8")) if latest.exists() else None
+
+
+def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log=print) -> dict:
+    """Per-sample logs, scores, the guard and the report, from answers already made."""
+    from medwb.eval import guard, report
+    rows: dict[str, list[dict]] = {}
+    for name, answers in predictions.items():
+        rows[name] = []
+        for s, ask, ans in zip(samples, asks, answers):
+            spec = specs[s.task_dataset]
+            gold, _ = scoring.parse(spec, s.target, s.answer_choices)
+            row = {"variant": name, "task": s.task_dataset, "sample_id": s.sample_id, "prompt_hash": ask["key"],
+                   "output": None if ans is None else ans["output"], "answered": ans is not None}
+            if ans is not None:
+                pred, failed = scoring.parse(spec, ans["output"], s.answer_choices)
+                stats = scoring.sample_stats(spec, gold, pred)
+                row.update(answer=pred, parse_failed=failed, score=scoring.sample_score(spec, stats),
+                           n_new_tokens=ans.get("n_new_tokens"), seconds=ans.get("seconds"), _stats=stats)
+            rows[name].append(row)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rs in rows.items():
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        write_text_atomic(out_dir / "samples" / f"{safe}.jsonl", "".join(
+            json.dumps({k: v for k, v in r.items() if k != "_stats"}, ensure_ascii=False, default=str) + "\n"
+            for r in rs))
+    reference = next((label(v) for v in cfg["variants"] if registry.is_reference(v)), None)
+    scores, verdicts = guard.evaluate(rows, specs, reference=reference, errors=errors,
+                                      resamples=cfg["bootstrap"], seed=0)
+    paths = report.write(out_dir, scores, verdicts, errors=errors, meta={
+        "eval_file": str(cfg["data"].path), "samples": len(samples), "limit": cfg["limit"],
+        "threads": cfg["threads"], "reference": reference})
+    log(report.summary(scores, verdicts))
+    result = {"scores": scores, "verdicts": verdicts, "dir": out_dir, "paths": paths, "errors": errors,
+              "rows": rows}
+    result["summary"] = summarize(result, out_dir)
+    write_json_atomic(out_dir / "summary.json", result["summary"])
+    return result
+
+
+def rescore(run_dir, log=print) -> dict:
+    """Score a run folder's answers again (after a scoring fix, say) without any model:
+    the answers are read from its per-sample logs, the samples from its eval file."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "eval" / "run.json"
+    if not meta_path.exists():
+        raise MedwbError(f"rescore: '{run_dir}' has no eval/run.json: give a run folder written by "
+                         "`medwb eval` or notebook 06")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    cfg = check_config({**DEFAULTS, **meta["config"]}, need_model=False)
+    data = cfg["data"]
+    samples = select(data, cfg["limit"])
+    specs = {t: scoring.task_spec(t, cfg["task_map"]) for t in data.tasks()}
+    predictions, hashes = {}, {}
+    for v in cfg["variants"]:
+        name = label(v)
+        path = run_dir / "eval" / "samples" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".jsonl")
+        logged = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                r = json.loads(line)
+                logged[r["sample_id"]] = r
+        predictions[name] = [{"output": logged[s.sample_id]["output"], "n_new_tokens": logged[s.sample_id].get(
+            "n_new_tokens"), "seconds": logged[s.sample_id].get("seconds")}
+            if logged.get(s.sample_id, {}).get("answered") else None for s in samples]
+        hashes.update({s.sample_id: logged[s.sample_id]["prompt_hash"] for s in samples if s.sample_id in logged})
+    asks = [{"key": hashes.get(s.sample_id)} for s in samples]
+    return score_run(samples, asks, specs, predictions, meta.get("errors", {}), cfg, run_dir / "eval", log=log)
+
+
+# ---------------------------------------------------------------- configuration
+def check_config(cfg: dict, need_model: bool = True) -> dict:
+    """Validate everything before anything runs; one line per problem, naming the parameter."""
+    from medwb.tasks import evalset
+    cfg = dict(cfg)
+    if isinstance(cfg["variants"], str):
+        cfg["variants"] = parse_variants(cfg["variants"])
+    if not cfg["variants"]:
+        raise MedwbError("variants: give at least one, e.g. pytorch:fp32,openvino-genai:int8/bf16")
+    if not isinstance(cfg["limit"], int) or cfg["limit"] < 0:
+        raise MedwbError(f"limit {cfg['limit']!r}: give a whole number of samples per task (0: all)")
+    if not isinstance(cfg["bootstrap"], int) or cfg["bootstrap"] < 100:
+        raise MedwbError(f"bootstrap {cfg['bootstrap']!r}: give at least 100 resamples (1000 is usual)")
+    if isinstance(cfg["task_map"], str):
+        cfg["task_map"] = parse_task_map(cfg["task_map"])
+    cfg["threads"] = cfg["threads"] or os.cpu_count() or 1
+    cfg["data"] = dataset.load(cfg["eval_file"] or evalset.EVAL_FILE, task_map=cfg["task_map"] or None)
+    if need_model:
+        cfg["model_dir"] = resolve_model(cfg["model"])
+        problems = [p for i, v in enumerate(cfg["variants"])
+                    for p in variant_problems(v, f"variants[{i}]", cfg["model_dir"])]
+        if problems:
+            raise MedwbError("; ".join(problems))
+    return cfg
+
+
+def parse_task_map(text: str) -> dict[str, str]:
+    """``MyNER=CMeEE-V2,MyCls=cls_macro`` -> dict."""
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, target = item.partition("=")
+        if not sep or not name or not target:
+            raise MedwbError(f"task_map item {item!r}: write NAME=TASK_OR_FAMILY, e.g. MyNER=CMeEE-V2")
+        out[name.strip()] = target.strip()
+    return out
+
+
+def public(cfg: dict) -> dict:
+    """The configuration as written to run.json (no loaded objects)."""
+    out = {k: v for k, v in cfg.items() if k not in ("data", "model_dir")}
+    out["eval_file"] = str(cfg["data"].path) if "data" in cfg else cfg.get("eval_file")
+    out["variants"] = ",".join(label(v) for v in cfg["variants"])
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience
+    sys.exit("use `medwb eval`")

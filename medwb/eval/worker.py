@@ -1,0 +1,71 @@
+"""Answer evaluation prompts with one variant: ``python -m medwb.eval.worker SPEC.json``.
+
+Runs in the environment the backend needs (bigdl in ``.venvs/bigdl``), one process per
+variant as in the benchmark: a crash ends one variant, not the run. Every answer is
+appended to the prediction cache (``spec["out"]``) as one JSON line, flushed and synced
+as soon as it exists, so a crash or a kill loses only the sample being generated and a
+rerun resumes after the last finished one.
+
+Spec keys: backend, model_path, precision, threads, kv_cache_precision, kernel_build
+("match": the build matching this CPU), out, samples ([{key, prompt, max_new_tokens}]),
+and any artifact keys the backend's ``prepare`` added.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from medwb.backends import registry
+
+
+def _append(f, record: dict) -> None:
+    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def answer(spec: dict) -> dict:
+    import medwb  # noqa: F401  (offline switches before any HF/OpenVINO import)
+    from medwb.backends.toolchain import bigdl_kernels
+
+    entry = registry.get(spec["backend"])
+    kernel_build = spec.get("kernel_build")
+    if entry.kernel_builds and kernel_build == "match":
+        kernel_build = bigdl_kernels.matching_build()
+    if entry.kernel_builds and kernel_build:
+        bigdl_kernels.use_build(kernel_build)
+    spec = {**spec, "kernel_build": kernel_build if entry.kernel_builds else None}
+    started = time.perf_counter()
+    runtime = entry.load(spec) if entry.serves else None
+    load_s = time.perf_counter() - started
+    done = 0
+    # Fault injection for the tests: die after this many answers, as a crash would.
+    fail_after = int(os.environ.get("MEDWB_FAULT_EVAL_AFTER", "-1"))
+    with open(spec["out"], "a", encoding="utf-8") as f:
+        for sample in spec["samples"]:
+            if done == fail_after:
+                raise RuntimeError(f"injected fault after {done} answers (MEDWB_FAULT_EVAL_AFTER)")
+            t0 = time.perf_counter()
+            if runtime is not None:
+                ids = runtime.generate_ids(runtime.encode(sample["prompt"]), sample["max_new_tokens"])
+                text, n_new = runtime.decode(ids), len(ids)
+            else:  # a one-shot tool (llm-cli): it runs itself, one prompt per call
+                result = entry.probe({**spec, "prompts": [sample["prompt"]],
+                                      "prompt_budgets": [sample["max_new_tokens"]]})
+                if "error" in result:
+                    raise RuntimeError(result["error"])
+                text, n_new = result["texts"][0], len(result["output_ids"][0])
+            _append(f, {"key": sample["key"], "output": text, "n_new_tokens": n_new,
+                        "seconds": round(time.perf_counter() - t0, 3)})
+            done += 1
+    return {"answered": done, "load_s": round(load_s, 3),
+            "describe": runtime.describe() if runtime is not None else {"backend": entry.name},
+            "kernel_build": kernel_build}
+
+
+if __name__ == "__main__":
+    from medwb.child import write_result
+    with open(sys.argv[1], encoding="utf-8") as fh:
+        write_result(answer(json.load(fh)))

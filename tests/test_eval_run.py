@@ -1,0 +1,174 @@
+"""`medwb eval` / notebook 06: resume after a crash, a rerun from the cache without any model,
+rescoring, bad input, and the notebook end to end on FP32 and a low-bit variant of each route."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+from medwb.eval import guard, report, scoring
+from medwb.eval import run as evaluation
+from medwb.tasks import evalset
+
+REPO = Path(__file__).resolve().parents[1]
+NB = REPO / "notebooks" / "06_evaluate.ipynb"
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "medwb", "eval", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=600, **kw)
+
+
+def test_a_crash_loses_only_unfinished_samples_and_a_rerun_resumes_then_needs_no_model(
+        tmp_path, demo_model_dir, monkeypatch):
+    params = dict(variants="pytorch:fp32", limit=1, threads=1, bootstrap=200,
+                  answers_cache=str(tmp_path / "answers"), progress=False)
+    monkeypatch.setenv("MEDWB_FAULT_EVAL_AFTER", "3")  # the worker dies after 3 of 7 answers
+    logs: list[str] = []
+    first = evaluation.run(run_dir=tmp_path / "a", log=logs.append, **params)
+    assert "pytorch:fp32" in first["errors"] and "4 of 7 samples unanswered" in first["errors"]["pytorch:fp32"]
+    assert first["verdicts"]["pytorch:fp32"].startswith("incomplete")
+    assert sum(r["answered"] for r in first["rows"]["pytorch:fp32"]) == 3
+
+    monkeypatch.delenv("MEDWB_FAULT_EVAL_AFTER")
+    logs.clear()
+    second = evaluation.run(run_dir=tmp_path / "b", log=logs.append, **params)
+    assert "pytorch:fp32: 3 answers cached, 4 to generate" in logs and not second["errors"]
+    overall = second["scores"].query("task == 'overall'")
+    assert overall.complete.all() and overall.score.notna().all()
+
+    def no_model(*a, **k):
+        raise AssertionError("a cached run must not start a worker")
+    monkeypatch.setattr(evaluation, "answer_missing", no_model)
+    monkeypatch.setattr(evaluation, "prepare", no_model)
+    third = evaluation.run(run_dir=tmp_path / "c", log=logs.append, **params)
+    cols = ["variant", "task", "score", "ci_low", "ci_high"]
+    assert third["scores"][cols].equals(second["scores"][cols])
+    rescored = evaluation.rescore(tmp_path / "b", log=logs.append)
+    assert rescored["scores"][cols].equals(second["scores"][cols])
+    # Per-sample logs: prompt hash, output, parsed answer, parse failure, score.
+    lines = (tmp_path / "b" / "eval" / "samples" / "pytorch_fp32.jsonl").read_text(encoding="utf-8").splitlines()
+    row = json.loads(lines[0])
+    assert len(lines) == 7 and {"prompt_hash", "output", "answer", "parse_failed", "score"} <= set(row)
+
+
+def test_a_half_written_cache_line_is_asked_again(tmp_path):
+    cache = tmp_path / "c.jsonl"
+    cache.write_text('{"key": "a", "output": "x"}\n{"key": "b", "outp', encoding="utf-8")
+    assert set(evaluation.read_cache(cache)) == {"a"}
+    evaluation._end_with_newline(cache)
+    with open(cache, "a", encoding="utf-8") as f:
+        f.write('{"key": "b", "output": "y"}\n')
+    assert evaluation.read_cache(cache)["b"]["output"] == "y"
+
+
+def test_guard_pairs_the_difference_and_names_the_tasks_below(tmp_path):
+    # Two label tasks, 40 samples: FP32 right on all, the variant wrong on 10 of task B.
+    specs = {"A": scoring.task_spec("MedWB-QIC"), "B": scoring.task_spec("MedWB-QIC")}
+    def rows(wrong_b):
+        out = []
+        for t in ("A", "B"):
+            for i in range(40):
+                pred = "骨科" if (t == "B" and i < wrong_b) else "妇科"
+                out.append({"task": t, "answered": True, "parse_failed": False,
+                            "_stats": ("妇科", pred)})
+        return out
+    scores, verdicts = guard.evaluate({"fp32": rows(0), "int4": rows(10)}, specs, reference="fp32",
+                                      resamples=300)
+    b = scores.query("variant == 'int4' and task == 'B'").iloc[0]
+    # macro-F1 over {妇科, 骨科}: 妇科 P=1 R=30/40 -> F1=0.857; 骨科 F1=0 -> macro 0.4286
+    assert b.score == pytest.approx(0.428571, abs=1e-5) and b.kept == pytest.approx(0.428571, abs=1e-5)
+    assert b.diff_high < 0  # beyond noise
+    assert verdicts["int4"].startswith("keeps < 95% of FP32 on: B 42.9% (beyond noise)")
+    assert verdicts["fp32"] == "reference (FP32)"
+    paths = report.write(tmp_path, scores, verdicts)
+    assert "keeps &lt; 95%" in paths["html"].read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json\n", "bad.jsonl:1: not JSON"),
+    ('{"input": "x"}\n', "missing field"),
+    ("", "no records"),
+])
+def test_bad_files_get_one_line_and_exit_status_2(tmp_path, content, expected):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    proc = _cli("--eval-file", str(path), "--variants", "pytorch:fp32")
+    assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_task_names_the_mapping_and_a_mapped_one_loads(tmp_path):
+    rec = json.loads(evalset.EVAL_FILE.read_text(encoding="utf-8").splitlines()[0])
+    rec["task_dataset"] = "HospitalNER"
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
+    proc = _cli("--eval-file", str(path), "--variants", "pytorch:fp32")
+    assert proc.returncode == 2 and "HospitalNER" in proc.stderr and "--task-map" in proc.stderr
+    cfg = evaluation.check_config({**evaluation.DEFAULTS, "eval_file": str(path),
+                                   "task_map": "HospitalNER=CMeEE-V2"}, need_model=False)
+    assert cfg["data"].tasks() == ["HospitalNER"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--variants", "pytorch:int3"], "precision"),
+    (["--limit", "-1"], "limit"),
+    (["--task-map", "oops"], "task_map"),
+])
+def test_bad_parameters_are_refused_before_anything_runs(args, expected, tmp_path):
+    proc = _cli(*args, "--run-dir", str(tmp_path / "r"))
+    assert proc.returncode == 2 and expected in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_notebook_evaluates_fp32_and_a_low_bit_variant_of_each_route(tmp_path, demo_model_dir):
+    pm.execute_notebook(str(NB), str(tmp_path / NB.name), kernel_name="medwb-main", cwd=str(tmp_path),
+                        progress_bar=False, parameters={
+                            "run_dir": str(tmp_path), "limit": 2,
+                            "variants": "pytorch:fp32,bigdl:sym_int4,openvino-genai:int8/bf16"})
+    out = tmp_path / "eval"
+    scores = (out / "scores.csv").read_text(encoding="utf-8")
+    for variant in ("pytorch:fp32", "bigdl:sym_int4", "openvino-genai:int8/bf16"):
+        assert (out / "samples" / (variant.replace(":", "_").replace("/", "_") + ".jsonl")).exists()
+        for task in evalset.TASKS:
+            assert f"{variant},{task}," in scores
+    assert (out / "scores.png").stat().st_size > 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "data:image/png;base64," in html and "reference (FP32)" in html
+
+
+def test_recommendation_gates_on_the_accuracy_guard_then_picks_the_fastest(monkeypatch):
+    import pandas as pd
+    from medwb.bench import report as bench_report
+    rows = pd.DataFrame({"variant": ["pytorch:fp32", "bigdl:sym_int4", "openvino-genai:int8/bf16"],
+                         "tokens": "512->128", "error": "", "tpot_ms": [20.0, 5.0, 8.0], "floor_ms": [1.0, 0.3, 0.5],
+                         "ttft_ms": [50.0, 20.0, 25.0], "peak_rss_MB": [900.0, 300.0, 400.0],
+                         "rougeL_vs_fp32": [1.0, 0.95, 0.97], "dx_top3": 1.0, "dc_complete": 1.0, "kernels": ""})
+    monkeypatch.setattr(bench_report, "frame", lambda records: rows)
+    summary = {"run": "runs/x", "created": "now", "variants": {
+        "pytorch:fp32": {"overall": 60.0, "keeps_accuracy": True},
+        "bigdl:sym_int4": {"overall": 50.0, "keeps_accuracy": False},
+        "openvino-genai:int8/bf16": {"overall": 59.5, "keeps_accuracy": True}}}
+    ranked = bench_report.recommend([], latency_target_ms=100, ram_budget_gb=16, evaluation=summary)
+    # int4 is fastest but loses accuracy on some task: int8 is recommended, not FP32.
+    assert list(ranked.variant) == ["openvino-genai:int8/bf16", "pytorch:fp32", "bigdl:sym_int4"]
+    text = bench_report.recommendation_text(ranked, 100, 16, evaluation=summary)
+    assert "deploy openvino-genai:int8/bf16" in text and "task score 59.5" in text
+    # Without an evaluation: the proxy, said so; still fastest-first among those that pass it.
+    ranked = bench_report.recommend([], latency_target_ms=100, ram_budget_gb=16)
+    assert ranked.variant.iloc[0] == "bigdl:sym_int4" and ranked.quality_basis.iloc[0].startswith("ROUGE-L")
+    assert "no task evaluation" in bench_report.recommendation_text(ranked, 100, 16)
+
+
+def test_a_limited_run_samples_every_task_without_aliasing_its_order():
+    data = evaluation.dataset.load(evalset.EVAL_FILE)
+    for limit in (2, 4, 6, 12, 24):
+        picked = evaluation.select(data, limit)
+        assert picked == evaluation.select(data, limit)  # the same samples every run
+        by_task = {}
+        for s in picked:
+            by_task.setdefault(s.task_dataset, []).append(s)
+        assert all(len(v) == limit for v in by_task.values()) and set(by_task) == set(evalset.TASKS)
+        if limit >= 6:  # the yes/no task alternates its labels: an evenly spaced cut saw one
+            assert {s.target for s in by_task["MedWB-STS"]} == {"是的", "不是"}
