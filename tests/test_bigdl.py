@@ -143,3 +143,13 @@ again = k.shadow_libs("avx2")
 write_result({"same": str(again) == str(shadow), "ok": all(p.exists() for p in again.iterdir())})
 """, extra_env={"MEDWB_CACHE": str(tmp_path)})
     assert out == {"same": True, "ok": True}
+
+
+def test_llm_cli_output_is_put_back_into_utf8():
+    """llm-cli prints a partial-character token in its ByteLevel spelling and a byte token as
+    the raw byte (here a surrogate, as decoded with surrogateescape): both come back as the
+    character; real ×, ° and μ in the text stay."""
+    from medwb.backends.toolchain.llm_cli import repair_text
+    printed = "上è¿\udcb0句子中的å®\udc9e体，血压90/56mmHg，3.5cm×3.0cm，38.5°C，52μmol/L"
+    assert repair_text(printed) == "上述句子中的实体，血压90/56mmHg，3.5cm×3.0cm，38.5°C，52μmol/L"
+    assert repair_text("末尾\udce8") == "末尾\ufffd"  # a model stopped inside a character

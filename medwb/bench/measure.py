@@ -74,14 +74,16 @@ def exact_length(ids: list[int], n: int) -> list[int]:
     return out
 
 
-def run_tracking_peak_rss(cmd: list[str], timeout: float, env=None, poll_s: float = 0.05):
+def run_tracking_peak_rss(cmd: list[str], timeout: float, env=None, poll_s: float = 0.05,
+                          errors: str = "replace"):
     """Run ``cmd`` like subprocess.run(capture_output=True, text=True) and also return the
     peak RSS (MB) of it and its descendants, from their VmHWM (polled; VmHWM only grows, so
     polling loses at most the last interval). ``ru_maxrss`` of children would not do: it
     includes what they inherited from this process at fork."""
     import psutil
     # errors="replace": a model can stop in the middle of a multi-byte character
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+    # ("surrogateescape" keeps such bytes for a caller that repairs them)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors=errors,
                             env=env, stdin=subprocess.DEVNULL)
     peak: dict[int, int] = {}
     done = threading.Event()

@@ -112,7 +112,9 @@ def model_fingerprint(model_dir: Path) -> str:
 def cache_path(model_fp: str, v: dict, threads: int, kernel_build: str, root: str = "") -> Path:
     entry = registry.get(v["backend"])
     lock = REPO_DIR / "requirements" / f"{entry.env}.lock"
+    from medwb.eval.worker import ANSWERS_VERSION
     settings = {"variant": label(v), "kv": v.get("kv_cache_precision"), "threads": threads,
+                "answers_version": ANSWERS_VERSION,
                 "kernel_build": kernel_build if entry.kernel_builds else None, "greedy": True,
                 "lock": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else None}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

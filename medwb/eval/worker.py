@@ -19,6 +19,10 @@ import time
 
 from medwb.backends import registry
 
+# Part of the answer cache's key: bump it when a change alters the text a backend returns
+# for the same prompt (decoding, the repair of llm-cli's output), so old answers are not reused.
+ANSWERS_VERSION = 2
+
 
 def _append(f, record: dict) -> None:
     f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -10,6 +10,7 @@ unsupported findings for the doctor.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 # CJK units that follow a number in records (longest first for the alternation).
@@ -59,3 +60,75 @@ def counts(pairs) -> tuple[int, int]:
         total += len(found)
         grounded += sum(occurs(f, source) for f in found)
     return grounded, total
+
+
+# --- flags for the doctor: what in a draft is not in the record --------------------------
+# Dates as records write them; a value flag is not raised again inside a date.
+DATE = re.compile(r"\d{4}\s*[-/.年]\s*\d{1,2}\s*[-/.月]\s*\d{1,2}\s*日?|\d{1,2}\s*月\s*\d{1,2}\s*日")
+# A dose: a number with a mass, volume or unit-count unit; the drug is the CJK/Latin run
+# just before it, less the verbs and timing words that precede drugs in orders.
+_DOSE = r"\d+(?:\.\d+)?\s*(?:mg|g|ml|mL|μg|ug|IU|U|万U|片|粒|支)(?![A-Za-z])"
+DRUG_DOSE = re.compile(rf"([\u4e00-\u9fffA-Za-z]{{2,16}})\s*({_DOSE})")
+_DRUG_PREFIXES = ("继续口服", "继续", "出院后", "术后", "术前", "给予", "予以", "予", "口服", "静脉滴注", "静滴",
+                  "静推", "肌注", "肌内注射", "皮下注射", "雾化吸入", "改为", "加用", "联合", "每日", "并", "及", "和")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """Something a draft states that the source record does not: ``kind`` is value (a
+    number with its unit), date, drug or diagnosis; ``start``/``end`` index the draft."""
+    kind: str
+    text: str
+    start: int
+    end: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def drug_name(run: str) -> str:
+    """The drug in the text run before a dose: leading verbs and timing words removed."""
+    changed = True
+    while changed:
+        changed = False
+        for p in _DRUG_PREFIXES:
+            if run.startswith(p) and len(run) > len(p) + 1:
+                run, changed = run[len(p):], True
+    return run
+
+
+def flags(draft: str, source: str, diagnoses: list[str] | None = None, section_text: str | None = None) -> list[Flag]:
+    """Every value, date and drug in ``draft`` that does not occur in ``source``, and (with
+    the ``diagnoses`` vocabulary) every diagnosis named in ``section_text`` (the draft's
+    discharge diagnosis, say) that the source does not name. In draft order, for the
+    doctor to check: a flag says "not in the record", not "wrong"."""
+    out: list[Flag] = []
+    squashed = _squash(source)
+    dates = [(m.start(), m.end()) for m in DATE.finditer(draft)]
+    for a, b in dates:
+        if _squash(draft[a:b]) not in squashed:
+            out.append(Flag("date", draft[a:b], a, b))
+    for m in FINDING.finditer(draft):
+        if any(a <= m.start() < b for a, b in dates):
+            continue
+        if not occurs(_squash(m.group(0)), source):
+            out.append(Flag("value", m.group(0), m.start(), m.end()))
+    for m in DRUG_DOSE.finditer(draft):
+        name = drug_name(m.group(1))
+        if name not in source:
+            start = m.start(1) + m.group(1).rindex(name)
+            out.append(Flag("drug", name, start, start + len(name)))
+    if diagnoses and section_text:
+        offset = draft.find(section_text)
+        by_length = sorted(set(diagnoses), key=len, reverse=True)
+        taken: list[tuple[int, int]] = []
+        for name in by_length:
+            for m in re.finditer(re.escape(name), section_text):
+                span = (m.start(), m.end())
+                if any(a < span[1] and span[0] < b for a, b in taken):
+                    continue
+                taken.append(span)
+                if name not in source:
+                    start = max(offset, 0) + span[0]
+                    out.append(Flag("diagnosis", name, start, start + len(name)))
+    return sorted(out, key=lambda f: (f.start, f.kind))

@@ -38,6 +38,43 @@ def has_all_sections(output: str) -> bool:
     return not missing_sections(output)
 
 
+# Heading variants seen in discharge records, per canonical section (the canonical first).
+SECTION_VARIANTS = {
+    "出院诊断": ("出院诊断",),
+    "入院情况": ("入院情况", "入院时情况", "入院时病情"),
+    "诊疗经过": ("诊疗经过", "住院经过", "治疗经过", "诊治经过"),
+    "出院情况": ("出院情况", "出院时情况", "出院时病情"),
+    "出院医嘱": ("出院医嘱", "出院建议"),
+}
+
+
+def _heading_pattern():
+    import re
+    names = sorted({v for vs in SECTION_VARIANTS.values() for v in vs}, key=len, reverse=True)
+    # At a line start: optional numbering (一、 1. (1)) or 【】 brackets, the name, then a
+    # colon (full-width or ASCII), a closing bracket, or the end of the line.
+    return re.compile(r"(?m)^[ \t]*(?:[一二三四五六七八九十]+[、.．]|\d+[、.．]|[（(]\d+[)）])?[ \t]*【?("
+                      + "|".join(map(re.escape, names)) + r")(?:】[ \t]*[：:]?|[ \t]*[：:]|[ \t]*$)")
+
+
+def parse_sections(text: str) -> dict[str, str | None]:
+    """The five discharge sections of a draft, tolerant of order and heading variants
+    (住院经过, 出院建议, ``1. 出院诊断:``, ``【出院情况】``): canonical heading -> its text
+    (stripped; "" when the heading has nothing after it), None when it is missing. A section
+    runs to the next heading; a heading written twice keeps its last text."""
+    canonical = {v: k for k, vs in SECTION_VARIANTS.items() for v in vs}
+    found: dict[str, str | None] = {k: None for k in SECTION_VARIANTS}
+    marks = list(_heading_pattern().finditer(text or ""))
+    for m, nxt in zip(marks, marks[1:] + [None]):
+        found[canonical[m.group(1)]] = text[m.end():nxt.start() if nxt else len(text)].strip()
+    return found
+
+
+def section_status(sections: dict[str, str | None]) -> dict[str, str]:
+    """complete / empty / missing per section, for the card."""
+    return {k: "missing" if v is None else "empty" if not v else "complete" for k, v in sections.items()}
+
+
 def rate(flags) -> float:
     flags = list(flags)
     return sum(flags) / len(flags) if flags else 0.0
@@ -57,9 +94,11 @@ def diagnosis_scores(outputs: list[str], diseases: list[str], inputs: list[str] 
 
 
 def discharge_scores(outputs: list[str], inputs: list[str] | None = None) -> dict:
-    """Discharge records: all five sections present, and (with the case texts) grounding of
-    the findings anywhere in the record."""
-    out = {"sections_rate": round(rate(has_all_sections(o) for o in outputs), 4)}
+    """Discharge records: all five section headings present, all five parsed non-empty
+    (``parse_sections``), and (with the case texts) grounding of the findings anywhere in
+    the record."""
+    out = {"sections_rate": round(rate(has_all_sections(o) for o in outputs), 4),
+           "nonempty_sections_rate": round(rate(all(parse_sections(o).values()) for o in outputs), 4)}
     if inputs is not None:
         out.update(_grounding(outputs, inputs))
     return out

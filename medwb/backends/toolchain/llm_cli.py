@@ -139,12 +139,12 @@ def export_sentencepiece_vocab(model_dir: Path, out_file: Path) -> Path:
     return Path(out_file)
 
 
-def _run(cmd: list[str], timeout: float, env=None) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], timeout: float, env=None, errors: str = "replace") -> subprocess.CompletedProcess:
     """Run a bigdl script with this env's scripts first on PATH; ``peak_rss_mb`` is set on
     the result (the command's own peak memory, measured from outside)."""
     from medwb.bench.measure import run_tracking_peak_rss
     path_env = {**os.environ, "PATH": f"{bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc, peak = run_tracking_peak_rss(cmd, timeout, env={**path_env, **(env or {})})
+    proc, peak = run_tracking_peak_rss(cmd, timeout, env={**path_env, **(env or {})}, errors=errors)
     proc.peak_rss_mb = round(peak, 1)
     return proc
 
@@ -194,6 +194,42 @@ _TIMING = re.compile(r"(load time|sample time|prompt eval time|eval time|total t
                      r"(?:\s*/\s*(\d+) (?:runs|tokens))?")
 
 
+def repair_text(text: str) -> str:
+    """Put llm-cli's output back into UTF-8 text.
+
+    The SentencePiece export can hold only valid text, so a ByteLevel token that is part of
+    a character (the first two bytes of 述, say) keeps its ByteLevel spelling (``è¿``), and
+    llm-cli prints it that way; a byte token (<0xB0>) it prints as the raw byte, which on
+    its own is not UTF-8 (kept here as a surrogate by ``errors="surrogateescape"``). Each
+    run of such spellings and raw bytes is turned back into bytes and decoded; a run that
+    does not decode (a real ``×`` or ``°`` in the text) stays as printed, raw bytes as U+FFFD.
+    Without this, answers of the demo model read "上è¿�åı�子" instead of "上述句子".
+    """
+    from medwb.models.tokenizer import bytes_to_unicode
+    byte_of = {c: b for b, c in bytes_to_unicode().items() if b >= 0x80 or ord(c) >= 0x100}
+
+    def is_special(ch: str) -> bool:
+        return ch in byte_of or 0xDC80 <= ord(ch) <= 0xDCFF
+
+    out, i = [], 0
+    while i < len(text):
+        if not is_special(text[i]):
+            out.append(text[i])
+            i += 1
+            continue
+        j = i
+        while j < len(text) and is_special(text[j]):
+            j += 1
+        run = text[i:j]
+        raw = bytes(ord(ch) - 0xDC00 if 0xDC80 <= ord(ch) <= 0xDCFF else byte_of[ch] for ch in run)
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append("".join("\ufffd" if 0xDC80 <= ord(ch) <= 0xDCFF else ch for ch in run))
+        i = j
+    return "".join(out)
+
+
 def run_cli(model_file, family: str, prompt: str, threads: int, n_predict: int = 64,
             ctx_size: int = 2048, kernel_build: str | None = None, timeout: float = 600,
             ignore_eos: bool = False) -> dict:
@@ -212,7 +248,7 @@ def run_cli(model_file, family: str, prompt: str, threads: int, n_predict: int =
         cmd = ["llm-cli", "-x", family, *args]
     # LD_DEBUG=files makes the dynamic loader name every library it opens: the kernel
     # build is read from that, not assumed.
-    proc = _run(cmd, timeout, env={"LD_DEBUG": "files"})
+    proc = _run(cmd, timeout, env={"LD_DEBUG": "files"}, errors="surrogateescape")
     out = proc.stdout
     opened = re.findall(r"opening file=(\S+lib" + family + r"_\w+\.so)", proc.stderr)
     err = "\n".join(line for line in proc.stderr.splitlines() if not re.match(r"\s*\d+:\s", line))
@@ -228,7 +264,7 @@ def run_cli(model_file, family: str, prompt: str, threads: int, n_predict: int =
             timings[m[1].replace(" ", "_") + "_count"] = int(m[3])
     system_info = next((line.split(":", 1)[1].strip() for line in err.splitlines()
                         if line.startswith("system_info")), "")
-    return {"text": text.strip(), "timings": timings, "system_info": system_info, "peak_rss_mb": proc.peak_rss_mb,
+    return {"text": repair_text(text).strip(), "timings": timings, "system_info": system_info, "peak_rss_mb": proc.peak_rss_mb,
             "kernel_build": bigdl_kernels.build_of_library(opened[0]) if opened else None,
             "kernel_library": os.path.realpath(opened[0]) if opened else None,
             "command": " ".join(cmd[:-1] + [repr(prompt)])}
