@@ -294,9 +294,10 @@ def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log
     reference = next((label(v) for v in cfg["variants"] if registry.is_reference(v)), None)
     scores, verdicts = guard.evaluate(rows, specs, reference=reference, errors=errors,
                                       resamples=cfg["bootstrap"], seed=0)
+    from medwb import sysinfo
     paths = report.write(out_dir, scores, verdicts, errors=errors, meta={
         "eval_file": str(cfg["data"].path), "samples": len(samples), "limit": cfg["limit"],
-        "threads": cfg["threads"], "reference": reference})
+        "threads": cfg["threads"], "reference": reference, "cpu": sysinfo.cpu().get("model")})
     log(report.summary(scores, verdicts))
     result = {"scores": scores, "verdicts": verdicts, "dir": out_dir, "paths": paths, "errors": errors,
               "rows": rows}
