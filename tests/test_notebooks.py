@@ -17,7 +17,14 @@ def test_notebook_is_clean_and_parameterized(nb):
     code = [c for c in doc["cells"] if c["cell_type"] == "code"]
     assert "parameters" in code[0]["metadata"].get("tags", []), "first code cell must be tagged"
     # papermill must parse every parameter line; run_dir is how the main job passes the run folder
-    assert "run_dir" in pm.inspect_notebook(str(nb))
+    declared = pm.inspect_notebook(str(nb))
+    assert "run_dir" in declared
+    # Every assignment in the parameters cell must parse (a comment papermill cannot read
+    # silently drops that parameter, and `medwb run -p NAME=...` then refuses it).
+    first = "".join(code[0]["source"]) if isinstance(code[0]["source"], list) else code[0]["source"]
+    assigned = [line.split("=", 1)[0].strip() for line in first.splitlines()
+                if "=" in line and not line.lstrip().startswith("#")]
+    assert assigned == list(declared), f"parameters papermill could not parse: {set(assigned) - set(declared)}"
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
         "commit notebooks without outputs"
     assert doc["metadata"]["kernelspec"]["name"] in KERNELS.values()
