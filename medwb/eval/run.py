@@ -97,6 +97,16 @@ def sample_key(prompt: str, max_new_tokens: int) -> str:
 
 
 # ---------------------------------------------------------------- the cache
+def file_name(variant_label: str) -> str:
+    """A variant label as a file name (``openvino-genai:int4/bf16`` -> ``openvino-genai_int4_bf16``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", variant_label)
+
+
+def samples_path(out_dir: Path, variant_label: str) -> Path:
+    """The per-sample log of one variant: written by the run, read back by ``rescore``."""
+    return Path(out_dir) / "samples" / f"{file_name(variant_label)}.jsonl"
+
+
 def model_fingerprint(model_dir: Path) -> str:
     """Hash of the model's files (config, tokenizer, weights), so a changed checkpoint in
     the same folder never reuses old answers."""
@@ -118,7 +128,7 @@ def cache_path(model_fp: str, v: dict, threads: int, kernel_build: str, root: st
                 "kernel_build": kernel_build if entry.kernel_builds else None, "greedy": True,
                 "lock": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else None}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", label(v))
+    name = file_name(label(v))
     return (Path(root) if root else cache_dir() / "eval") / model_fp / f"{name}-{digest}.jsonl"
 
 
@@ -287,8 +297,7 @@ def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log
             rows[name].append(row)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rs in rows.items():
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-        write_text_atomic(out_dir / "samples" / f"{safe}.jsonl", "".join(
+        write_text_atomic(samples_path(out_dir, name), "".join(
             json.dumps({k: v for k, v in r.items() if k != "_stats"}, ensure_ascii=False, default=str) + "\n"
             for r in rs))
     reference = next((label(v) for v in cfg["variants"] if registry.is_reference(v)), None)
@@ -322,7 +331,7 @@ def rescore(run_dir, log=print) -> dict:
     predictions, hashes = {}, {}
     for v in cfg["variants"]:
         name = label(v)
-        path = run_dir / "eval" / "samples" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".jsonl")
+        path = samples_path(run_dir / "eval", name)
         logged = {}
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():

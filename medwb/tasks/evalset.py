@@ -51,6 +51,8 @@ TASKS = {"MedWB-NER": "ner", "MedWB-CDN": "normalization", "MedWB-QIC": "cls", "
 NER_TYPES = ("疾病", "数值")
 STS_CHOICES = ("是的", "不是")
 MRG_SECTIONS = ("主诉", "现病史", "辅助检查", "既往史", "诊断", "建议")
+# The two workflows: their training examples come from the corpus, not from training_pairs.
+WORKFLOW_TASKS = ("MedWB-DDx", "MedWB-DSR")
 
 
 # --- the tasks, one function each: (case, rng) -> (input, target, answer_choices) -----------
@@ -200,9 +202,9 @@ def training_pairs(cases: list[corpus.Case], counts: dict[str, int], seed: str) 
     test_inputs = {r["input"] for r in test_records()}
     out = []
     for task, n in counts.items():
-        if task not in _MAKERS or task in ("MedWB-DDx", "MedWB-DSR"):
-            raise MedwbError(f"recipe: continued.tasks names {task!r}: use one of "
-                             + ", ".join(t for t in _MAKERS if t not in ("MedWB-DDx", "MedWB-DSR")))
+        trainable = [t for t in _MAKERS if t not in WORKFLOW_TASKS]
+        if task not in trainable:
+            raise MedwbError(f"recipe: continued.tasks names {task!r}: use one of {', '.join(trainable)}")
         made = tries = 0
         while made < n:
             tries += 1
