@@ -114,13 +114,31 @@ def cmd_feedback(args) -> int:
     from medwb.apps import feedback
     path = Path(args.database)
     if not path.is_file():
-        raise MedwbError(f"database '{path}' does not exist: give the feedback_db of notebook 04 "
-                         "(by default feedback.sqlite in its run folder)")
+        raise MedwbError(f"database '{path}' does not exist: give the feedback_db of notebooks 04/05 "
+                         "(by default feedback.sqlite in their run folder)")
+    if args.report:
+        from medwb.apps import usage_report
+        report = usage_report.build(path, period=args.period, origin=args.origin)
+        paths = usage_report.write(report, args.out or path.parent / "usage_report")
+        shown = report["by_workflow"]
+        print(("SIMULATED DATA (medwb feedback simulate)\n" if report["simulated"] else "")
+              + (shown.to_csv(index=False) if args.csv else shown.to_string(index=False)))
+        print(f"report: {paths['html']}")
+        return 0
     table = feedback.summary(path, origin=args.origin)
     if table.empty:
         print(f"{path}: no answers stored" + (f" with origin {args.origin}" if args.origin else ""))
     else:
         print(table.to_csv() if args.csv else table.to_string())
+    return 0
+
+
+def cmd_feedback_simulate(args) -> int:
+    from medwb.apps import simulate
+    counts = simulate.simulate(args.db, days=args.days, seed=args.seed, models=args.models or simulate.DEFAULT_MODELS,
+                               threads=args.threads, log=print if not args.quiet else (lambda *_: None))
+    print(json.dumps(counts, ensure_ascii=False))
+    print(f"SIMULATED activity written to {args.db}; report: medwb feedback {args.db} --report")
     return 0
 
 
@@ -200,12 +218,30 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="directory to write (default: data/heldout and data/eval)")
     g.set_defaults(func=cmd_data)
 
-    f = sub.add_parser("feedback", help="per-model like, adoption and error rates from a feedback database")
-    f.add_argument("database", help="the SQLite file notebook 04 writes (feedback_db)")
-    f.add_argument("--origin", choices=("ui", "scripted"), help="only rounds from doctors at the widgets (ui) "
-                                                              "or from notebooks driving the app (scripted)")
+    f = sub.add_parser("feedback", help="per-model like, adoption and error rates from a feedback database; "
+                                        "--report: the usage report; `medwb feedback simulate`: a simulated month",
+                       epilog="medwb feedback simulate --db FILE [--days 30]: a month of SIMULATED doctor activity "
+                              "(real drafts from the demo model) in a separate database, to teach the report")
+    f.add_argument("database", help="the SQLite file notebooks 04 and 05 write (feedback_db)")
+    f.add_argument("--origin", choices=("ui", "scripted", "simulated"),
+                   help="only rounds from doctors at the widgets (ui), from notebooks driving the app (scripted) "
+                        "or from `medwb feedback simulate` (simulated)")
     f.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    f.add_argument("--report", action="store_true", help="the usage report per workflow, model and period: "
+                                                         "CSV files and a self-contained HTML page")
+    f.add_argument("--period", choices=("day", "week"), default="week", help="report per day or week (default week)")
+    f.add_argument("--out", help="report folder (default: usage_report beside the database)")
     f.set_defaults(func=cmd_feedback)
+
+    fs = sub.add_parser("feedback-simulate", prog="medwb feedback simulate",
+                        help="a month of SIMULATED doctor activity in a separate database (see medwb feedback)")
+    fs.add_argument("--db", required=True, help="a new SQLite file (never a database with real feedback)")
+    fs.add_argument("--days", type=int, default=30, help="simulated days (default 30)")
+    fs.add_argument("--seed", type=int, default=0, help="seed of the simulated doctors' choices")
+    fs.add_argument("--models", nargs="+", help="models as in notebooks 04/05 (default: openvino-genai:int8/f32)")
+    fs.add_argument("--threads", type=int, default=0, help="threads per worker (0: the cores shared out)")
+    fs.add_argument("--quiet", action="store_true", help="no line per simulated day")
+    fs.set_defaults(func=cmd_feedback_simulate)
 
     c = sub.add_parser("compare-runs", help="which greedy outputs and figures differ between two run folders, and why",
                        description="Compare two run folders (e.g. two `make run`s): the output MD5 of every "
@@ -223,6 +259,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["feedback", "simulate"]:  # `medwb feedback simulate` is a command of its own
+        argv = ["feedback-simulate"] + argv[2:]
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -74,20 +74,40 @@ def test_not_a_database_is_refused(tmp_path):
         feedback.FeedbackStore(bad)
 
 
-def test_a_version_1_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+def old_schema(version: int) -> str:
+    """The schema as an older MedWB wrote it (columns and tables added since left out)."""
+    import re
+    added = {2: [",\n    machine_load    TEXT"], 3: [",\n    record_ref      TEXT", ",\n    flags_json        TEXT",
+                                                  ",\n    sections_json     TEXT"]}
+    schema = feedback.SCHEMA
+    for v in range(version + 1, feedback.SCHEMA_VERSION + 1):
+        for column in added[v]:
+            assert column in schema
+            schema = schema.replace(column, "")
+    if version < 3:
+        schema = re.sub(r"CREATE TABLE IF NOT EXISTS events \(.*?\);\n", "", schema, flags=re.S)
+    return schema
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path, version):
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path)
-    conn.executescript(feedback.SCHEMA.replace(",\n    machine_load    TEXT", ""))
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('hash_key', ?)", ("ab" * 32,))
+    conn.executescript(old_schema(version))
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?), ('hash_key', ?)", (str(version), "ab" * 32))
     conn.execute("INSERT INTO rounds (workflow, session_id, origin, inputs_hash, template_hash, max_new_tokens,"
                  " created_at) VALUES ('diagnosis', 's', 'ui', 'h', 't', 8, 'now')")
     conn.commit()
     conn.close()
     store = feedback.FeedbackStore(path)
     assert store._meta("schema_version") == str(feedback.SCHEMA_VERSION)
-    assert len(store.rows("rounds")) == 1 and store.rows("rounds")[0]["machine_load"] is None
-    rid = store.new_round("diagnosis", "s", {"chief_complaint": "x"}, "t", 8, machine_load={"quiet": True})
+    old = store.rows("rounds")
+    assert len(old) == 1 and old[0]["machine_load"] is None and old[0]["record_ref"] is None
+    rid = store.new_round("diagnosis", "s", {"chief_complaint": "x"}, "t", 8, machine_load={"quiet": True},
+                          record_ref="c1")
     assert json.loads(store.rows("rounds")[-1]["machine_load"]) == {"quiet": True} and rid == 2
+    store.event("differential_diagnosis", "s", "ui", "c1", "open", rid)  # the events table of version 3
+    assert store.rows("events")[0]["round_id"] == rid
     store.close()
 
 
@@ -280,6 +300,11 @@ def test_notebook_with_a_broken_model_path_still_shows_the_others(tmp_path, demo
     rows = con.execute("SELECT round_id, model_label, status, error FROM outputs ORDER BY output_id").fetchall()
     assert [r[2] for r in rows] == ["ok", "ok", "error"] * 2
     assert "no-such-model" in rows[2][3] and "does not exist" in rows[2][3]
+    # the grounding checker marked each answer's 诊断依据: flags stored (kind and position) with the output
+    flags = [json.loads(f) for (f,) in con.execute("SELECT flags_json FROM outputs WHERE status = 'ok'")]
+    assert len(flags) == 4 and all(isinstance(f, list) and all(set(x) == {"kind", "start", "end"} for x in f)
+                                   for f in flags)
+    assert {e for (e,) in con.execute("SELECT DISTINCT event FROM events")} == {"open"}
     actions = {a for (a,) in con.execute("SELECT DISTINCT action FROM actions")}
     assert actions == set(feedback.ACTIONS)
     assert {o for (o,) in con.execute("SELECT DISTINCT origin FROM rounds")} == {"scripted"}

@@ -1,7 +1,11 @@
 """The doctors' feedback store: every generation and every action, in one SQLite file.
 
-One row per round (a doctor pressed generate), per output (one model's answer in that
-round) and per action (view, back-fill, copy, like, dislike, error report, regenerate).
+One row per round (generation started for a record: a doctor pressed generate, or opened or
+saved a discharge record), per output (one model's answer in that round), per action on an
+answer (view, back-fill, copy, like, dislike, error report, regenerate) and per record event
+(open, save, save_unchanged: what the usage rate counts). An output keeps the workflow's
+checks of it: the grounding flags (kind and position; the flagged words only with
+``store_text``) and, for discharge records, the status of each section.
 Rows are only ever added (an output row is updated once, when its model finishes), and
 every write is its own committed transaction, so no action is lost when a kernel dies or
 two rounds overlap. WAL mode lets a reporting notebook read while the app writes.
@@ -27,11 +31,18 @@ from pathlib import Path
 
 from medwb.errors import MedwbError
 
-SCHEMA_VERSION = 2
-# Older stores are upgraded in place by adding columns (rows are never rewritten or lost).
-MIGRATIONS = {1: ["ALTER TABLE rounds ADD COLUMN machine_load TEXT"]}
+SCHEMA_VERSION = 3
+# Older stores are upgraded in place by adding columns and tables (rows are never rewritten
+# or lost); the events table of version 3 comes from the schema's CREATE IF NOT EXISTS.
+MIGRATIONS = {1: ["ALTER TABLE rounds ADD COLUMN machine_load TEXT"],
+              2: ["ALTER TABLE rounds ADD COLUMN record_ref TEXT",
+                  "ALTER TABLE outputs ADD COLUMN flags_json TEXT",
+                  "ALTER TABLE outputs ADD COLUMN sections_json TEXT"]}
 ACTIONS = ("view", "backfill", "copy", "like", "dislike", "report_error", "regenerate")
 OUTPUT_STATUSES = ("running", "ok", "error", "timeout", "cancelled")
+# Record events: a doctor opened a record, saved it changed (a new round) or unchanged (none).
+EVENTS = ("open", "save", "save_unchanged")
+ORIGINS = ("ui", "scripted", "simulated")
 ERROR_CATEGORIES = ("事实错误 factual error", "遗漏 omission", "诊断不当 wrong diagnosis",
                     "格式问题 format", "其他 other")
 
@@ -49,7 +60,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     template_hash   TEXT NOT NULL,
     max_new_tokens  INTEGER NOT NULL,
     created_at      TEXT NOT NULL,
-    machine_load    TEXT);
+    machine_load    TEXT,
+    record_ref      TEXT);
 CREATE TABLE IF NOT EXISTS outputs (
     output_id         INTEGER PRIMARY KEY AUTOINCREMENT,
     round_id          INTEGER NOT NULL REFERENCES rounds(round_id),
@@ -69,7 +81,9 @@ CREATE TABLE IF NOT EXISTS outputs (
     output_hash       TEXT,
     output_text       TEXT,
     started_at        TEXT NOT NULL,
-    finished_at       TEXT);
+    finished_at       TEXT,
+    flags_json        TEXT,
+    sections_json     TEXT);
 CREATE TABLE IF NOT EXISTS actions (
     action_id  INTEGER PRIMARY KEY AUTOINCREMENT,
     round_id   INTEGER NOT NULL REFERENCES rounds(round_id),
@@ -78,9 +92,21 @@ CREATE TABLE IF NOT EXISTS actions (
     category   TEXT,
     detail     TEXT,
     created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    event_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    workflow   TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    record_ref TEXT,
+    event      TEXT NOT NULL CHECK (event IN ({", ".join(repr(e) for e in EVENTS)})),
+    round_id   INTEGER REFERENCES rounds(round_id),
+    created_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS outputs_by_round ON outputs(round_id);
 CREATE INDEX IF NOT EXISTS actions_by_output ON actions(output_id);
 """
+
+
+TABLES = ("rounds", "outputs", "actions", "events")
 
 
 def now_ms() -> str:
@@ -92,11 +118,16 @@ def text_hash(text: str) -> str:
 
 
 class FeedbackStore:
-    """Thread-safe: the app's button callbacks and its worker reader threads share it."""
+    """Thread-safe: the app's button callbacks and its worker reader threads share it.
 
-    def __init__(self, path, store_text: bool = False, parameter: str = "feedback_db"):
+    ``clock``: a function returning the ISO time to stamp rows with (default: now, UTC);
+    ``medwb feedback simulate`` gives one that walks through a simulated month.
+    """
+
+    def __init__(self, path, store_text: bool = False, parameter: str = "feedback_db", clock=None):
         self.path = self._check_path(path, parameter)
         self.store_text = bool(store_text)
+        self.now = clock or now_ms
         self._lock = threading.Lock()
         try:
             self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
@@ -162,16 +193,21 @@ class FeedbackStore:
     # ------------------------------------------------------------------ writes
     def new_round(self, workflow: str, session_id: str, inputs: dict, template: str, max_new_tokens: int,
                   parent_round_id: int | None = None, case_ref: str | None = None, origin: str = "ui",
-                  machine_load: dict | None = None) -> int:
+                  machine_load: dict | None = None, record_ref: str | None = None) -> int:
         """``origin``: 'ui' (a person at the widgets) or 'scripted' (a notebook driving the app,
         e.g. the headless demo), so a report can leave scripted feedback out. ``machine_load``
-        (medwb.sysinfo.machine_load) tells later whether slow answers came from a busy server."""
+        (medwb.sysinfo.machine_load) tells later whether slow answers came from a busy server.
+        ``record_ref``: the record the doctor has open (a bundled id, or one given to a typed
+        record), which links the round to the record's open event for the usage rate."""
+        if origin not in ORIGINS:
+            raise ValueError(f"origin {origin!r}: use one of {', '.join(ORIGINS)}")
         return self._write(
             "INSERT INTO rounds (workflow, session_id, origin, parent_round_id, case_ref, inputs_hash, inputs_json,"
-            " template_hash, max_new_tokens, created_at, machine_load) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " template_hash, max_new_tokens, created_at, machine_load, record_ref)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (workflow, session_id, origin, parent_round_id, case_ref, self.inputs_hash(inputs),
              json.dumps(inputs, ensure_ascii=False) if self.store_text else None, text_hash(template),
-             int(max_new_tokens), now_ms(), json.dumps(machine_load) if machine_load else None))
+             int(max_new_tokens), self.now(), json.dumps(machine_load) if machine_load else None, record_ref))
 
     def new_output(self, round_id: int, slot: int, model: dict) -> int:
         """``model``: label, backend, precision, model_path, fingerprint (the model's identity)."""
@@ -179,31 +215,57 @@ class FeedbackStore:
             "INSERT INTO outputs (round_id, slot, model_label, backend, precision, model_path, model_fingerprint,"
             " status, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
             (round_id, slot, model["label"], model["backend"], model["precision"], model.get("model_path"),
-             model.get("fingerprint"), now_ms()))
+             model.get("fingerprint"), self.now()))
 
     def finish_output(self, output_id: int, status: str, text: str = "", error: str | None = None,
                       truncation_note: str | None = None, prompt_tokens: int | None = None,
                       new_tokens: int | None = None, ttft_ms: float | None = None,
-                      total_ms: float | None = None) -> None:
+                      total_ms: float | None = None, flags: list[dict] | None = None,
+                      sections: dict | None = None) -> None:
+        """``flags``: grounding flags (kind, start, end, text); their words are patient text,
+        kept only with ``store_text``. ``sections``: section -> complete / empty / missing."""
         if status not in OUTPUT_STATUSES[1:]:
             raise ValueError(f"status {status!r}: use one of {', '.join(OUTPUT_STATUSES[1:])}")
+        if flags is not None:
+            keep = ("kind", "start", "end", "text") if self.store_text else ("kind", "start", "end")
+            flags = json.dumps([{k: f[k] for k in keep} for f in flags], ensure_ascii=False)
         self._write(
             "UPDATE outputs SET status = ?, error = ?, truncation_note = ?, prompt_tokens = ?, new_tokens = ?,"
-            " ttft_ms = ?, total_ms = ?, output_hash = ?, output_text = ?, finished_at = ? WHERE output_id = ?",
+            " ttft_ms = ?, total_ms = ?, output_hash = ?, output_text = ?, finished_at = ?, flags_json = ?,"
+            " sections_json = ? WHERE output_id = ?",
             (status, error, truncation_note, prompt_tokens, new_tokens, ttft_ms, total_ms,
-             text_hash(text) if text else None, text if (self.store_text and text) else None, now_ms(), output_id))
+             text_hash(text) if text else None, text if (self.store_text and text) else None, self.now(),
+             flags, json.dumps(sections, ensure_ascii=False) if sections else None, output_id))
 
     def action(self, action: str, round_id: int, output_id: int | None = None,
                category: str | None = None, detail: str | None = None) -> int:
         if action not in ACTIONS:
             raise MedwbError(f"action {action!r} is unknown; use one of {', '.join(ACTIONS)}")
         return self._write("INSERT INTO actions (round_id, output_id, action, category, detail, created_at)"
-                           " VALUES (?, ?, ?, ?, ?, ?)", (round_id, output_id, action, category, detail, now_ms()))
+                           " VALUES (?, ?, ?, ?, ?, ?)", (round_id, output_id, action, category, detail, self.now()))
+
+    def event(self, workflow: str, session_id: str, origin: str, record_ref: str | None, event: str,
+              round_id: int | None = None) -> int:
+        """A record event: ``open`` (a doctor opened a record), ``save`` (saved it changed: a
+        new round follows) or ``save_unchanged`` (saved as it was: nothing is generated)."""
+        if event not in EVENTS:
+            raise MedwbError(f"event {event!r} is unknown; use one of {', '.join(EVENTS)}")
+        return self._write("INSERT INTO events (workflow, session_id, origin, record_ref, event, round_id, created_at)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?)", (workflow, session_id, origin, record_ref, event,
+                                                              round_id, self.now()))
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
     # ------------------------------------------------------------------ reads
     def rows(self, table: str) -> list[dict]:
-        if table not in ("rounds", "outputs", "actions"):
-            raise ValueError(f"table {table!r}: use rounds, outputs or actions")
+        if table not in TABLES:
+            raise ValueError(f"table {table!r}: use one of {', '.join(TABLES)}")
         with self._lock:
             cur = self._conn.execute(f"SELECT * FROM {table} ORDER BY 1")
             names = [d[0] for d in cur.description]

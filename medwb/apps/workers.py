@@ -1,12 +1,13 @@
 """Long-lived model workers: one process per model, started once and reused across rounds.
 
-Each model of the diagnosis app runs in its own process (``python -m medwb.apps.workers``, in
+Each model of a clinical app runs in its own process (``python -m medwb.apps.workers``, in
 the bigdl environment for bigdl models), so three models generate truly in parallel, a
 crash or hang ends one model and not the app, and the bigdl and OpenVINO stacks (which need
 different transformers versions) never share an interpreter.
 
 Protocol, JSON lines: the parent writes the model spec, then requests
-``{"job", "fields", "template", "max_new_tokens"}`` or ``{"cancel": job}``; the worker
+``{"job", "kind", "fields", "template", "max_new_tokens"}`` or ``{"cancel": job}`` (``kind``:
+the workflow whose rules fit the record into the context, ``medwb.apps.fitting.FITTERS``); the worker
 answers ``ready`` (or ``error``) once loaded, then per job ``start`` (prompt tokens,
 truncation warning), ``text`` chunks as they are decoded, and ``done`` (status ok /
 cancelled / error, the full text, first-token and total time).
@@ -287,7 +288,8 @@ class ModelWorker:
                 proc.kill()
 
     # ---------------------------------------------------------------- jobs
-    def submit(self, job_id: int, fields: dict, template: str, max_new_tokens: int, on_event) -> Job:
+    def submit(self, job_id: int, fields: dict, template: str, max_new_tokens: int, on_event,
+               kind: str = "diagnosis") -> Job:
         """Queue one generation; ``on_event(kind, msg)`` gets start / text / done. A failed
         worker (crash, timeout) is started again first; one that cannot load fails the job."""
         if self.state == "failed" and self.restartable:
@@ -300,7 +302,7 @@ class ModelWorker:
             else:
                 error = None
                 self._jobs[job_id] = job
-                self._send({"job": job_id, "fields": fields, "template": template,
+                self._send({"job": job_id, "kind": kind, "fields": fields, "template": template,
                             "max_new_tokens": max_new_tokens})
         if error:
             self._finish(job, {"job": job_id, "status": "error", "error": error})
@@ -377,14 +379,15 @@ def _load(spec: dict):
 
 
 def _run_job(backend, context: int, req: dict, cancelled: set, emit) -> dict:
-    from medwb.apps.diagnosis import record as diagnosis
+    from medwb.apps import fitting
     job = req["job"]
     if job in cancelled:
         return {"event": "done", "job": job, "status": "cancelled", "text": "", "error": "cancelled before it started"}
     started = time.perf_counter()
     try:
-        _, prompt_ids, warning = diagnosis.fit_prompt(req["fields"], backend.encode, context,
-                                                   req["max_new_tokens"], req["template"])
+        workflow = fitting.fitter(req.get("kind", "diagnosis"))
+        _, prompt_ids, warning = workflow.fit_prompt(req["fields"], backend.encode, context,
+                                                     req["max_new_tokens"], req["template"])
         n_prompt = len(prompt_ids)
         emit("start", job=job, prompt_tokens=n_prompt, truncation=warning)
         chunks: list[str] = []

@@ -2,11 +2,10 @@
 (``medwb.bench.run``), for notebook 03."""
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 
 from medwb.paths import write_text_atomic
+from medwb.plots import png_base64
 
 
 def run_info(records: list[dict]) -> dict:
@@ -151,12 +150,6 @@ def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, 
 
 # ---------------------------------------------------------------- HTML
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>MedWB comparison {{ created }}</title>
 <style>body{font-family:sans-serif;margin:2em;max-width:1300px} table{border-collapse:collapse;font-size:12px}
@@ -188,7 +181,7 @@ def write_html(records: list[dict], run_dir, ranked, recommendation: str, figs: 
         trials=cfg.get("trials"), recommendation=recommendation,
         ranked=jinja2.utils.markupsafe.Markup(ranked.to_html(index=False, na_rep="")),
         table=jinja2.utils.markupsafe.Markup(frame(records).to_html(index=False, na_rep="")),
-        images=[(name.replace("_", " "), _png(fig)) for name, fig in figs.items()])
+        images=[(name.replace("_", " "), png_base64(fig)) for name, fig in figs.items()])
     path = Path(run_dir) / "report.html"
     write_text_atomic(path, html)
     return path

@@ -2,12 +2,11 @@
 report (plots embedded), beside the per-sample logs written by the run."""
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
 from medwb.paths import write_text_atomic
+from medwb.plots import png_base64
 
 COLUMNS = ["variant", "task", "metric", "n", "answered", "score", "ci_low", "ci_high", "diff", "diff_low",
            "diff_high", "kept", "parse_failure_rate", "complete"]
@@ -104,10 +103,8 @@ def write(out_dir: Path, scores, verdicts: dict, errors: dict | None = None, met
     cols = [c for c in COLUMNS if c in scores]
     write_text_atomic(out_dir / "scores.csv", scores[cols].to_csv(index=False))
     fig = plot(scores, out_dir / "scores.png")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    image = png_base64(fig, dpi=110)
     plt.close(fig)
-    image = base64.b64encode(buf.getvalue()).decode()
     meta = meta or {}
     errors = errors or {}
     parts = [

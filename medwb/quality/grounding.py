@@ -67,10 +67,12 @@ def counts(pairs) -> tuple[int, int]:
 DATE = re.compile(r"\d{4}\s*[-/.年]\s*\d{1,2}\s*[-/.月]\s*\d{1,2}\s*日?|\d{1,2}\s*月\s*\d{1,2}\s*日")
 # A dose: a number with a mass, volume or unit-count unit; the drug is the CJK/Latin run
 # just before it, less the verbs and timing words that precede drugs in orders.
-_DOSE = r"\d+(?:\.\d+)?\s*(?:mg|g|ml|mL|μg|ug|IU|U|万U|片|粒|支)(?![A-Za-z])"
+# A concentration (78g/L, 5mg/dl) is a lab value, not a dose: no "/" after the unit.
+_DOSE = r"\d+(?:\.\d+)?\s*(?:mg|g|ml|mL|μg|ug|IU|U|万U|片|粒|支)(?![A-Za-z/])"
 DRUG_DOSE = re.compile(rf"([\u4e00-\u9fffA-Za-z]{{2,16}})\s*({_DOSE})")
 _DRUG_PREFIXES = ("继续口服", "继续", "出院后", "术后", "术前", "给予", "予以", "予", "口服", "静脉滴注", "静滴",
-                  "静推", "肌注", "肌内注射", "皮下注射", "雾化吸入", "改为", "加用", "联合", "每日", "并", "及", "和")
+                  "静推", "肌注", "肌内注射", "皮下注射", "雾化吸入", "改为", "加用", "联合", "每日", "使用", "应用",
+                  "qd", "bid", "tid", "qid", "qn", "prn", "并", "及", "和")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +89,14 @@ class Flag:
 
 
 def drug_name(run: str) -> str:
-    """The drug in the text run before a dose: leading verbs and timing words removed."""
-    changed = True
-    while changed:
-        changed = False
-        for p in _DRUG_PREFIXES:
-            if run.startswith(p) and len(run) > len(p) + 1:
-                run, changed = run[len(p):], True
-    return run
+    """The drug in the text run before a dose: what follows the last verb, timing word or
+    frequency (qd, bid, ...) in the run, so "qd口服琥珀酸亚铁" names 琥珀酸亚铁."""
+    cut = 0
+    for p in _DRUG_PREFIXES:
+        at = run.rfind(p)
+        if at >= 0 and len(run) - (at + len(p)) >= 2:
+            cut = max(cut, at + len(p))
+    return run[cut:]
 
 
 def flags(draft: str, source: str, diagnoses: list[str] | None = None, section_text: str | None = None) -> list[Flag]:

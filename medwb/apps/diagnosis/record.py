@@ -7,9 +7,11 @@ passes its own template with the same placeholders to the app).
 from __future__ import annotations
 
 import html
-import math
 import string
 
+from medwb.apps import fitting
+from medwb.apps.fitting import CUT_MARK
+from medwb.quality import grounding
 from medwb.tasks import corpus, prompts
 from medwb.errors import MedwbError
 
@@ -20,7 +22,6 @@ LABELS = dict(FIELDS)
 # Cut first when a case does not fit the context: the long free-text parts. The chief
 # complaint, sex and age are never cut.
 TRUNCATABLE = ("auxiliary_exams", "present_history", "physical_exam", "past_history")
-CUT_MARK = "…(已截断)"
 # Where the chosen answer goes in the course record (一键回填).
 INSERT_MARK = "【待回填：鉴别诊断】"
 
@@ -78,37 +79,36 @@ def fit_prompt(fields: dict, encode, context: int, max_new_tokens: int,
     the chief complaint are kept whole, and the warning names every field that was cut.
     ``encode`` is the model's own tokenizer (models in one comparison may differ).
     """
-    budget = context - max_new_tokens
-    if budget < 16:
-        raise MedwbError(f"max_new_tokens {max_new_tokens} leaves no room for the case in the model's "
-                         f"context of {context} tokens; lower max_new_tokens")
-    fields = dict(fields)
-    original = {k: len(v) for k, v in fields.items()}
-    prompt = render(fields, template)
-    ids = encode(prompt)
-    n_first = n = len(ids)
-    while n > budget:
-        candidates = [k for k in TRUNCATABLE if len(fields[k]) > len(CUT_MARK)]
+    def cut_longest(f: dict, n: int, budget: int):
+        candidates = [k for k in TRUNCATABLE if len(f[k]) > len(CUT_MARK)]
         if not candidates:
-            raise MedwbError(f"the case does not fit the model's context of {context} tokens even with "
-                             f"{', '.join(LABELS[k] for k in TRUNCATABLE)} cut; shorten the chief complaint "
-                             "or lower max_new_tokens")
-        key = max(candidates, key=lambda k: len(fields[k]))
-        text = fields[key].removesuffix(CUT_MARK)
-        # Characters per token of this text, to cut roughly the excess at once (then re-check).
-        excess_chars = math.ceil((n - budget) * max(1.0, len(text) / max(1, n)) * 1.1) + 1
-        keep = max(0, len(text) - excess_chars)
-        fields[key] = text[:keep] + CUT_MARK
-        prompt = render(fields, template)
-        ids = encode(prompt)
-        n = len(ids)
-    if n == n_first:
+            return None
+        key = max(candidates, key=lambda k: len(f[k]))
+        return {**f, key: fitting.cut_end(f[key], n, budget)}, None
+
+    prompt, ids, _, n_first, cut = fitting.fit(
+        fields, encode, context, max_new_tokens, lambda f: render(f, template), [cut_longest],
+        f"even with {', '.join(LABELS[k] for k in TRUNCATABLE)} cut; shorten the chief complaint "
+        "or lower max_new_tokens")
+    if len(ids) == n_first:
         return prompt, ids, None
-    cuts = [f"{LABELS[k]} {original[k]}→{len(fields[k]) - len(CUT_MARK)} 字" for k in TRUNCATABLE
-            if fields[k].endswith(CUT_MARK) and original[k] != len(fields[k])]
+    cuts = [f"{LABELS[k]} {len(fields[k])}→{len(cut[k]) - len(CUT_MARK)} 字" for k in TRUNCATABLE
+            if cut[k].endswith(CUT_MARK) and cut[k] != fields[k]]
     warning = (f"输入过长，已截断 (input truncated): {', '.join(cuts)}; the case was {n_first} tokens, the model's "
                f"context is {context} with {max_new_tokens} kept for the answer")
     return prompt, ids, warning
+
+
+def basis_flags(answer: str, fields: dict) -> list[dict]:
+    """Grounding flags on the answer's 诊断依据: every value, date and drug it states that
+    the case's fields do not (offsets index the whole answer)."""
+    body = grounding.section(answer, prompts.BASIS_HEADING, (prompts.DIFFERENTIAL_HEADING,))
+    if not body:
+        return []
+    offset = answer.find(f"{prompts.BASIS_HEADING}：") + len(prompts.BASIS_HEADING) + 1
+    source = prompts.DIAGNOSIS_PROMPT.format(**fields)  # as the model read it: "45岁" grounds "45岁"
+    return [{**f.as_dict(), "start": f.start + offset, "end": f.end + offset}
+            for f in grounding.flags(body, source)]
 
 
 # ---------------------------------------------------------------- the record editor
