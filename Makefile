@@ -20,33 +20,48 @@ PYTEST_ARGS ?=
 # Where a CPU build of torch lies besides the package index (used only by `make lock`).
 FIND_LINKS ?= /opt/wheels
 UV := $(VENVS)/tools/bin/uv
+# Inside an intranet: `make setup WHEELHOUSE=wheelhouse` (also run/test) installs from a
+# bundle's wheelhouse (`make bundle` on a connected machine) with no index at all; pip's
+# own configuration (index URLs, find-links) is ignored, so nothing else is consulted.
+WHEELHOUSE ?=
+SOURCE := $(if $(WHEELHOUSE),--no-index --find-links $(abspath $(WHEELHOUSE)))
+OFFLINE := $(if $(WHEELHOUSE),PIP_CONFIG_FILE=/dev/null)
+BUNDLE_ARGS ?=
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	-c requirements/constraints.txt --no-emit-package torchvision \
 	$(if $(wildcard $(FIND_LINKS)),--find-links $(FIND_LINKS))
 
-.PHONY: setup run test demo-model demo-model-rebuild lab clean-envs lock
+.PHONY: setup run test demo-model demo-model-rebuild lab clean-envs lock bundle
 .DEFAULT_GOAL := run
 
 setup: $(MAIN)/.medwb-ready $(BIGDL)/.medwb-ready
 
 $(MAIN)/.medwb-ready: requirements/main.lock pyproject.toml
-	@echo "== main environment ($(MAIN)): OpenVINO stack, Jupyter, papermill"
+	@echo "== main environment ($(MAIN)): OpenVINO stack, Jupyter, papermill$(if $(WHEELHOUSE), (offline from $(WHEELHOUSE)))"
+	$(if $(WHEELHOUSE),$(PYTHON) -m medwb.bundle check requirements/main.lock $(WHEELHOUSE))
 	test -x $(MAIN)/bin/python || $(PYTHON) -m venv $(MAIN)
-	$(MAIN)/bin/$(PIP) --require-hashes --no-deps -r requirements/main.lock 2>&1 | $(QUIET)
-	$(MAIN)/bin/$(PIP) --no-deps -e . 2>&1 | $(QUIET)
+	$(OFFLINE) $(MAIN)/bin/$(PIP) $(SOURCE) --require-hashes --no-deps -r requirements/main.lock 2>&1 | $(QUIET)
+	$(OFFLINE) $(MAIN)/bin/$(PIP) $(SOURCE) --no-deps $(if $(WHEELHOUSE),--no-build-isolation) -e . 2>&1 | $(QUIET)
 	$(MAIN)/bin/python -m ipykernel install --prefix $(abspath $(MAIN)) --name medwb-main \
 	    --display-name "MedWB main (OpenVINO)" > /dev/null
 	touch $@
 
 $(BIGDL)/.medwb-ready: requirements/bigdl.lock pyproject.toml $(MAIN)/.medwb-ready
 	@echo "== bigdl environment ($(BIGDL)): bigdl-llm 2.4.0 on transformers 4.31"
+	$(if $(WHEELHOUSE),$(PYTHON) -m medwb.bundle check requirements/bigdl.lock $(WHEELHOUSE))
 	test -x $(BIGDL)/bin/python || $(PYTHON) -m venv $(BIGDL)
-	$(BIGDL)/bin/$(PIP) --require-hashes --no-deps -r requirements/bigdl.lock 2>&1 | $(QUIET)
-	$(BIGDL)/bin/$(PIP) --no-deps -e . 2>&1 | $(QUIET)
+	$(OFFLINE) $(BIGDL)/bin/$(PIP) $(SOURCE) --require-hashes --no-deps -r requirements/bigdl.lock 2>&1 | $(QUIET)
+	$(OFFLINE) $(BIGDL)/bin/$(PIP) $(SOURCE) --no-deps $(if $(WHEELHOUSE),--no-build-isolation) -e . 2>&1 | $(QUIET)
 	@# Registered in the main env, where its Jupyter and papermill look for kernels.
 	$(BIGDL)/bin/python -m ipykernel install --prefix $(abspath $(MAIN)) --name medwb-bigdl \
 	    --display-name "MedWB bigdl (BigDL-LLM)" > /dev/null
 	touch $@
+
+# On a connected machine: dist/medwb-bundle-<version>/ for an intranet without a package
+# index (source, demo model, a wheel for every locked package, SHA256SUMS, INSTALL.md).
+# BUNDLE_ARGS="--archive" also writes one .tar.gz. Needs only the system Python and pip.
+bundle:
+	$(PYTHON) -m medwb.bundle build $(BUNDLE_ARGS)
 
 # Regenerate the lock files after editing requirements/*.txt (needs the package index).
 lock: $(UV)

@@ -32,6 +32,22 @@ def cmd_demo_model(args) -> int:
     return 0
 
 
+def parse_params(items: list[str]) -> dict:
+    """``NAME=VALUE`` pairs, each VALUE read as YAML as papermill's own CLI does (1 -> int,
+    False -> bool, [[32, 8]] -> list; anything else stays a string)."""
+    import yaml
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise MedwbError(f"-p {item!r}: write NAME=VALUE, e.g. -p trials=1")
+        try:
+            out[name.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[name.strip()] = value
+    return out
+
+
 def cmd_run(args) -> int:
     from medwb import runner
     from medwb.models import demo_model
@@ -40,7 +56,7 @@ def cmd_run(args) -> int:
     missing = [str(p) for p in notebooks if not p.exists()]
     if missing:
         raise MedwbError(f"notebook(s) not found: {', '.join(missing)}")
-    params = dict(kv.split("=", 1) for kv in args.param or [])
+    params = parse_params(args.param or [])
     run, records = runner.run_all(notebooks, Path(args.runs_dir) if args.runs_dir else None, params)
     failed = [r["notebook"] for r in records if r["status"] != "ok"]
     print(f"results: {run}  (also {run.parent / 'latest'})")
@@ -142,6 +158,19 @@ def cmd_feedback_simulate(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from medwb import doctor
+    rows = doctor.checks(args.model or ["demo"])
+    print(json.dumps(rows, ensure_ascii=False, indent=1) if args.json else doctor.format_table(rows))
+    return 1 if any(r["status"] == "FAIL" for r in rows) else 0
+
+
+def cmd_bundle(args) -> int:
+    from medwb import bundle
+    bundle.build(args.out, platform=args.platform, python_version=args.python_version, archive=args.archive)
+    return 0
+
+
 def cmd_compare_runs(args) -> int:
     from medwb import provenance
     result = provenance.compare(args.run_a, args.run_b)
@@ -172,7 +201,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("notebooks", nargs="*", help="notebooks to run (default: notebooks/NN_*.ipynb)")
     r.add_argument("--runs-dir", help="parent of the run folders (default: ./runs)")
     r.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
-                   help="override a notebook parameter (string value)")
+                   help="override a parameter in every notebook that declares it (VALUE read as YAML: "
+                        "1, False, [[32, 8]], text)")
     r.set_defaults(func=cmd_run)
 
     b = sub.add_parser("bench", help="benchmark a matrix of variants, each in a fresh process",
@@ -251,6 +281,20 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("run_b", help="another run folder, e.g. runs/latest")
     c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     c.set_defaults(func=cmd_compare_runs)
+
+    d = sub.add_parser("doctor", help="is this machine ready: environments, kernels, demo model, CPU, RAM and disk, "
+                                      "telemetry off, no network variables (PASS/WARN/FAIL; status 1 on a FAIL)")
+    d.add_argument("--model", nargs="+", help="planned checkpoint folders for the RAM and disk checks (default: demo)")
+    d.add_argument("--json", action="store_true", help="print the checks as JSON")
+    d.set_defaults(func=cmd_doctor)
+
+    b = sub.add_parser("bundle", help="on a connected machine: dist/medwb-bundle-<version>/ for an intranet "
+                                      "(source, demo model, every locked wheel, SHA256SUMS, INSTALL.md)")
+    b.add_argument("--out", default="dist", help="folder to write the bundle in (default dist)")
+    b.add_argument("--platform", default="manylinux_2_28_x86_64", help="target wheel platform")
+    b.add_argument("--python-version", default="3.11", help="target Python version")
+    b.add_argument("--archive", action="store_true", help="also write one .tar.gz")
+    b.set_defaults(func=cmd_bundle)
 
     s = sub.add_parser("sysinfo", help="print CPU features and both stacks' versions as JSON")
     s.add_argument("--bigdl", action="store_true", help="also query the bigdl environment")

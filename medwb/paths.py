@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,15 @@ from medwb.errors import MedwbError
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 DATA_DIR = REPO_DIR / "data"
+
+
+def sha256_file(path) -> str:
+    """The file's SHA-256, read in 1 MiB blocks (model weights, wheels)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 NOTEBOOKS_DIR = REPO_DIR / "notebooks"
 VENVS_DIR = REPO_DIR / ".venvs"
 

@@ -56,18 +56,26 @@ def kernel_of(notebook: Path) -> str:
 
 
 def notebook_parameters(notebook: Path, run: Path, parameters: dict | None) -> dict:
-    """The parameters to pass: ``run_dir`` (when declared) plus the user's overrides, each
-    of which must be declared by the notebook (a typo is an error, not silently ignored)."""
+    """The parameters to pass: ``run_dir`` (when declared) plus the overrides this notebook
+    declares (``medwb run -p trials=1`` reaches every notebook with a ``trials`` parameter)."""
     import papermill as pm
 
     declared = pm.inspect_notebook(str(notebook))
-    unknown = sorted(set(parameters or {}) - set(declared))
-    if unknown:
-        raise MedwbError(f"notebook {notebook.name} has no parameter(s) {', '.join(unknown)}: "
-                         f"it declares {', '.join(declared) or 'none'}")
     params = {"run_dir": str(run)} if "run_dir" in declared else {}
-    params.update(parameters or {})
+    params.update({k: v for k, v in (parameters or {}).items() if k in declared})
     return params
+
+
+def check_parameters(notebooks: list[Path], parameters: dict | None) -> None:
+    """Every override must be declared by at least one of the notebooks (a typo is an
+    error, not silently ignored)."""
+    import papermill as pm
+
+    declared = {nb.name: set(pm.inspect_notebook(str(nb))) for nb in notebooks}
+    unknown = sorted(set(parameters or {}) - set().union(*declared.values()))
+    if unknown:
+        listing = "; ".join(f"{name} declares {', '.join(sorted(d)) or 'none'}" for name, d in declared.items())
+        raise MedwbError(f"no notebook has the parameter(s) {', '.join(unknown)}: {listing}")
 
 
 def execute(notebook: Path, run: Path, parameters: dict | None = None,
@@ -96,8 +104,7 @@ def execute(notebook: Path, run: Path, parameters: dict | None = None,
 def run_all(notebooks: list[Path] | None = None, root: Path | None = None,
             parameters: dict | None = None, log=print) -> tuple[Path, list[dict]]:
     notebooks = notebooks or discover()
-    for nb in notebooks:  # reject parameter typos before anything runs
-        notebook_parameters(nb, Path("."), parameters)
+    check_parameters(notebooks, parameters)  # reject typos before anything runs
     run = new_run_dir(root)
     log(f"run folder: {run}")
     from medwb import provenance, sysinfo

@@ -80,6 +80,7 @@ def test_compare_notebook_benchmarks_the_default_matrix_and_writes_the_report(tm
         assert r["ttft_ms"] > 0 and r["tpot_ms"] > 0 and r["peak_rss_mb"] > 0 and r["size_bytes"] > 0
         assert r["decode_floor_ms"] > 0 and r["pct_of_limit"] > 0 and len(r["output_md5"]) == 32
         assert r["kernels"] and r["cpu"]["model"] and r["threads"] >= 1
+        assert "machine_load" in r  # every measured variant says what load it was timed under
         assert {"diagnosis_top3_rate", "discharge_complete_rate", "rouge_l_vs_fp32"} <= set(r["quality"])
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "Recommendation" in html and html.count("data:image/png;base64,") >= 4

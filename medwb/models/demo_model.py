@@ -200,11 +200,8 @@ def data_hash(recipe: dict = RECIPE) -> str:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from medwb.paths import sha256_file
+    return sha256_file(path)
 
 
 def read_manifest(model_dir: Path) -> dict:
