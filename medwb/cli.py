@@ -288,11 +288,12 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the checks as JSON")
     d.set_defaults(func=cmd_doctor)
 
+    from medwb import bundle  # standard library only: cheap, and the defaults live there
     b = sub.add_parser("bundle", help="on a connected machine: dist/medwb-bundle-<version>/ for an intranet "
                                       "(source, demo model, every locked wheel, SHA256SUMS, INSTALL.md)")
     b.add_argument("--out", default="dist", help="folder to write the bundle in (default dist)")
-    b.add_argument("--platform", default="manylinux_2_28_x86_64", help="target wheel platform")
-    b.add_argument("--python-version", default="3.11", help="target Python version")
+    b.add_argument("--platform", default=bundle.PLATFORM, help="target wheel platform")
+    b.add_argument("--python-version", default=bundle.PYTHON_VERSION, help="target Python version")
     b.add_argument("--archive", action="store_true", help="also write one .tar.gz")
     b.set_defaults(func=cmd_bundle)
 

@@ -25,7 +25,6 @@ from medwb.apps import feedback, workers
 from medwb.errors import MedwbError
 
 STREAM_REFRESH_S = 0.1  # at most ~10 card updates a second per model while streaming
-ORIGINS = ("ui", "scripted", "simulated")
 FLAG_NAMES = {"value": "数值", "date": "日期", "drug": "药物", "diagnosis": "诊断"}
 
 
@@ -185,7 +184,7 @@ class ClinicalApp:
         for name, value in (("load_timeout_s", load_timeout_s), ("generate_timeout_s", generate_timeout_s)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise MedwbError(f"{name} must be a positive number of seconds, got {value!r}")
-        if origin not in ORIGINS:
+        if origin not in feedback.ORIGINS:
             raise MedwbError(f"origin {origin!r}: use 'ui' (doctors at the widgets), 'scripted' (a notebook "
                              "driving the app) or 'simulated' (medwb feedback simulate); reports can leave the "
                              "last two out")

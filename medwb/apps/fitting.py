@@ -35,6 +35,18 @@ def cut_end(text: str, n_tokens: int, budget: int) -> str:
     return text[:max(0, len(text) - excess_chars)] + CUT_MARK
 
 
+def cut_longest(keys: tuple[str, ...], note: str | None = None):
+    """A shortening step: the longest of ``keys`` loses its end (marked 已截断); None once
+    every one of them is down to the mark. ``note`` names the step in ``fit``'s notes."""
+    def step(fields: dict, n: int, budget: int):
+        candidates = [k for k in keys if len(fields[k]) > len(CUT_MARK)]
+        if not candidates:
+            return None
+        key = max(candidates, key=lambda k: len(fields[k]))
+        return {**fields, key: cut_end(fields[key], n, budget)}, note
+    return step
+
+
 def fit(fields: dict, encode, context: int, max_new_tokens: int, render, steps,
         cannot_fit: str) -> tuple[str, list[int], list[str], int, dict]:
     """(prompt, its token ids, the notes of the steps that ran, the first token count, the

@@ -79,15 +79,8 @@ def fit_prompt(fields: dict, encode, context: int, max_new_tokens: int,
     the chief complaint are kept whole, and the warning names every field that was cut.
     ``encode`` is the model's own tokenizer (models in one comparison may differ).
     """
-    def cut_longest(f: dict, n: int, budget: int):
-        candidates = [k for k in TRUNCATABLE if len(f[k]) > len(CUT_MARK)]
-        if not candidates:
-            return None
-        key = max(candidates, key=lambda k: len(f[k]))
-        return {**f, key: fitting.cut_end(f[key], n, budget)}, None
-
     prompt, ids, _, n_first, cut = fitting.fit(
-        fields, encode, context, max_new_tokens, lambda f: render(f, template), [cut_longest],
+        fields, encode, context, max_new_tokens, lambda f: render(f, template), [fitting.cut_longest(TRUNCATABLE)],
         f"even with {', '.join(LABELS[k] for k in TRUNCATABLE)} cut; shorten the chief complaint "
         "or lower max_new_tokens")
     if len(ids) == n_first:

@@ -154,36 +154,25 @@ def _drop_note(fields: dict, kinds: tuple[str, ...], note: str):
     return None
 
 
-def _cut_admission(fields: dict, n: int, budget: int):
-    candidates = [k for k in TRUNCATABLE if len(fields[k]) > len(CUT_MARK)]
-    if not candidates:
-        return None
-    key = max(candidates, key=lambda k: len(fields[k]))
-    return {**fields, key: fitting.cut_end(fields[key], n, budget)}, "admission"
-
-
-def _cut_longest(fields: dict, n: int, budget: int):
-    """Plain truncation, the baseline: the longest free-text part loses its end."""
-    keys = [k for k in TRUNCATABLE + ("course_notes",) if len(fields[k]) > len(CUT_MARK)]
-    if not keys:
-        return None
-    key = max(keys, key=lambda k: len(fields[k]))
-    return {**fields, key: fitting.cut_end(fields[key], n, budget)}, "truncate"
-
-
 def fit_steps(method: str = "key_days") -> list:
     """key_days: drop routine notes, then notes without a procedure (earliest first), then
     cut the admission free text, and only then drop procedure notes; the first and last
     day, 主诉, 入院诊断, 出院前查房 and 出院医嘱 stay whole. truncate (the baseline): the
     longest part loses its end."""
     if method == "truncate":
-        return [_cut_longest]
+        return [fitting.cut_longest(TRUNCATABLE + ("course_notes",), "truncate")]
     if method != "key_days":
         raise MedwbError(f"fit method {method!r}: use one of {', '.join(FIT_METHODS)}")
     return [lambda f, n, b: _drop_note(f, ("routine",), "routine"),
             lambda f, n, b: _drop_note(f, ("finding",), "finding"),
-            _cut_admission,
+            fitting.cut_longest(TRUNCATABLE, "admission"),
             lambda f, n, b: _drop_note(f, ("key",), "procedure")]
+
+
+def _day(note: str) -> str | None:
+    """"第5日" of a note that starts with its date."""
+    m = _NOTE.match(note)
+    return m.group(0).rstrip("，,:：") if m else None
 
 
 def fit_prompt(fields: dict, encode, context: int, max_new_tokens: int,
@@ -199,9 +188,8 @@ def fit_prompt(fields: dict, encode, context: int, max_new_tokens: int,
     before, after = split_notes(fields["course_notes"]), split_notes(fitted["course_notes"])
     said = []
     if len(after) < len(before):
-        kept = {_NOTE.match(n).group(0).rstrip("，,:：") for n in after if _NOTE.match(n)}
-        days = [_NOTE.match(n).group(0).rstrip("，,:：") for n in before if _NOTE.match(n) and
-                _NOTE.match(n).group(0).rstrip("，,:：") not in kept]
+        kept = {_day(n) for n in after}
+        days = [d for d in map(_day, before) if d and d not in kept]
         what = ("常规查房病程" if "finding" not in notes else "常规查房及无操作的病程") \
             + ("，含操作记录 (procedure notes too)" if "procedure" in notes else "")
         said.append(f"省略{what} {len(before) - len(after)} 条 ({'、'.join(days[:8])}{'…' if len(days) > 8 else ''})")
