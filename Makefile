@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENVS := .venvs
 MAIN := $(VENVS)/main
 BIGDL := $(VENVS)/bigdl
+LLAMACPP := $(VENVS)/llamacpp
 # Exact, hashed package sets (requirements/*.lock, compiled from requirements/*.txt by
 # `make lock`): a rerun next year installs the same versions, and a tampered or different
 # file fails its hash. torch is the CPU build (see requirements/constraints.txt);
@@ -34,7 +35,7 @@ LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-m
 .PHONY: setup run test demo-model demo-model-rebuild lab clean-envs lock bundle
 .DEFAULT_GOAL := run
 
-setup: $(MAIN)/.medwb-ready $(BIGDL)/.medwb-ready
+setup: $(MAIN)/.medwb-ready $(BIGDL)/.medwb-ready $(LLAMACPP)/.medwb-ready
 
 $(MAIN)/.medwb-ready: requirements/main.lock pyproject.toml
 	@echo "== main environment ($(MAIN)): OpenVINO stack, Jupyter, papermill$(if $(WHEELHOUSE), (offline from $(WHEELHOUSE)))"
@@ -57,6 +58,14 @@ $(BIGDL)/.medwb-ready: requirements/bigdl.lock pyproject.toml $(MAIN)/.medwb-rea
 	    --display-name "MedWB bigdl (BigDL-LLM)" > /dev/null
 	touch $@
 
+# llama.cpp, the peer users would pick instead: llama-cpp-python built from source for this
+# CPU (a few minutes on 2 cores). A machine that cannot build it records why in
+# $(LLAMACPP)/UNAVAILABLE and setup goes on; its benchmark variants become error records.
+$(LLAMACPP)/.medwb-ready: requirements/llamacpp.lock pyproject.toml
+	@echo "== llama.cpp environment ($(LLAMACPP)): llama-cpp-python built for this CPU"
+	$(PYTHON) -m medwb.backends.toolchain.llamacpp_setup $(LLAMACPP) requirements/llamacpp.lock $(WHEELHOUSE)
+	touch $@
+
 # On a connected machine: dist/medwb-bundle-<version>/ for an intranet without a package
 # index (source, demo model, a wheel for every locked package, SHA256SUMS, INSTALL.md).
 # BUNDLE_ARGS="--archive" also writes one .tar.gz. Needs only the system Python and pip.
@@ -67,6 +76,7 @@ bundle:
 lock: $(UV)
 	$(UV) pip compile requirements/main.txt $(LOCK_FLAGS) -o requirements/main.lock
 	$(UV) pip compile requirements/bigdl.txt $(LOCK_FLAGS) -o requirements/bigdl.lock
+	$(UV) pip compile requirements/llamacpp.txt $(LOCK_FLAGS) -o requirements/llamacpp.lock
 
 $(UV):
 	test -x $(VENVS)/tools/bin/python || $(PYTHON) -m venv $(VENVS)/tools

@@ -73,7 +73,7 @@ def cmd_bench(args) -> int:
     from medwb.bench import run as bench
     cfg = config.load_config(
         args.config, model=args.model, trials=args.trials, threads=args.threads,
-        quality_cases=args.quality_cases, timeout_s=args.timeout,
+        quality_cases=args.quality_cases, timeout_s=args.timeout, concurrent=args.concurrent,
         variants=parse_variants(args.variants) if args.variants else None,
         token_pairs=config.parse_token_pairs(args.token_pairs) if args.token_pairs else None)
     records = bench.run(cfg, args.run_dir, progress=not args.no_progress)
@@ -218,6 +218,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, help="CPU threads (0: all cores)")
     b.add_argument("--quality-cases", type=int, help="held-out cases per workflow for quality (0: none)")
     b.add_argument("--timeout", type=int, help="seconds per variant before it is recorded as timed out")
+    b.add_argument("--concurrent", type=int, help="also time N copies of each variant decoding at once, in "
+                                                   "separate processes, the cores shared out (e.g. 3: the "
+                                                   "diagnosis app's three models)")
     b.add_argument("--run-dir", help="folder for records (default: a new runs/<timestamp>)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)

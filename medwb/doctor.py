@@ -33,7 +33,8 @@ def _imports(python: Path, modules: tuple[str, ...]) -> tuple[bool, str]:
             f"for name in {list(modules)!r}:\n"
             "    try:\n"
             "        importlib.import_module(name); top = name.split('.')[0]\n"
-            "        dist = {'bigdl': 'bigdl-llm', 'openvino_genai': 'openvino-genai', 'optimum': 'optimum-intel'}.get(top, top)\n"
+            "        dist = {'bigdl': 'bigdl-llm', 'openvino_genai': 'openvino-genai', 'optimum': 'optimum-intel',\n"
+            "                'llama_cpp': 'llama-cpp-python'}.get(top, top)\n"
             "        out[name] = m.version(dist)\n"
             "    except Exception as e:\n"
             "        out[name] = 'FAILED: ' + type(e).__name__ + ': ' + str(e)[:120]\n"
@@ -75,6 +76,16 @@ def checks(models=("demo",)) -> list[dict]:
         ok, detail = _imports(python, modules)
         add(f"{env} environment", "PASS" if ok else "FAIL",
             detail if ok else detail + "; reinstall it: `make clean-envs setup`")
+
+    # The peer variant: optional (a machine without a compiler still runs both routes).
+    from medwb.backends.llamacpp import unavailable
+    why = unavailable()
+    if why is None:
+        ok, detail = _imports(envs.python_of("llamacpp"), ("llama_cpp",))
+        why = None if ok else detail
+    add("llama.cpp (peer variant)", "WARN" if why else "PASS",
+        f"{why}; the llama.cpp benchmark variants will be error records" if why else
+        "llama-cpp-python built for this CPU: the benchmark compares the routes with it")
 
     kernels = {}
     jupyter = envs.python_of("main").parent / "jupyter"

@@ -7,6 +7,7 @@ workbench keeps two virtual environments (created by `make setup`):
 |-------|----------------|--------------|------------------------------------------------|
 | main  | .venvs/main    | medwb-main   | OpenVINO, optimum-intel, genai, Jupyter, papermill |
 | bigdl | .venvs/bigdl   | medwb-bigdl  | bigdl-llm[all] 2.4.0, transformers 4.31, langchain |
+| llamacpp | .venvs/llamacpp | (none)    | llama-cpp-python built for this CPU (the peer variant) |
 
 Both kernels are registered inside the main env (its Jupyter and papermill find them).
 $MEDWB_MAIN_PYTHON / $MEDWB_BIGDL_PYTHON point elsewhere (e.g. conda envs).
@@ -20,12 +21,14 @@ from medwb.errors import MedwbError
 from medwb.paths import REPO_DIR, VENVS_DIR
 
 KERNELS = {"main": "medwb-main", "bigdl": "medwb-bigdl"}
+# llamacpp has no kernel: only the benchmark's probes and the app workers run there.
+ENVS = (*KERNELS, "llamacpp")
 
 
 def python_of(env: str) -> Path:
-    """The interpreter of ``env`` ('main' or 'bigdl')."""
-    if env not in KERNELS:
-        raise MedwbError(f"environment {env!r} is unknown: use 'main' or 'bigdl'")
+    """The interpreter of ``env`` (one of ENVS)."""
+    if env not in ENVS:
+        raise MedwbError(f"environment {env!r} is unknown: use one of {', '.join(ENVS)}")
     override = os.environ.get(f"MEDWB_{env.upper()}_PYTHON")
     return Path(override) if override else VENVS_DIR / env / "bin" / "python"
 

@@ -70,7 +70,7 @@ def test_compare_notebook_benchmarks_the_default_matrix_and_writes_the_report(tm
     pm.execute_notebook(str(NB), str(tmp_path / NB.name), kernel_name="medwb-main", cwd=str(tmp_path),
                         progress_bar=False,
                         parameters={"run_dir": str(tmp_path), "token_pairs": [[32, 8]], "trials": 1,
-                                    "quality_cases": 1})
+                                    "quality_cases": 1, "concurrent": 1})
     recs = [r for r in read_records(tmp_path / "records" / "bench.jsonl") if r["record_type"] == "variant"]
     good = [r for r in recs if not r.get("error")]
     assert len(good) >= 8, [(r["variant"], r.get("error")) for r in recs]
@@ -82,9 +82,40 @@ def test_compare_notebook_benchmarks_the_default_matrix_and_writes_the_report(tm
         assert r["kernels"] and r["cpu"]["model"] and r["threads"] >= 1
         assert "machine_load" in r  # every measured variant says what load it was timed under
         assert {"diagnosis_top3_rate", "discharge_complete_rate", "rouge_l_vs_fp32"} <= set(r["quality"])
+    # The peer users would pick instead is in the default matrix, at the routes' INT4 and INT8.
+    peer = {r["variant"]: r for r in recs if r.get("peer")}
+    assert set(peer) == {"llama.cpp:q4_0", "llama.cpp:q8_0"}
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "Recommendation" in html and html.count("data:image/png;base64,") >= 4
+    assert "Against what users would pick instead" in html
+    if not any(r.get("error") for r in peer.values()):
+        assert "Against llama.cpp at the same bits (32-8 tokens, this run): 4-bit:" in html
     assert "http://" not in html and "https://" not in html  # self-contained
     executed = json.loads((tmp_path / NB.name).read_text(encoding="utf-8"))
     images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 4
+
+
+def test_side_by_side_copies_are_measured_and_the_recommendation_uses_them(tmp_path):
+    from medwb.bench import report
+    proc = _bench_cli("--variants", "pytorch:fp32,openvino-genai:int8/f32", "--concurrent", "3", "--token-pairs",
+                      "16-8", "--trials", "1", "--quality-cases", "0", "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = read_records(tmp_path / "run" / "records" / "bench.jsonl")
+    for r in (r for r in records if r["record_type"] == "variant"):
+        side = r["concurrent"]
+        assert side["n"] == 3 and side["threads_each"] >= 1 and len(side["tpot_ms_each"]) == 3, side
+        assert all(t > 0 for t in side["tpot_ms_each"]) and side["tpot_ms_max"] == max(side["tpot_ms_each"])
+        assert side["aggregate_tok_s"] > 0 and all(m > 0 for m in side["peak_rss_mb_each"])
+    accurate = {"run": "runs/x", "created": "now",  # as if both kept FP32's task scores
+                "variants": {v: {"overall": 50.0, "keeps_accuracy": True}
+                             for v in ("pytorch:fp32", "openvino-genai:int8/f32")}}
+    ranked = report.recommend(records, latency_target_ms=1000, ram_budget_gb=16, side_by_side=3, evaluation=accurate)
+    assert set(ranked["side_by_side_basis"]) == {"measured"}
+    assert "measured:" in report.recommendation_text(ranked, 1000, 16, side_by_side=3, evaluation=accurate)
+    ranked2 = report.recommend(records, latency_target_ms=1000, ram_budget_gb=16, side_by_side=2, evaluation=accurate)
+    assert set(ranked2["side_by_side_basis"]) == {"estimated"}  # 3 copies measured, 2 asked: not the same case
+    assert "--concurrent 2" in report.recommendation_text(ranked2, 1000, 16, side_by_side=2, evaluation=accurate)
+    bad = _bench_cli("--concurrent", "0", "--run-dir", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "concurrent must be a positive integer, got 0" in bad.stderr
+    assert not (tmp_path / "bad").exists()

@@ -58,6 +58,8 @@ def test_doctor_passes_here_and_fails_on_a_proxy_variable(monkeypatch, capsys):
     rows = {r["check"]: r for r in doctor.checks()}
     assert {k for k, r in rows.items() if r["status"] == "FAIL"} == set(), rows
     assert rows["demo model"]["status"] == "PASS" and "GiB available" in rows["memory"]["detail"]
+    from medwb.backends.llamacpp import unavailable  # optional: a warning where it could not be built
+    assert rows["llama.cpp (peer variant)"]["status"] == ("WARN" if unavailable() else "PASS")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert cli.main(["doctor"]) == 1
     out = capsys.readouterr().out

@@ -105,6 +105,22 @@ class BigDLBackend(PyTorchBackend):
         return info
 
 
+def low_bit_weights_read(folder: Path) -> int | None:
+    """Bytes one generated token reads from a save_low_bit folder: every tensor as stored
+    (packed low-bit blocks as bytes), except the token-embedding table, which bigdl keeps in
+    FP32 and of which one row is read. Read from the file's tensor table (memory-mapped,
+    main env), not estimated; None when the folder holds no single pytorch_model.bin."""
+    import torch
+    path = Path(folder) / "pytorch_model.bin"
+    if not path.exists():
+        return None
+    state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    read = 0
+    for name, t in state.items():
+        read += t.nbytes // t.shape[0] if name.endswith("embed_tokens.weight") and t.dim() == 2 else t.nbytes
+    return read
+
+
 @register
 class BigDL(Backend):
     name, env, family, route = "bigdl", "bigdl", "bigdl", "bigdl-api"
@@ -135,7 +151,7 @@ class BigDL(Backend):
                                   timeout=cfg.get("timeout_s", 1800), raise_error=False)
             if "error" in res:
                 return {"error": f"save_low_bit failed: {res['error']}"}
-        return {"path": folder, "bytes": dir_size_bytes(folder)}
+        return {"path": folder, "bytes": dir_size_bytes(folder), "weights_read_bytes": low_bit_weights_read(folder)}
 
     def given_artifact(self, path: Path) -> Path | None:
         return path if is_low_bit_dir(path) else None

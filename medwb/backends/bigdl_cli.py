@@ -23,6 +23,7 @@ class BigDLCli(Backend):
     precisions = ("int4", "int8")
     kernel_builds = True
     serves = False
+    measures_itself = True
     kv_bytes = 2  # llama.cpp keeps an F16 KV cache
 
     def model_problems(self, model_dir: Path) -> list[str]:

@@ -104,6 +104,27 @@ class OptimumOVBackend(PyTorchBackend):
         return info
 
 
+def ir_weights_read(ir_dir: Path) -> int:
+    """Bytes one generated token reads from the IR's weights: every constant in the
+    element type the IR keeps it (int4 IRs keep some layers int8, scales f16), except the
+    token-embedding table and its scale and zero point, of which one row each is read.
+    From the XML's own offsets and sizes (no weights loaded)."""
+    import xml.etree.ElementTree as ET
+    consts: dict[int, tuple[str, int, str]] = {}
+    for layer in ET.parse(Path(ir_dir) / "openvino_model.xml").getroot().iter("layer"):
+        data = layer.find("data")
+        if layer.get("type") == "Const" and data is not None and data.get("size"):
+            consts.setdefault(int(data.get("offset")), (layer.get("name", ""), int(data.get("size")), data.get("shape", "")))
+    read = 0
+    for name, size, shape in consts.values():
+        if "embed_tokens.weight" in name and shape:
+            rows = int(shape.split(",")[0])
+            read += size // rows if rows else size
+        else:
+            read += size
+    return read
+
+
 @register
 class OpenVINOOptimum(Backend):
     """optimum-intel over a stateful IR; openvino-genai (its own file) shares the IR and
@@ -135,7 +156,8 @@ class OpenVINOOptimum(Backend):
                               timeout=cfg.get("timeout_s", 1800), raise_error=False)
         if "error" in res:
             return {"error": res["error"]}
-        return {"path": ir, "bytes": res["ir_bytes"], "export_s": res["export_s"]}
+        return {"path": ir, "bytes": res["ir_bytes"], "export_s": res["export_s"],
+                "weights_read_bytes": ir_weights_read(ir)}
 
     def given_artifact(self, path: Path) -> Path | None:
         from medwb.backends.toolchain.openvino_export import check_ir_dir

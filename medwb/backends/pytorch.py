@@ -154,6 +154,9 @@ class PyTorch(Backend):
     imports = ("torch", "transformers")
     kv_bytes = {"fp32": 4, "bf16": 2}
 
+    def weight_bits(self, variant: dict) -> int:
+        return 32 if variant["precision"] == "fp32" else 16
+
     def load(self, spec: dict) -> PyTorchBackend:
         dtype = {"fp32": "float32", "bf16": "bfloat16"}[spec["precision"]]
         return PyTorchBackend.load(spec["model_path"], dtype, spec.get("threads"))

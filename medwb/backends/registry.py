@@ -26,12 +26,13 @@ Optional: ``save_low_bit(out_dir)``, ``compiled_properties()``, ``runtime_layer_
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 from medwb.errors import MedwbError
 
 # The backend files, in the order they are listed to users.
-MODULES = ("pytorch", "bigdl", "bigdl_cli", "openvino", "openvino_genai")
+MODULES = ("pytorch", "bigdl", "bigdl_cli", "openvino", "openvino_genai", "llamacpp")
 # The variant every other one is compared to (agreement, quality vs FP32).
 REFERENCE = {"backend": "pytorch", "precision": "fp32"}
 
@@ -51,7 +52,11 @@ class Backend:
     kv_cache_precisions: tuple = ()  # what ``kv_cache_precision`` may be; () when not settable
     kernel_builds = False     # bigdl's per-ISA kernel build applies (``kernel_build``)
     serves = True             # can run as a long-lived app worker
+    optional_env = False      # True: its environment may be missing or unbuilt here; a variant
+                              # then becomes an error record (prepare says why), not a refusal
     kv_bytes: dict | float = 2  # bytes per KV element when the run does not report it (per precision)
+    peer = False              # True: what users would pick instead of the two routes (llama.cpp)
+    measures_itself = False   # True: ``probe`` runs a one-shot native tool (no side-by-side timing)
 
     def load(self, spec: dict):
         """The runtime object for ``spec`` (model_path, precision, threads, kv_cache_precision)."""
@@ -85,6 +90,12 @@ class Backend:
     def kernels_label(self, kernel_build: str | None) -> str | None:
         """The record's ``kernels`` field when it is known without running (bigdl builds)."""
         return None
+
+    def weight_bits(self, variant: dict) -> int | None:
+        """Bits per weight of the variant's main layers (4, 8, 16, 32), to compare variants
+        at the same bits; None when it cannot be told."""
+        m = re.search(r"(\d+)", variant.get("weights") or variant.get("precision") or "")
+        return int(m[1]) if m else None
 
     def kv_element_bytes(self, precision: str) -> float:
         return self.kv_bytes.get(precision, 2) if isinstance(self.kv_bytes, dict) else self.kv_bytes

@@ -70,7 +70,7 @@ def variant_problems(v, where: str, model_dir: Path) -> list[str]:
         problems.append(f"{where}: kv_cache_precision {kv!r}: " + (
             f"use one of {', '.join(entry.kv_cache_precisions)}" if entry.kv_cache_precisions else
             f"{entry.name} has no settable KV-cache precision (OpenVINO backends have)"))
-    if not envs.available(entry.env):
+    if not envs.available(entry.env) and not entry.optional_env:
         problems.append(f"{where}: the {entry.env} environment is missing ({envs.python_of(entry.env)}): "
                         "run `make setup`")
     return [p for p in problems if p]

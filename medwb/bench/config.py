@@ -21,6 +21,9 @@ DEFAULT_VARIANTS = [
     {"backend": "openvino-genai", "weights": "fp16", "precision": "f32"},
     {"backend": "openvino-genai", "weights": "int8", "precision": "bf16"},
     {"backend": "openvino-genai", "weights": "int4", "precision": "bf16"},
+    # The peer users would pick instead, at the same bits as the routes' INT4 and INT8.
+    {"backend": "llama.cpp", "precision": "q4_0"},
+    {"backend": "llama.cpp", "precision": "q8_0"},
 ]
 DEFAULT_CONFIG = {
     "model": "demo",            # "demo", "shape:<name>" (random weights, speed only) or a checkpoint folder
@@ -32,6 +35,8 @@ DEFAULT_CONFIG = {
     "kernel_build": "match",    # bigdl kernels: "match" (the CPU's own flags), "" (bigdl decides), a build
     "timeout_s": 1800,          # per variant
     "artifacts_dir": "",        # converted models (IRs, low-bit folders, native files); empty: the medwb cache
+    "concurrent": 1,            # > 1: also time N copies of each variant decoding at once (the
+                                # diagnosis app runs three), the cores shared out between them
     "variants": DEFAULT_VARIANTS,
 }
 
@@ -82,9 +87,10 @@ def validate(cfg: dict) -> dict:
         elif sum(pair) > context:
             problems.append(f"token_pairs[{i}] {list(pair)}: {sum(pair)} tokens exceed the model's context of "
                             f"{context} (max_position_embeddings); shorten the pair")
-    for key in ("trials", "quality_cases", "threads", "bandwidth_mb", "timeout_s"):
-        if not isinstance(cfg[key], int) or cfg[key] < (1 if key in ("trials", "timeout_s") else 0):
-            problems.append(f"{key} must be a {'positive' if key in ('trials', 'timeout_s') else 'non-negative'} "
+    positive = ("trials", "timeout_s", "concurrent")
+    for key in ("trials", "quality_cases", "threads", "bandwidth_mb", "timeout_s", "concurrent"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < (1 if key in positive else 0):
+            problems.append(f"{key} must be a {'positive' if key in positive else 'non-negative'} "
                             f"integer, got {cfg[key]!r}")
     kb = cfg.get("kernel_build") or ""
     if kb and kb != "match" and kb not in BUILDS:

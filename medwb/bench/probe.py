@@ -11,7 +11,8 @@ Spec keys: backend (a name in medwb.backends.registry), model_path, precision, t
 kv_cache_precision, kernel_build, save_to, timing_prompt, input_tokens (the timing
 prompt cut or repeated to exactly that many tokens), max_new_tokens (timing; forced
 length), trials, prompts and agreement_new_tokens (greedy outputs for agreement),
-runtime_graph (list the compiled graph's layer types; OpenVINO optimum only).
+runtime_graph (list the compiled graph's layer types; OpenVINO optimum only), barrier (a
+side-by-side measurement: {dir, n}, see ``barrier``).
 """
 from __future__ import annotations
 
@@ -67,9 +68,11 @@ def probe(spec: dict) -> dict:
         result.update(timed(backend, ids, n_new, spec.get("trials", 1)))
     if spec.get("token_pairs"):
         base = backend.encode(spec["pair_prompt"])
-        result["pairs"] = [{"input_tokens": n_in, "output_tokens": n_out,
-                            **timed(backend, measure.exact_length(base, n_in), n_out, spec.get("trials", 1))}
-                           for n_in, n_out in spec["token_pairs"]]
+        result["pairs"] = []
+        for i, (n_in, n_out) in enumerate(spec["token_pairs"]):
+            barrier(spec.get("barrier"), f"pair{i}")
+            result["pairs"].append({"input_tokens": n_in, "output_tokens": n_out,
+                                    **timed(backend, measure.exact_length(base, n_in), n_out, spec.get("trials", 1))})
 
     outputs, last_logits = [], []
     budgets = spec.get("prompt_budgets") or [spec.get("agreement_new_tokens", n_new)] * len(spec.get("prompts", []))
@@ -85,6 +88,22 @@ def probe(spec: dict) -> dict:
                   peak_rss_mb=round(peak, 1), rss_increase_mb=round(peak - rss_before, 1),
                   kernel_builds=bigdl_kernels.loaded_builds())
     return result
+
+
+def barrier(spec: dict | None, key: str) -> None:
+    """Wait until all ``spec["n"]`` processes of a side-by-side measurement reach ``key``
+    (a file per process in ``spec["dir"]``), so that their timed runs overlap from the
+    start: each copy loads at its own pace, then they decode together."""
+    if not spec:
+        return
+    from pathlib import Path
+    folder = Path(spec["dir"])
+    (folder / f"{key}.{os.getpid()}").touch()
+    deadline = time.monotonic() + spec.get("timeout_s", 900)
+    while len(list(folder.glob(f"{key}.*"))) < spec["n"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"side-by-side start: not all {spec['n']} copies reached {key} in time")
+        time.sleep(0.005)
 
 
 def timed(backend, ids: list[int], n_new: int, trials: int) -> dict:

@@ -83,6 +83,10 @@ COLUMNS = {
     "ttft_ms": "ttft_ms", "tpot_ms": "tpot_ms", "tok_s": "throughput_tok_s", "floor_ms": "decode_floor_ms",
     "pct_of_limit": "pct_of_limit", "peak_rss_MB": "peak_rss_mb", "load_peak_rss_MB": "peak_rss_mb_load",
     "kernels": "kernels",
+    # Measured with N copies decoding at once (bench --concurrent N): the slowest copy, and all together.
+    "tpot_side_by_side_ms": lambda r: (r.get("concurrent") or {}).get("tpot_ms_max"),
+    "side_by_side_tok_s": lambda r: (r.get("concurrent") or {}).get("aggregate_tok_s"),
+    "side_by_side_n": lambda r: (r.get("concurrent") or {}).get("n"),
     "exact_match": _agreement("exact_match_rate"), "exact_vs_fp32": _agreement("exact_match_rate"),
     "prefix_agree": _agreement("prefix_agreement"), "logit_cos": _agreement("last_token_logit_cosine"),
     "rougeL_vs_fp32": _quality("rouge_l_vs_fp32"), "dx_top3": _quality("diagnosis_top3_rate"),

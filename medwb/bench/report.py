@@ -76,8 +76,10 @@ def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: floa
 
     A variant qualifies when its next-token latency meets the target and ``side_by_side``
     copies fit in the budget (the diagnosis workflow runs three models at once). When they
-    decode at the same time they share the memory bandwidth, so the table also gives an
-    *estimate* of the latency then: at least ``side_by_side`` x the decode floor.
+    decode at the same time they share the cores and the memory bandwidth: the table gives
+    the latency then as *measured* (``medwb bench --concurrent N`` with N = ``side_by_side``:
+    the slowest copy) or, when it was not measured, as an *estimate*: at least
+    ``side_by_side`` x the decode floor (``side_by_side_basis`` says which).
 
     Quality is a gate, not a score to maximise: FP32 always "wins" a similarity-to-FP32
     axis, and small differences in task scores are noise. With an ``evaluation`` of this
@@ -95,8 +97,14 @@ def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: floa
     df = df[df["tokens"] == tokens].copy()
     budget_mb = ram_budget_gb * 1024
     df["fit_in_budget"] = (budget_mb // df["peak_rss_MB"]).astype(int)
-    df["tpot_side_by_side_est"] = [round(max(t, side_by_side * f), 2) if f == f else None
-                                   for t, f in zip(df["tpot_ms"], df["floor_ms"])]
+    for col in ("side_by_side_n", "tpot_side_by_side_ms"):  # absent from hand-built frames
+        if col not in df:
+            df[col] = float("nan")
+    measured = (df["side_by_side_n"] == side_by_side) & df["tpot_side_by_side_ms"].notna()
+    df["tpot_side_by_side"] = [round(m, 2) if ok else (round(max(t, side_by_side * f), 2) if f == f else None)
+                               for ok, m, t, f in zip(measured, df["tpot_side_by_side_ms"], df["tpot_ms"],
+                                                      df["floor_ms"])]
+    df["side_by_side_basis"] = ["measured" if ok else "estimated" for ok in measured]
     df["meets_latency"] = df["tpot_ms"] <= latency_target_ms
     df["fits_side_by_side"] = df["fit_in_budget"] >= side_by_side
     df["qualifies"] = df["meets_latency"] & df["fits_side_by_side"]
@@ -110,10 +118,17 @@ def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: floa
         df["quality_basis"] = "ROUGE-L vs FP32 (proxy)"
     df = df.sort_values(["qualifies", "accurate", "tpot_ms"], ascending=[False, False, True])
     df.insert(0, "rank", range(1, len(df) + 1))
-    cols = ["rank", "variant", "qualifies", "accurate", "tpot_ms", "tpot_side_by_side_est", "ttft_ms",
+    cols = ["rank", "variant", "qualifies", "accurate", "tpot_ms", "tpot_side_by_side", "side_by_side_basis", "ttft_ms",
             "peak_rss_MB", "fit_in_budget", "task_score", "rougeL_vs_fp32", "dx_top3", "dc_complete", "kernels",
             "quality_basis"]
     return df[cols].reset_index(drop=True)
+
+
+def side_by_decode(row, n: int) -> str:
+    if row["side_by_side_basis"] == "measured":
+        return f"measured: {row['tpot_side_by_side']} ms/token for the slowest of {n} decoding at once"
+    return (f"estimated >= {row['tpot_side_by_side']} ms when all {n} decode at once; measure it with "
+            f"`medwb bench --concurrent {n}`")
 
 
 def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, side_by_side: int = 3,
@@ -129,8 +144,8 @@ def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, 
             best["task_score"] is not None else ""
         lines.append(f"For a next-token target of {latency_target_ms:g} ms and {ram_budget_gb:g} GB of RAM with "
                      f"{side_by_side} models side by side, deploy {best['variant']}: {best['tpot_ms']:.2f} ms/token "
-                     f"alone (estimated >= {best['tpot_side_by_side_est']} ms when all {side_by_side} decode at "
-                     f"once), {best['peak_rss_MB']:.0f} MB each, {int(best['fit_in_budget'])} fit{q}.")
+                     f"alone ({side_by_decode(best, side_by_side)}), {best['peak_rss_MB']:.0f} MB each, "
+                     f"{int(best['fit_in_budget'])} fit{q}.")
     elif len(ranked[ranked["qualifies"]]):
         lines.append("Variants meet the latency and memory targets, but none keeps the accuracy "
                      "(see the quality basis): do not deploy a low-bit variant on speed alone.")
@@ -148,6 +163,47 @@ def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, 
     return " ".join(lines)
 
 
+# ---------------------------------------------------------------- against the peer
+
+def peer_comparison(records: list[dict]):
+    """Per token pair and weight bits: the fastest variant of the two routes beside the
+    fastest peer variant (llama.cpp) at the same bits, measured in this run, and how many
+    times the floor each is. ``peer_over_route`` > 1: the route is faster."""
+    import pandas as pd
+    rows = [r for r in records if r.get("record_type") == "variant" and not r.get("error")
+            and r.get("tpot_ms") and r.get("weight_bits")]
+    out = []
+    for (tokens, bits) in sorted({(f"{r['input_tokens']}-{r['output_tokens']}", r["weight_bits"]) for r in rows},
+                                 key=lambda k: (int(k[0].split("-")[0]), k[1])):
+        same = [r for r in rows if f"{r['input_tokens']}-{r['output_tokens']}" == tokens and r["weight_bits"] == bits]
+        route = min((r for r in same if not r.get("peer")), key=lambda r: r["tpot_ms"], default=None)
+        peer = min((r for r in same if r.get("peer")), key=lambda r: r["tpot_ms"], default=None)
+        if not (route and peer):
+            continue
+
+        def x_floor(r):
+            return round(r["tpot_ms"] / r["decode_floor_ms"], 2) if r.get("decode_floor_ms") else None
+        out.append({"tokens": tokens, "bits": bits, "route_variant": route["variant"], "route_tpot_ms": route["tpot_ms"],
+                    "route_x_floor": x_floor(route), "peer_variant": peer["variant"], "peer_tpot_ms": peer["tpot_ms"],
+                    "peer_x_floor": x_floor(peer), "peer_over_route": round(peer["tpot_ms"] / route["tpot_ms"], 2)})
+    return pd.DataFrame(out)
+
+
+def peer_text(peers) -> str:
+    """The comparison in one sentence per weight width, at the run's first token pair."""
+    if peers is None or len(peers) == 0:
+        return ("No llama.cpp variant was measured beside the routes at the same bits in this run, so "
+                "there is no comparison with what users would pick instead.")
+    first = peers[peers["tokens"] == peers["tokens"].iloc[0]]
+    parts = []
+    for _, r in first.iterrows():
+        ratio = r["peer_over_route"]
+        verdict = f"the route {ratio:.2f}x faster" if ratio >= 1 else f"llama.cpp {1 / ratio:.2f}x faster"
+        parts.append(f"{r['bits']}-bit: {r['route_variant']} {r['route_tpot_ms']:.2f} ms/token vs "
+                     f"{r['peer_variant']} {r['peer_tpot_ms']:.2f} ({verdict})")
+    return f"Against llama.cpp at the same bits ({first['tokens'].iloc[0]} tokens, this run): " + "; ".join(parts) + "."
+
+
 # ---------------------------------------------------------------- HTML
 
 _TEMPLATE = """<!doctype html>
@@ -162,6 +218,7 @@ Memory bandwidth: read {{ bw.read_gb_s }} GB/s, copy {{ bw.copy_gb_s }} GB/s ({{
 no quality)</b>{% endif %}. Protocol: each variant in a fresh process; prompt cut to the exact input
 length; greedy; output length forced; one warm-up excluded; median of {{ trials }} trials.</p>
 <h2>Recommendation</h2><p class="note">{{ recommendation }}</p>{{ ranked }}
+<h2>Against what users would pick instead</h2><p>{{ peer_note }}</p>{{ peers }}
 <h2>All records</h2>{{ table }}
 {% for name, img in images %}<h2>{{ name }}</h2><img src="data:image/png;base64,{{ img }}">{% endfor %}
 </body></html>"""
@@ -174,12 +231,14 @@ def write_html(records: list[dict], run_dir, ranked, recommendation: str, figs: 
     info = run_info(records)
     run_dir = run_dir or info["run_dir"]
     cfg = info.get("config", {})
+    peers = peer_comparison(records)
     html = jinja2.Template(_TEMPLATE, autoescape=True).render(
         run_id=Path(run_dir).name, created=info.get("created", ""), cpu=info.get("cpu", {}).get("model", "?"),
         flags=", ".join(info.get("cpu", {}).get("flags", [])), threads=cfg.get("threads"),
         bw=info.get("bandwidth", {}), model=info.get("model", ""), speed_only=info.get("speed_only"),
         trials=cfg.get("trials"), recommendation=recommendation,
         ranked=jinja2.utils.markupsafe.Markup(ranked.to_html(index=False, na_rep="")),
+        peer_note=peer_text(peers), peers=jinja2.utils.markupsafe.Markup(peers.to_html(index=False, na_rep="")),
         table=jinja2.utils.markupsafe.Markup(frame(records).to_html(index=False, na_rep="")),
         images=[(name.replace("_", " "), png_base64(fig)) for name, fig in figs.items()])
     path = Path(run_dir) / "report.html"

@@ -78,18 +78,24 @@ def _records_for(v: dict, art: dict, result: dict, reference: dict | None, cases
             "cpu": ctx["cpu"], "run_id": ctx["run_id"]}
     entry = registry.get(v["backend"])
     family, route = entry.family, entry.route
+    base.update(weight_bits=entry.weight_bits(v), peer=entry.peer)
     if "error" in result:
         return [variant_record(family, route, v["precision"], result, None, **base)]
     size = result.get("saved_bytes") or art.get("bytes") or 0
     base["size_bytes"] = size
     # Bytes read per token: every weight except the embedding table (one row is read).
-    # Llama-style config keys; for other families the floor is left out, not guessed.
-    try:
-        params = random_weights.parameter_count({**cfg_model, "num_key_value_heads": cfg_model.get("num_key_value_heads")
-                                         or cfg_model["num_attention_heads"]})
-        weights_read = size * (1 - cfg_model["vocab_size"] * cfg_model["hidden_size"] / params)
-    except (KeyError, TypeError, ZeroDivisionError):
-        weights_read = None
+    # From the artifact's own tensor table where the backend reads it (GGUF: each tensor in
+    # the type the file keeps it); otherwise the size scaled by the non-embedding share of
+    # parameters (Llama-style config keys; for other families the floor is left out).
+    weights_read, basis = art.get("weights_read_bytes"), "the artifact's tensor table"
+    if weights_read is None:
+        basis = "size x the non-embedding share of parameters"
+        try:
+            params = random_weights.parameter_count({**cfg_model, "num_key_value_heads": cfg_model.get(
+                "num_key_value_heads") or cfg_model["num_attention_heads"]})
+            weights_read = size * (1 - cfg_model["vocab_size"] * cfg_model["hidden_size"] / params)
+        except (KeyError, TypeError, ZeroDivisionError):
+            weights_read = None
     kv_elem = _kv_bytes(v, result)
     qual = None
     if cases and result.get("texts"):
@@ -103,7 +109,8 @@ def _records_for(v: dict, art: dict, result: dict, reference: dict | None, cases
         if weights_read is not None:
             kv_read = bandwidth.kv_bytes_per_token(cfg_model, pair["input_tokens"] + pair["output_tokens"] / 2, kv_elem)
             floor = bandwidth.decode_floor_ms(weights_read, kv_read, ctx["bandwidth"]["read_gb_s"])
-            rec.update(weights_read_bytes=int(weights_read), kv_read_bytes=int(kv_read), kv_bytes_per_element=kv_elem,
+            rec.update(weights_read_bytes=int(weights_read), floor_basis=basis, kv_read_bytes=int(kv_read),
+                       kv_bytes_per_element=kv_elem,
                        decode_floor_ms=round(floor, 4),
                        pct_of_limit=round(100 * floor / rec["tpot_ms"], 1) if rec.get("tpot_ms") else None)
         builds = sorted(set((result.get("kernel_builds") or {}).values()))
@@ -179,6 +186,11 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]
         if v is ref and "error" not in result:
             reference = result  # its own row: agreement left out, ROUGE-L vs itself
         new = _records_for(v, art, result, reference, cases, ctx)
+        if cfg["concurrent"] > 1 and "error" not in result:
+            bar.set_postfix_str(f"{label(v)} x{cfg['concurrent']}")
+            side = side_by_side(v, spec_of(v), cfg["concurrent"], threads, cfg["timeout_s"])
+            for i, rec in enumerate(new):
+                rec["concurrent"] = side[i] if isinstance(side, list) else side
         for r in new:
             r["wall_s"] = round(time.perf_counter() - started, 1)
         records.extend(new)
@@ -193,6 +205,40 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]
     against_reference(ref, [v for v in cfg["variants"] if v is not ref], measure)
     bar.close()
     return records
+
+
+def side_by_side(v: dict, spec: dict, n: int, threads: int, timeout_s: int) -> list[dict] | dict:
+    """``n`` copies of one variant in separate processes, decoding each token pair at the
+    same time (a barrier before each pair), the cores shared out as the app's workers do:
+    per pair, every copy's next-token latency and the aggregate tokens/s. A dict with
+    ``error`` when it could not be measured."""
+    import statistics
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    entry = registry.get(v["backend"])
+    if entry.measures_itself:
+        return {"n": n, "error": f"{entry.name} runs a one-shot native tool per call: not timed side by side"}
+    each = max(1, threads // n)  # as medwb.apps.workers.split_threads shares the cores out
+    with tempfile.TemporaryDirectory(prefix="medwb-side-by-side-") as folder:
+        copy = {**spec, "threads": each, "prompts": [], "prompt_budgets": [],
+                "barrier": {"dir": folder, "n": n, "timeout_s": timeout_s}}
+        python = str(envs.python_of(entry.env))
+        with ThreadPoolExecutor(n) as pool:
+            results = list(pool.map(lambda _: run_probe(copy, python=python, timeout=timeout_s), range(n)))
+    failed = [r["error"] for r in results if "error" in r]
+    if failed:
+        return {"n": n, "threads_each": each, "error": failed[0]}
+    out = []
+    for i, pair in enumerate(results[0]["pairs"]):
+        tpots = [r["pairs"][i]["tpot_ms"] for r in results]
+        out.append({"n": n, "threads_each": each, "tpot_ms_each": tpots, "tpot_ms_max": max(tpots),
+                    "tpot_ms_median": round(statistics.median(tpots), 4),
+                    "ttft_ms_max": max(r["pairs"][i]["ttft_ms"] for r in results),
+                    "aggregate_tok_s": round(sum(1e3 / t for t in tpots), 2),
+                    "peak_rss_mb_each": [r.get("peak_rss_mb") for r in results],
+                    "machine_load": results[0].get("machine_load")})
+    return out
 
 
 def write(records: list[dict], run_dir) -> dict[str, Path]:
@@ -230,6 +276,7 @@ def load(run_dir) -> list[dict]:
 
 
 TABLE_COLUMNS = ["variant", "tokens", "load_s", "ttft_ms", "tpot_ms", "tok_s", "floor_ms", "pct_of_limit",
+                 "side_by_side_n", "tpot_side_by_side_ms", "side_by_side_tok_s",
                  "peak_rss_MB", "size_MB", "kernels", "exact_vs_fp32", "rougeL_vs_fp32", "dx_top3", "dc_complete",
                  "error"]
 

@@ -1,0 +1,166 @@
+"""llama.cpp (llamacpp env): the peer most users would pick instead of the two routes.
+
+``llama-cpp-python`` built for this CPU by ``make setup`` (medwb.backends.toolchain.
+llamacpp_setup) over a GGUF file made by llama.cpp's own converter and quantizer
+(medwb.backends.toolchain.gguf_export): ``llama.cpp:q4_0``, ``q4_k_m``, ``q8_0``, ``f16``,
+``f32``. Same protocol as every backend: greedy, forced length for speed, timestamps per
+token taken around the library's own generate loop (what a user of llama-cpp-python gets).
+
+A machine where it could not be built gets an error record quoting why (the build's
+``UNAVAILABLE`` note), never a crash: the other variants carry on.
+
+Prefix reuse is off for measurements: llama-cpp-python keeps the KV cache of the previous
+call and skips the common prefix of the next prompt, which would make a repeated timing
+prompt's first token look free. Each call starts from an empty cache (``reset``).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from medwb.backends.registry import Backend, register
+from medwb.errors import MedwbError
+
+ENV = "llamacpp"
+
+
+class LlamaCppBackend:
+    name = "llama.cpp"
+
+    def __init__(self, llm, gguf_file: Path, precision: str, threads: int):
+        self.llm, self.model_dir, self.precision, self.threads = llm, gguf_file, precision, threads
+
+    @classmethod
+    def load(cls, gguf_file, precision: str, threads: int | None = None, n_ctx: int = 0) -> "LlamaCppBackend":
+        from llama_cpp import Llama
+        gguf_file = Path(gguf_file)
+        if gguf_file.is_dir():
+            gguf_file = gguf_file / "model.gguf"
+        if not gguf_file.exists():
+            raise MedwbError(f"model_path '{gguf_file}' is not a GGUF file (gguf_export makes one)")
+        threads = threads or os.cpu_count() or 1
+        # n_ctx 0: the model's own trained context; no mmap so that the load (and its peak
+        # RSS) includes reading the weights, as the other backends' loads do.
+        llm = Llama(model_path=str(gguf_file), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                    n_batch=512, use_mmap=False, logits_all=False, verbose=False, seed=0)
+        return cls(llm, gguf_file, precision, threads)
+
+    # --- runtime protocol (medwb.backends.registry) ---------------------------------------
+    def encode(self, prompt: str) -> list[int]:
+        return list(self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+
+    def _tokens(self, input_ids: list[int], max_new_tokens: int, force_length: bool):
+        """Greedy new tokens one by one (EOS, included, ends it unless ``force_length``)."""
+        self.llm.reset()  # no prefix reuse: see the module docstring
+        eos = self.llm.token_eos()
+        n = 0
+        for token in self.llm.generate(list(input_ids), top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
+                                       repeat_penalty=1.0, reset=True):
+            yield int(token)  # EOS included, as transformers' generate returns it
+            if token == eos and not force_length:
+                return
+            n += 1
+            if n >= max_new_tokens:
+                return
+
+    def generate_ids(self, input_ids: list[int], max_new_tokens: int, force_length: bool = False) -> list[int]:
+        return list(self._tokens(input_ids, max_new_tokens, force_length))
+
+    def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
+        start = time.perf_counter()
+        ids, times = [], []
+        for token in self._tokens(input_ids, max_new_tokens, force_length=True):
+            times.append(time.perf_counter())
+            ids.append(token)
+        tpot = (times[-1] - times[0]) * 1e3 / (len(times) - 1) if len(times) > 1 else None
+        return {"ttft_ms": (times[0] - start) * 1e3 if times else None, "tpot_ms": tpot,
+                "n_new_tokens": len(ids), "output_ids": ids, "timing": "timestamps per token (llama-cpp-python generate)"}
+
+    def stream(self, input_ids: list[int], max_new_tokens: int, on_text) -> dict:
+        """Text to ``on_text`` as it is decoded (True stops it). Bytes are joined before
+        decoding: a byte-level token can end inside a UTF-8 character."""
+        import codecs
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        start, first, ids, stopped = time.perf_counter(), None, [], False
+        for token in self._tokens(input_ids, max_new_tokens, force_length=False):
+            first = first or time.perf_counter()
+            ids.append(token)
+            chunk = decoder.decode(self.llm.detokenize([token]))
+            if chunk and on_text(chunk):
+                stopped = True
+                break
+        return {"text": None if stopped else self.decode(ids), "n_new_tokens": len(ids),
+                "ttft_ms": (first - start) * 1e3 if first else None, "stopped": stopped}
+
+    def last_token_logits(self, input_ids: list[int]) -> list[float]:
+        self.llm.reset()
+        self.llm.eval(list(input_ids))
+        return [float(x) for x in self.llm.scores[self.llm.n_tokens - 1]]
+
+    def kernels(self) -> str:
+        """The ISA features this llama.cpp build uses (its system info, the ones set)."""
+        import re
+
+        import llama_cpp
+        info = llama_cpp.llama_print_system_info().decode()
+        used = re.findall(r"(\w+) = 1", info)
+        return f"llama.cpp ({' '.join(used)})"
+
+    def describe(self) -> dict:
+        import llama_cpp
+        return {"backend": self.name, "precision": self.precision, "model_dir": str(self.model_dir),
+                "threads": self.threads, "llama_cpp_python": llama_cpp.__version__}
+
+
+def unavailable() -> str | None:
+    """Why the llamacpp environment cannot run llama.cpp here (None: it can)."""
+    from medwb import envs
+    from medwb.backends.toolchain.llamacpp_setup import UNAVAILABLE
+    python = envs.python_of(ENV)
+    note = python.parent.parent / UNAVAILABLE
+    if note.exists():
+        return note.read_text(encoding="utf-8").strip()
+    if not python.exists():
+        return f"the llamacpp environment is missing ({python}): run `make setup`"
+    return None
+
+
+@register
+class LlamaCpp(Backend):
+    name, env, family, route = "llama.cpp", ENV, "llama.cpp", "llama.cpp"
+    precisions = ("q4_0", "q4_k_m", "q8_0", "f16", "f32")
+    imports = ("llama_cpp",)
+    optional_env = True  # not built on every machine: a variant here is an error record, not a refusal
+    kv_bytes = 2  # llama.cpp keeps an F16 KV cache by default
+    peer = True
+
+    def load(self, spec: dict):
+        return LlamaCppBackend.load(spec["model_path"], spec["precision"], spec.get("threads"))
+
+    def prepare(self, model_dir: Path, variant: dict, root: Path, cfg: dict, log=print) -> dict:
+        """F32 GGUF once per model (llama.cpp's converter, main env), then the precision
+        (llama.cpp's quantizer, llamacpp env); both reused."""
+        from medwb import envs
+        from medwb.backends.toolchain import gguf_export as ge
+        why = unavailable()
+        if why:
+            return {"error": why}
+        f32, out = root / "gguf-f32", root / f"gguf-{variant['precision']}"
+        timeout = cfg.get("timeout_s", 1800)
+        if not ge.is_complete(f32):
+            log(f"converting to GGUF (F32) in {f32} ...")
+        conv = envs.query_json("main", ["-m", ge.__name__, "convert", str(model_dir), str(f32)],
+                               timeout=timeout, raise_error=False)
+        if "error" in conv:
+            return {"error": conv["error"]}
+        quant = envs.query_json(ENV, ["-m", ge.__name__, "quantize", str(f32), str(out), variant["precision"]],
+                                timeout=timeout, raise_error=False)
+        if "error" in quant:
+            return {"error": quant["error"]}
+        return {"path": out / ge.MODEL_FILE, "bytes": quant["bytes"],
+                "export_s": round(conv["seconds"] + quant["seconds"], 1),
+                "weights_read_bytes": quant["weights_read_bytes"], "tensor_types": quant["types"]}

@@ -1,0 +1,174 @@
+"""GGUF files for llama.cpp: convert a local checkpoint (main env), quantize it (llamacpp env).
+
+The tools are llama.cpp's own, from the locked source archive (see llamacpp_setup):
+``convert_hf_to_gguf.py`` writes an F32 GGUF once per model, run in the main environment
+(it needs torch and transformers); llama.cpp's quantizer (``llama_model_quantize``, what
+``llama-quantize`` calls) makes each precision from it, in the llamacpp environment. This is
+the route llama.cpp documents for a Hugging Face checkpoint.
+
+One thing is adapted, not copied: the converter identifies a byte-level BPE tokenizer by
+hashing how it splits a test string and stops on a hash it does not know (every new
+tokenizer, the demo model's included). When the checkpoint's ``tokenizer.json`` says its
+pre-tokenizer is plain GPT-2 byte-level splitting (``ByteLevel`` with the GPT-2 regex), that
+is llama.cpp's ``gpt-2`` pre-tokenizer, so an unknown hash is mapped to it; anything else
+still stops with the converter's own message.
+
+Each artifact is a folder ``model.gguf`` + ``medwb_gguf.json`` (written last: a folder
+without it is incomplete and rebuilt), made in a temporary folder and renamed.
+
+    python -m medwb.backends.toolchain.gguf_export convert MODEL_DIR OUT_DIR
+    python -m medwb.backends.toolchain.gguf_export quantize F32_DIR OUT_DIR PRECISION
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from medwb.errors import MedwbError
+from medwb.paths import VENVS_DIR, atomic_dir, write_json_atomic
+
+MODEL_FILE = "model.gguf"
+MANIFEST = "medwb_gguf.json"
+# medwb precision -> llama.cpp file type (LLAMA_FTYPE_*): what `llama-quantize` calls them.
+FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}
+# Conversion holds the FP32 torch weights and the GGUF being written.
+CONVERT_RAM_FACTOR = 2.0
+
+
+def source_dir() -> Path:
+    """Where llamacpp_setup unpacked the converter ($MEDWB_LLAMACPP_SRC overrides)."""
+    return Path(os.environ.get("MEDWB_LLAMACPP_SRC") or VENVS_DIR / "llamacpp" / "src" / "llama.cpp")
+
+
+def _use_vendored(src: Path) -> None:
+    if not (src / "convert_hf_to_gguf.py").exists():
+        raise MedwbError(f"llama.cpp's converter is not at {src}: run `make setup` (it unpacks it from "
+                         "the locked llama-cpp-python source)")
+    for p in (str(src / "gguf-py"), str(src)):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+def is_complete(out_dir: Path) -> bool:
+    m = Path(out_dir) / MANIFEST
+    if not m.exists() or not (Path(out_dir) / MODEL_FILE).exists():
+        return False
+    return json.loads(m.read_text(encoding="utf-8")).get("bytes") == (Path(out_dir) / MODEL_FILE).stat().st_size
+
+
+def _gpt2_byte_level(model_dir: Path) -> bool:
+    tok = Path(model_dir) / "tokenizer.json"
+    if not tok.exists():
+        return False
+    pre = json.loads(tok.read_text(encoding="utf-8")).get("pre_tokenizer") or {}
+    return pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+
+
+def tensor_table(gguf_file: Path) -> dict:
+    """Bytes per tensor type, and what generating one token reads: every tensor except the
+    token embedding table, of which one row is read (the floor of medwb.bench)."""
+    import gguf
+    reader = gguf.GGUFReader(str(gguf_file))
+    by_type: dict[str, int] = {}
+    total = embd = embd_rows = 0
+    for t in reader.tensors:
+        name = t.tensor_type.name
+        by_type[name] = by_type.get(name, 0) + int(t.n_bytes)
+        total += int(t.n_bytes)
+        if t.name == "token_embd.weight":
+            embd, embd_rows = int(t.n_bytes), int(t.shape[-1])
+    types = {t.name: t.tensor_type.name for t in reader.tensors if t.name in ("token_embd.weight", "output.weight")}
+    read = total - embd + (embd // embd_rows if embd_rows else 0)
+    return {"tensor_bytes": total, "bytes_by_type": by_type, "types": types, "weights_read_bytes": read}
+
+
+def convert(model_dir: Path, out_dir: Path) -> dict:
+    """The F32 GGUF of a checkpoint, with llama.cpp's converter (main env)."""
+    import psutil
+
+    from medwb.paths import checkpoint_bytes, check_model_dir
+    model_dir = check_model_dir(model_dir, "model_path")
+    out_dir = Path(out_dir)
+    if is_complete(out_dir):
+        return json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    need, have = int(checkpoint_bytes(model_dir) * CONVERT_RAM_FACTOR), psutil.virtual_memory().available
+    if need > have:
+        raise MedwbError(f"converting '{model_dir}' to GGUF needs about {need / 2**30:.1f} GiB of RAM "
+                         f"({CONVERT_RAM_FACTOR:g}x the checkpoint) but {have / 2**30:.1f} GiB is available")
+    src = source_dir()
+    _use_vendored(src)
+    import convert_hf_to_gguf as converter
+    from conversion import base
+
+    if not (model_dir / "tokenizer.model").exists():
+        # The Llama path tries SentencePiece first and imports it before looking for the
+        # file; without a tokenizer.model that attempt must fail as "file not found" (the
+        # fallback it expects), not as a missing module the main env does not need.
+        def no_sentencepiece(self, *a, **k):
+            raise FileNotFoundError(f"File not found: {self.dir_model / 'tokenizer.model'}")
+        base.TextModel._create_vocab_sentencepiece = no_sentencepiece
+    if _gpt2_byte_level(model_dir):
+        original = base.TextModel.get_vocab_base_pre
+
+        def get_vocab_base_pre(self, tokenizer) -> str:
+            try:
+                return original(self, tokenizer)
+            except NotImplementedError:
+                return "gpt-2"  # GPT-2 byte-level splitting: see the module docstring
+        base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+    started = time.perf_counter()
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        argv = sys.argv
+        sys.argv = ["convert_hf_to_gguf.py", str(model_dir), "--outfile", str(tmp / MODEL_FILE), "--outtype", "f32"]
+        try:
+            converter.main()
+        finally:
+            sys.argv = argv
+        manifest = {"precision": "f32", "source": str(model_dir), "bytes": (tmp / MODEL_FILE).stat().st_size,
+                    "seconds": round(time.perf_counter() - started, 1), "tool": "convert_hf_to_gguf.py",
+                    "tool_dir": str(src), **tensor_table(tmp / MODEL_FILE)}
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def quantize(f32_dir: Path, out_dir: Path, precision: str, threads: int = 0) -> dict:
+    """``precision`` from the F32 GGUF with llama.cpp's quantizer (llamacpp env)."""
+    import llama_cpp
+
+    if precision not in FTYPES:
+        raise MedwbError(f"precision {precision!r}: llama.cpp variants take {', '.join(FTYPES)}")
+    out_dir = Path(out_dir)
+    if is_complete(out_dir):
+        return json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    _use_vendored(source_dir())
+    if not is_complete(Path(f32_dir)):
+        raise MedwbError(f"'{f32_dir}' holds no complete F32 GGUF (gguf_export convert makes it)")
+    started = time.perf_counter()
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = FTYPES[precision]
+        params.nthread = threads or os.cpu_count() or 1
+        rc = llama_cpp.llama_model_quantize(str(Path(f32_dir) / MODEL_FILE).encode(),
+                                            str(tmp / MODEL_FILE).encode(), params)
+        if rc != 0:
+            raise MedwbError(f"llama.cpp could not quantize {f32_dir} to {precision} (llama_model_quantize "
+                             f"returned {rc})")
+        manifest = {"precision": precision, "source": str(f32_dir), "bytes": (tmp / MODEL_FILE).stat().st_size,
+                    "seconds": round(time.perf_counter() - started, 1), "tool": "llama_model_quantize",
+                    "llama_cpp_python": llama_cpp.__version__, **tensor_table(tmp / MODEL_FILE)}
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return manifest
+
+
+if __name__ == "__main__":
+    from medwb.child import write_result
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "convert":
+        write_result(convert(Path(args[0]), Path(args[1])))
+    elif command == "quantize":
+        write_result(quantize(Path(args[0]), Path(args[1]), args[2]))
+    else:
+        raise SystemExit(f"unknown command {command!r}: use convert or quantize")

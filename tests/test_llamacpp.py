@@ -1,0 +1,84 @@
+"""llama.cpp as the peer variant: a faithful GGUF, a floor from the file's own tensor table,
+an error record (never a crash) where it could not be built, and the same-bits comparison."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from medwb.backends import llamacpp
+from medwb.backends.toolchain import llamacpp_setup
+from medwb.bench import report
+from medwb.bench.records import read_records
+
+
+def _bench(tmp_path, variants, env=None, pairs=(16, 8), quality_cases=1):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "medwb", "bench", "--no-progress", "--variants", variants,
+                           "--token-pairs", f"{pairs[0]}-{pairs[1]}", "--trials", "1",
+                           "--quality-cases", str(quality_cases), "--run-dir", str(run)],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {r["variant"]: r for r in read_records(run / "records" / "bench.jsonl") if r["record_type"] == "variant"}
+
+
+def test_llamacpp_on_the_demo_model_matches_fp32_and_its_floor_counts_each_tensor(tmp_path):
+    recs = _bench(tmp_path, "pytorch:fp32,llama.cpp:f32,llama.cpp:q4_0")
+    why = llamacpp.unavailable()
+    if why:  # a machine that could not build it: the records say why, and so does the skip
+        assert recs["llama.cpp:q4_0"]["error"] == why and not recs["pytorch:fp32"].get("error")
+        pytest.skip(f"llama.cpp is not built on this machine: {why}")
+    f32, q4 = recs["llama.cpp:f32"], recs["llama.cpp:q4_0"]
+    for r in (f32, q4):
+        assert not r.get("error"), r.get("error")
+        assert r["tpot_ms"] > 0 and r["ttft_ms"] > 0 and r["peak_rss_mb"] > 0 and len(r["output_md5"]) == 32
+        assert r["peer"] is True and r["route"] == "llama.cpp" and r["kernels"].startswith("llama.cpp (")
+        assert r["floor_basis"] == "the artifact's tensor table"
+        assert 0 < r["weights_read_bytes"] < r["size_bytes"]  # the embedding table is not read per token
+    # The converted F32 file decodes exactly as PyTorch FP32 does (same greedy tokens).
+    assert f32["agreement_vs_fp32"]["exact_match_rate"] == 1.0
+    assert f32["weight_bits"] == 32 and q4["weight_bits"] == 4
+    assert q4["size_bytes"] < f32["size_bytes"] / 3
+
+
+def test_a_machine_without_llamacpp_gets_an_error_record_and_the_run_goes_on(tmp_path):
+    fake = tmp_path / "llamacpp"
+    (fake / "bin").mkdir(parents=True)
+    note = "llama.cpp could not be built on this machine (no C compiler); see build.log"
+    (fake / llamacpp_setup.UNAVAILABLE).write_text(note + "\n", encoding="utf-8")
+    recs = _bench(tmp_path, "pytorch:fp32,llama.cpp:q4_0", env={"MEDWB_LLAMACPP_PYTHON": str(fake / "bin" / "python")},
+                  pairs=(8, 4), quality_cases=0)
+    assert recs["llama.cpp:q4_0"]["error"] == note
+    assert not recs["pytorch:fp32"].get("error") and recs["pytorch:fp32"]["tpot_ms"] > 0
+
+
+def test_a_failed_build_is_written_down_and_setup_goes_on(tmp_path, capsys):
+    env = tmp_path / "env"
+    assert llamacpp_setup.main([str(env), str(tmp_path / "missing.lock")]) == 0
+    note = (env / llamacpp_setup.UNAVAILABLE).read_text(encoding="utf-8")
+    assert note.startswith("llama.cpp could not be built on this machine (") and "missing.lock" in note
+    assert "WARNING" in capsys.readouterr().err
+
+
+def _rec(variant, bits, tpot, floor, peer=False, tokens=(32, 64)):
+    return {"record_type": "variant", "variant": variant, "weight_bits": bits, "tpot_ms": tpot,
+            "decode_floor_ms": floor, "peer": peer, "input_tokens": tokens[0], "output_tokens": tokens[1]}
+
+
+def test_the_peer_comparison_takes_the_fastest_of_each_side_at_the_same_bits():
+    records = [_rec("openvino-genai:int4/bf16", 4, 30.0, 20.0), _rec("bigdl:sym_int4", 4, 50.0, 20.0),
+               _rec("llama.cpp:q4_0", 4, 45.0, 22.5, peer=True), _rec("llama.cpp:q4_k_m", 4, 48.0, 24.0, peer=True),
+               _rec("openvino-genai:int8/bf16", 8, 40.0, 36.0), _rec("llama.cpp:q8_0", 8, 32.0, 36.0, peer=True),
+               _rec("pytorch:fp32", 32, 200.0, 150.0),  # no peer at 32 bits: no row
+               {**_rec("bigdl:sym_int8", 8, 1.0, 1.0), "error": "crashed"}]  # errors never win
+    peers = report.peer_comparison(records)
+    rows = {r["bits"]: r for r in peers.to_dict("records")}
+    assert set(rows) == {4, 8}
+    assert rows[4]["route_variant"] == "openvino-genai:int4/bf16" and rows[4]["peer_variant"] == "llama.cpp:q4_0"
+    assert rows[4]["peer_over_route"] == 1.5 and rows[4]["route_x_floor"] == 1.5 and rows[4]["peer_x_floor"] == 2.0
+    assert rows[8]["peer_over_route"] == 0.8
+    text = report.peer_text(peers)
+    assert "the route 1.50x faster" in text and "llama.cpp 1.25x faster" in text
+    assert "no comparison" in report.peer_text(report.peer_comparison(records[:2]))
+    json.dumps(peers.to_dict("records"))  # the report can store it
