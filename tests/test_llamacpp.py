@@ -82,3 +82,14 @@ def test_the_peer_comparison_takes_the_fastest_of_each_side_at_the_same_bits():
     assert "the route 1.50x faster" in text and "llama.cpp 1.25x faster" in text
     assert "no comparison" in report.peer_text(report.peer_comparison(records[:2]))
     json.dumps(peers.to_dict("records"))  # the report can store it
+
+
+def test_a_recommended_peer_is_named_as_such():
+    import pandas as pd
+    ranked = pd.DataFrame([{"variant": "llama.cpp:q4_0", "qualifies": True, "accurate": True, "tpot_ms": 1.0,
+                            "tpot_side_by_side": 2.0, "side_by_side_basis": "measured", "peak_rss_MB": 80.0,
+                            "fit_in_budget": 200, "task_score": None}])
+    text = report.recommendation_text(ranked, 100, 16, side_by_side=3)
+    assert "deploy llama.cpp:q4_0 (the peer users would pick instead, not one of the two routes)" in text
+    ranked.loc[0, "variant"] = "openvino-genai:int4/bf16"
+    assert "not one of the two routes" not in report.recommendation_text(ranked, 100, 16, side_by_side=3)

@@ -124,6 +124,11 @@ def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: floa
     return df[cols].reset_index(drop=True)
 
 
+def _is_peer(variant_label: str) -> bool:
+    from medwb.backends import registry, variants
+    return registry.get(variants.parse_variants(variant_label)[0]["backend"]).peer
+
+
 def side_by_decode(row, n: int) -> str:
     if row["side_by_side_basis"] == "measured":
         return f"measured: {row['tpot_side_by_side']} ms/token for the slowest of {n} decoding at once"
@@ -142,8 +147,9 @@ def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, 
         best = good.iloc[0]
         q = f", task score {best['task_score']:.1f}" if best["task_score"] == best["task_score"] and \
             best["task_score"] is not None else ""
+        peer = " (the peer users would pick instead, not one of the two routes)" if _is_peer(best["variant"]) else ""
         lines.append(f"For a next-token target of {latency_target_ms:g} ms and {ram_budget_gb:g} GB of RAM with "
-                     f"{side_by_side} models side by side, deploy {best['variant']}: {best['tpot_ms']:.2f} ms/token "
+                     f"{side_by_side} models side by side, deploy {best['variant']}{peer}: {best['tpot_ms']:.2f} ms/token "
                      f"alone ({side_by_decode(best, side_by_side)}), {best['peak_rss_MB']:.0f} MB each, "
                      f"{int(best['fit_in_budget'])} fit{q}.")
     elif len(ranked[ranked["qualifies"]]):
