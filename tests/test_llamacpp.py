@@ -93,3 +93,32 @@ def test_a_recommended_peer_is_named_as_such():
     assert "deploy llama.cpp:q4_0 (the peer users would pick instead, not one of the two routes)" in text
     ranked.loc[0, "variant"] = "openvino-genai:int4/bf16"
     assert "not one of the two routes" not in report.recommendation_text(ranked, 100, 16, side_by_side=3)
+
+
+def test_llamacpp_serves_as_one_of_the_apps_models(tmp_path):
+    import threading
+
+    from medwb.apps import workers
+    from medwb.tasks import corpus, prompts
+    if llamacpp.unavailable():
+        pytest.skip(f"llama.cpp is not built on this machine: {llamacpp.unavailable()}")
+    spec = workers.parse_model("llama.cpp:q4_0", 0)
+    spec["model_path"] = str(workers.resolve_artifact(spec))  # a folder: model.gguf and the context's config
+    worker = workers.ModelWorker(spec, threads=1, log_dir=tmp_path)
+    worker.start()
+    try:
+        assert worker.wait_ready(300), worker.error
+        done, events = threading.Event(), []
+
+        def on_event(kind, msg):
+            events.append(kind)
+            if kind == "done":
+                events.append(msg)
+                done.set()
+        worker.submit(1, corpus.heldout_cases("standard")[0].fields(), prompts.DIAGNOSIS_PROMPT, 200, on_event)
+        assert done.wait(300)
+        result = events[-1]
+        assert result["status"] == "ok" and result["new_tokens"] > 0 and result["ttft_ms"] > 0, result
+        assert result["text"].startswith(prompts.PRIMARY_HEADING) and "text" in events  # streamed, then done
+    finally:
+        worker.stop()

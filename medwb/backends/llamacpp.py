@@ -161,6 +161,6 @@ class LlamaCpp(Backend):
                                 timeout=timeout, raise_error=False)
         if "error" in quant:
             return {"error": quant["error"]}
-        return {"path": out / ge.MODEL_FILE, "bytes": quant["bytes"],
+        return {"path": out, "bytes": quant["bytes"],
                 "export_s": round(conv["seconds"] + quant["seconds"], 1),
                 "weights_read_bytes": quant["weights_read_bytes"], "tensor_types": quant["types"]}

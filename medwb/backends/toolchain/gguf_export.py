@@ -13,8 +13,9 @@ pre-tokenizer is plain GPT-2 byte-level splitting (``ByteLevel`` with the GPT-2 
 is llama.cpp's ``gpt-2`` pre-tokenizer, so an unknown hash is mapped to it; anything else
 still stops with the converter's own message.
 
-Each artifact is a folder ``model.gguf`` + ``medwb_gguf.json`` (written last: a folder
-without it is incomplete and rebuilt), made in a temporary folder and renamed.
+Each artifact is a folder ``model.gguf``, the checkpoint's ``config.json`` (the context an app
+worker fits a record to) and ``medwb_gguf.json`` (written last: a folder without it is
+incomplete and rebuilt), made in a temporary folder and renamed.
 
     python -m medwb.backends.toolchain.gguf_export convert MODEL_DIR OUT_DIR
     python -m medwb.backends.toolchain.gguf_export quantize F32_DIR OUT_DIR PRECISION
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -54,7 +56,7 @@ def _use_vendored(src: Path) -> None:
 
 def is_complete(out_dir: Path) -> bool:
     m = Path(out_dir) / MANIFEST
-    if not m.exists() or not (Path(out_dir) / MODEL_FILE).exists():
+    if not m.exists() or not (Path(out_dir) / MODEL_FILE).exists() or not (Path(out_dir) / "config.json").exists():
         return False
     return json.loads(m.read_text(encoding="utf-8")).get("bytes") == (Path(out_dir) / MODEL_FILE).stat().st_size
 
@@ -127,6 +129,7 @@ def convert(model_dir: Path, out_dir: Path) -> dict:
             converter.main()
         finally:
             sys.argv = argv
+        shutil.copyfile(model_dir / "config.json", tmp / "config.json")  # the context an app worker fits to
         manifest = {"precision": "f32", "source": str(model_dir), "bytes": (tmp / MODEL_FILE).stat().st_size,
                     "seconds": round(time.perf_counter() - started, 1), "tool": "convert_hf_to_gguf.py",
                     "tool_dir": str(src), **tensor_table(tmp / MODEL_FILE)}
@@ -156,6 +159,7 @@ def quantize(f32_dir: Path, out_dir: Path, precision: str, threads: int = 0) -> 
         if rc != 0:
             raise MedwbError(f"llama.cpp could not quantize {f32_dir} to {precision} (llama_model_quantize "
                              f"returned {rc})")
+        shutil.copyfile(Path(f32_dir) / "config.json", tmp / "config.json")
         manifest = {"precision": precision, "source": str(f32_dir), "bytes": (tmp / MODEL_FILE).stat().st_size,
                     "seconds": round(time.perf_counter() - started, 1), "tool": "llama_model_quantize",
                     "llama_cpp_python": llama_cpp.__version__, **tensor_table(tmp / MODEL_FILE)}
