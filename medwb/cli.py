@@ -1,4 +1,4 @@
-"""`medwb` command line: demo-model, run, bench, data, sysinfo.
+"""`medwb` command line: demo-model, run, bench, overhead, data, sysinfo.
 
 User errors (MedwbError) print one line, `medwb: error: ...`, and exit with status 2.
 """
@@ -64,6 +64,27 @@ def cmd_run(args) -> int:
         print(f"failed notebooks: {', '.join(failed)}; see {run / 'summary.json'}", file=sys.stderr)
         return 1
     print(f"all {len(records)} notebooks ran")
+    return 0
+
+
+def cmd_overhead(args) -> int:
+    from medwb import runner
+    from medwb.bench import overhead
+    from medwb.bench.records import write_records
+    if args.cases < 1 or args.max_new_tokens < 1:
+        raise MedwbError("--cases and --max-new-tokens must be positive integers")
+    models = [m.strip() for m in args.variants.split(",") if m.strip()]
+    records = overhead.measure(models, args.cases, args.max_new_tokens, args.threads)
+    run = Path(args.run_dir) if args.run_dir else runner.new_run_dir()
+    path = write_records(records, run, "overhead")
+    for r in records:
+        if r.get("error"):
+            print(f"{r['model']}: error: {r['error']}")
+        else:
+            print(f"{r['model']}: {r['new_tokens']} tokens over {r['records']} records; direct "
+                  f"{r['direct_ms_per_token']:.3f} ms/token, through the app's worker {r['worker_ms_per_token']:.3f} "
+                  f"({r['overhead_pct']:+.1f}%); same text {sum(r['same_text'])}/{len(r['same_text'])}")
+    print(f"records: {path}")
     return 0
 
 
@@ -204,6 +225,17 @@ def parser() -> argparse.ArgumentParser:
                    help="override a parameter in every notebook that declares it (VALUE read as YAML: "
                         "1, False, [[32, 8]], text)")
     r.set_defaults(func=cmd_run)
+
+    o = sub.add_parser("overhead", help="what the apps' worker path adds to calling a backend directly",
+                       description="Same records and tokens through medwb's app worker and through the backend "
+                                   "directly; records go to <run>/records/overhead.jsonl.")
+    o.add_argument("--variants", default="pytorch:fp32,openvino-genai:int8/f32,llama.cpp:q4_0",
+                   help="comma-separated models as the apps take them (backend:[weights/]precision[@path])")
+    o.add_argument("--cases", type=int, default=8, help="held-out diagnosis records")
+    o.add_argument("--max-new-tokens", type=int, default=200)
+    o.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    o.add_argument("--run-dir", help="folder for records (default: a new runs/<timestamp>)")
+    o.set_defaults(func=cmd_overhead)
 
     b = sub.add_parser("bench", help="benchmark a matrix of variants, each in a fresh process",
                        description="Benchmark variants (backend:precision) of one model; records go to "

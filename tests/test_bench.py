@@ -119,3 +119,19 @@ def test_side_by_side_copies_are_measured_and_the_recommendation_uses_them(tmp_p
     bad = _bench_cli("--concurrent", "0", "--run-dir", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "concurrent must be a positive integer, got 0" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_overhead_measures_the_worker_path_against_direct_calls(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "medwb", "overhead", "--variants", "pytorch:fp32", "--cases", "2",
+                           "--max-new-tokens", "16", "--run-dir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [rec] = read_records(tmp_path / "records" / "overhead.jsonl")
+    assert rec["model"] == "pytorch:fp32" and rec["records"] == 2 and rec["new_tokens"] > 0
+    assert rec["same_text"] == [True, True]  # the same greedy answers on both paths
+    assert rec["direct_ms"] > 0 and rec["worker_ms"] > 0 and isinstance(rec["overhead_pct"], float)
+    assert "machine_load" in rec and rec["cpu"]
+    bad = subprocess.run([sys.executable, "-m", "medwb", "overhead", "--cases", "0", "--run-dir",
+                          str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--cases and --max-new-tokens must be positive" in bad.stderr
+    assert not (tmp_path / "bad").exists()
