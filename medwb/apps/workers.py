@@ -70,6 +70,18 @@ def split_threads(n_workers: int, threads: int = 0) -> int:
     return threads if threads > 0 else max(1, (os.cpu_count() or 1) // max(1, n_workers))
 
 
+def thread_env(threads: int) -> dict:
+    """The environment of a model process: OpenMP/MKL pools sized to its share of the cores."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def load_spec(spec: dict, path: Path, threads: int) -> dict:
+    """What a model process loads (``_load``): the backend at its precision from ``path``."""
+    from medwb.backends import registry
+    return {"backend": spec["backend"], "precision": spec["precision"], "model_path": str(path),
+            "threads": threads, "kernel_build": "match" if registry.get(spec["backend"]).kernel_builds else ""}
+
+
 def fingerprint(folder: Path) -> str:
     """The model's identity for the feedback store: config plus the names and sizes of its
     files (cheap, and changes when the weights are rebuilt or replaced)."""
@@ -159,15 +171,12 @@ class ModelWorker:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / (self.label.replace("/", "_").replace(":", "_").replace("@", "_") + ".log")
             self.info["log"] = str(log_path)
-            # One thread per worker's share; OpenMP/MKL pools sized to it as well.
-            n = str(self.threads)
-            env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "PYTHONUNBUFFERED": "1"}
+            env = {**thread_env(self.threads), "PYTHONUNBUFFERED": "1"}
             with open(log_path, "ab") as log:  # the child keeps its own handle
                 proc = subprocess.Popen([str(python), "-m", "medwb.apps.workers"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=log, env=env,
                                         text=True, encoding="utf-8", bufsize=1)
-            spec = {"backend": self.spec["backend"], "precision": self.spec["precision"], "model_path": str(path),
-                    "threads": self.threads, "kernel_build": "match" if entry.kernel_builds else ""}
+            spec = load_spec(self.spec, path, self.threads)
             with self._lock:
                 self._proc = proc
                 proc.stdin.write(json.dumps(spec) + "\n")

@@ -151,14 +151,16 @@ class LlamaCpp(Backend):
             return {"error": why}
         f32, out = root / "gguf-f32", root / f"gguf-{variant['precision']}"
         timeout = cfg.get("timeout_s", 1800)
-        if not ge.is_complete(f32):
+        conv = ge.built(f32)  # made before: read here, no child process
+        if conv is None:
             log(f"converting to GGUF (F32) in {f32} ...")
-        conv = envs.query_json("main", ["-m", ge.__name__, "convert", str(model_dir), str(f32)],
-                               timeout=timeout, raise_error=False)
-        if "error" in conv:
-            return {"error": conv["error"]}
-        quant = envs.query_json(ENV, ["-m", ge.__name__, "quantize", str(f32), str(out), variant["precision"]],
-                                timeout=timeout, raise_error=False)
+            conv = envs.query_json("main", ["-m", ge.__name__, "convert", str(model_dir), str(f32)],
+                                   timeout=timeout, raise_error=False)
+            if "error" in conv:
+                return {"error": conv["error"]}
+        quant = ge.built(out) or envs.query_json(
+            ENV, ["-m", ge.__name__, "quantize", str(f32), str(out), variant["precision"]],
+            timeout=timeout, raise_error=False)
         if "error" in quant:
             return {"error": quant["error"]}
         return {"path": out, "bytes": quant["bytes"],

@@ -98,15 +98,12 @@ def measure(models: list[str], n_records: int = 8, max_new_tokens: int = 200, th
         load = sysinfo.check_load(log=log)
         with tempfile.TemporaryDirectory(prefix="medwb-overhead-") as tmp:
             try:
-                path = workers.resolve_artifact(spec)
-                job = {"backend": spec["backend"], "precision": spec["precision"], "model_path": str(path),
-                       "threads": threads, "kernel_build": "match" if entry.kernel_builds else "",
+                job = {**workers.load_spec(spec, workers.resolve_artifact(spec), threads),
                        "records": records, "template": template, "max_new_tokens": max_new_tokens}
                 spec_file = Path(tmp) / "spec.json"
                 spec_file.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
-                n = str(threads)
                 d = child.run([str(envs.require(entry.env)), "-m", __name__, str(spec_file)], timeout=1800,
-                              env={**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}, what=f"{model} direct")
+                              env=workers.thread_env(threads), what=f"{model} direct")
                 w = via_worker(model, records, template, max_new_tokens, threads, Path(tmp))
             except MedwbError as e:
                 out.append({"record_type": "overhead", "model": model, "error": str(e), "machine_load": load})

@@ -176,22 +176,22 @@ def peer_comparison(records: list[dict]):
     fastest peer variant (llama.cpp) at the same bits, measured in this run, and how many
     times the floor each is. ``peer_over_route`` > 1: the route is faster."""
     import pandas as pd
-    rows = [r for r in records if r.get("record_type") == "variant" and not r.get("error")
-            and r.get("tpot_ms") and r.get("weight_bits")]
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("record_type") == "variant" and not r.get("error") and r.get("tpot_ms") and r.get("weight_bits"):
+            groups.setdefault((r["input_tokens"], r["output_tokens"], r["weight_bits"]), []).append(r)
+
+    def x_floor(r):
+        return round(r["tpot_ms"] / r["decode_floor_ms"], 2) if r.get("decode_floor_ms") else None
     out = []
-    for (tokens, bits) in sorted({(f"{r['input_tokens']}-{r['output_tokens']}", r["weight_bits"]) for r in rows},
-                                 key=lambda k: (int(k[0].split("-")[0]), k[1])):
-        same = [r for r in rows if f"{r['input_tokens']}-{r['output_tokens']}" == tokens and r["weight_bits"] == bits]
+    for (n_in, n_out, bits), same in sorted(groups.items()):
         route = min((r for r in same if not r.get("peer")), key=lambda r: r["tpot_ms"], default=None)
         peer = min((r for r in same if r.get("peer")), key=lambda r: r["tpot_ms"], default=None)
-        if not (route and peer):
-            continue
-
-        def x_floor(r):
-            return round(r["tpot_ms"] / r["decode_floor_ms"], 2) if r.get("decode_floor_ms") else None
-        out.append({"tokens": tokens, "bits": bits, "route_variant": route["variant"], "route_tpot_ms": route["tpot_ms"],
-                    "route_x_floor": x_floor(route), "peer_variant": peer["variant"], "peer_tpot_ms": peer["tpot_ms"],
-                    "peer_x_floor": x_floor(peer), "peer_over_route": round(peer["tpot_ms"] / route["tpot_ms"], 2)})
+        if route and peer:
+            out.append({"tokens": f"{n_in}-{n_out}", "bits": bits, "route_variant": route["variant"],
+                        "route_tpot_ms": route["tpot_ms"], "route_x_floor": x_floor(route),
+                        "peer_variant": peer["variant"], "peer_tpot_ms": peer["tpot_ms"], "peer_x_floor": x_floor(peer),
+                        "peer_over_route": round(peer["tpot_ms"] / route["tpot_ms"], 2)})
     return pd.DataFrame(out)
 
 

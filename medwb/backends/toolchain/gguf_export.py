@@ -54,11 +54,15 @@ def _use_vendored(src: Path) -> None:
             sys.path.insert(0, p)
 
 
-def is_complete(out_dir: Path) -> bool:
-    m = Path(out_dir) / MANIFEST
-    if not m.exists() or not (Path(out_dir) / MODEL_FILE).exists() or not (Path(out_dir) / "config.json").exists():
-        return False
-    return json.loads(m.read_text(encoding="utf-8")).get("bytes") == (Path(out_dir) / MODEL_FILE).stat().st_size
+def built(out_dir: Path) -> dict | None:
+    """The manifest of a complete artifact folder (its file, config and manifest, the file
+    of the recorded size); None when it is absent or partial."""
+    out_dir = Path(out_dir)
+    m = out_dir / MANIFEST
+    if not m.exists() or not (out_dir / MODEL_FILE).exists() or not (out_dir / "config.json").exists():
+        return None
+    manifest = json.loads(m.read_text(encoding="utf-8"))
+    return manifest if manifest.get("bytes") == (out_dir / MODEL_FILE).stat().st_size else None
 
 
 def _gpt2_byte_level(model_dir: Path) -> bool:
@@ -94,8 +98,8 @@ def convert(model_dir: Path, out_dir: Path) -> dict:
     from medwb.paths import checkpoint_bytes, check_model_dir
     model_dir = check_model_dir(model_dir, "model_path")
     out_dir = Path(out_dir)
-    if is_complete(out_dir):
-        return json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    if (done := built(out_dir)) is not None:
+        return done
     need, have = int(checkpoint_bytes(model_dir) * CONVERT_RAM_FACTOR), psutil.virtual_memory().available
     if need > have:
         raise MedwbError(f"converting '{model_dir}' to GGUF needs about {need / 2**30:.1f} GiB of RAM "
@@ -144,10 +148,10 @@ def quantize(f32_dir: Path, out_dir: Path, precision: str, threads: int = 0) -> 
     if precision not in FTYPES:
         raise MedwbError(f"precision {precision!r}: llama.cpp variants take {', '.join(FTYPES)}")
     out_dir = Path(out_dir)
-    if is_complete(out_dir):
-        return json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    if (done := built(out_dir)) is not None:
+        return done
     _use_vendored(source_dir())
-    if not is_complete(Path(f32_dir)):
+    if built(f32_dir) is None:
         raise MedwbError(f"'{f32_dir}' holds no complete F32 GGUF (gguf_export convert makes it)")
     started = time.perf_counter()
     with atomic_dir(out_dir, overwrite=True) as tmp:

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from medwb.bundle import parse_lock
+
 UNAVAILABLE = "UNAVAILABLE"
 BUILD_INFO = "medwb_build.json"
 SOURCE_DIR = "src/llama.cpp"
@@ -41,20 +43,6 @@ BUILD_TOOLS = ("scikit-build-core", "packaging", "pathspec", "setuptools", "whee
 # pip's own wrap-up lines, which hide the build's real error.
 _GENERIC = re.compile(r"subprocess-exited-with-error|metadata-generation-failed|originates from a subprocess")
 PIP = ("-m", "pip", "--disable-pip-version-check", "-q")
-
-
-def lock_lines(lock: Path) -> dict[str, str]:
-    """name -> the whole requirement (with its hashes) of a ``--generate-hashes`` lock."""
-    out, current = {}, None
-    for raw in lock.read_text(encoding="utf-8").splitlines():
-        line = raw.split("#", 1)[0].rstrip()
-        m = re.match(r"^([A-Za-z0-9_.-]+)==", line)
-        if m:
-            current = m[1].lower().replace("_", "-")
-            out[current] = line.rstrip("\\").strip()
-        elif current and line.strip().startswith("--hash"):
-            out[current] += " " + line.strip().rstrip("\\").strip()
-    return out
 
 
 def _pip(python: Path, args: list[str], log: Path, env: dict | None = None) -> None:
@@ -88,7 +76,8 @@ def build(env_dir: Path, lock: Path, wheelhouse: Path | None = None) -> dict:
     python = env_dir / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
-    reqs = lock_lines(lock)
+    locked = parse_lock(lock)
+    version = locked["llama-cpp-python"]["version"]
     files = env_dir / "src" / "files"
     files.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -100,7 +89,9 @@ def build(env_dir: Path, lock: Path, wheelhouse: Path | None = None) -> dict:
         source = ["--no-index", "--find-links", str(files)]
     with tempfile.TemporaryDirectory() as tmp:
         tools = Path(tmp) / "build-tools.txt"
-        tools.write_text("\n".join(reqs[n] for n in BUILD_TOOLS if n in reqs) + "\n", encoding="utf-8")
+        tools.write_text("".join(f"{locked[n]['name']}=={locked[n]['version']} "
+                                 + " ".join(f"--hash=sha256:{h}" for h in sorted(locked[n]["hashes"])) + "\n"
+                                 for n in BUILD_TOOLS if n in locked), encoding="utf-8")
         _pip(python, ["install", *source, "--require-hashes", "--no-deps", "-r", str(tools)], log, env)
     env["CMAKE_ARGS"] = CMAKE_ARGS
     env["CMAKE_BUILD_PARALLEL_LEVEL"] = str(os.cpu_count() or 1)
@@ -108,9 +99,9 @@ def build(env_dir: Path, lock: Path, wheelhouse: Path | None = None) -> dict:
          log, env)
     _pip(python, ["install", *source, "--no-deps", "--no-build-isolation", "-e", str(Path(__file__).parents[3])],
          log, env)
-    unpack_converter(env_dir, wheelhouse or files, reqs["llama-cpp-python"].split()[0].split("==")[1])
+    unpack_converter(env_dir, wheelhouse or files, version)
     info = {"cmake_args": CMAKE_ARGS, "seconds": round(time.time() - started, 1),
-            "llama_cpp_python": reqs["llama-cpp-python"].split()[0].split("==")[1],
+            "llama_cpp_python": version,
             "built_on": _cpu_model(), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (env_dir / BUILD_INFO).write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
