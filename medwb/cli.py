@@ -94,13 +94,17 @@ def cmd_bench(args) -> int:
     from medwb.bench import run as bench
     cfg = config.load_config(
         args.config, model=args.model, trials=args.trials, threads=args.threads,
-        quality_cases=args.quality_cases, timeout_s=args.timeout, concurrent=args.concurrent,
+        quality_cases=args.quality_cases, timeout_s=args.timeout, concurrent=args.concurrent, rounds=args.rounds,
         variants=parse_variants(args.variants) if args.variants else None,
         token_pairs=config.parse_token_pairs(args.token_pairs) if args.token_pairs else None)
     records = bench.run(cfg, args.run_dir, progress=not args.no_progress)
     import pandas as pd
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(bench.table(records).to_string(index=False))
+    from medwb.bench import tuning
+    effects = tuning.knob_effects(records)
+    if len(effects):  # a tuning run: each knob against its default, from this run
+        print("\nknobs against their defaults (this run):\n" + tuning.verdict_text(tuning.verdicts(effects)))
     run = Path(records[0]["run_dir"])
     print(f"records: {run / 'records' / 'bench.jsonl'}\n         {run / 'records' / 'bench.csv'}")
     failed = [r["variant"] for r in records if r.get("error")]
@@ -243,8 +247,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--config", help="YAML/JSON file with any of: " + ", ".join(DEFAULT_BENCH_CONFIG))
     b.add_argument("--model", help="demo (default), shape:<name> (random weights, speed only: "
                                    "tinyllama-1.1b, llama-26l-1.3b, llama2-7b) or a local checkpoint folder")
-    b.add_argument("--variants", help="comma-separated backend:[weights/]precision, e.g. "
-                                      "pytorch:fp32,bigdl:sym_int4,bigdl-cli:int4,openvino-genai:int4/bf16")
+    b.add_argument("--variants", help="comma-separated backend:[weights/]precision[knobs], e.g. "
+                                      "pytorch:fp32,bigdl:sym_int4,bigdl-cli:int4,openvino-genai:int4/bf16,"
+                                      "'openvino-genai:int4/bf16[int4_sym=true threads=1]' (knobs: "
+                                      "medwb.bench.tuning.knob_table(), notebook 03)")
     b.add_argument("--token-pairs", help="comma-separated INPUT-OUTPUT token counts, e.g. 32-64,512-128")
     b.add_argument("--trials", type=int, help="timed runs per token pair (median reported)")
     b.add_argument("--threads", type=int, help="CPU threads (0: all cores)")
@@ -253,6 +259,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrent", type=int, help="also time N copies of each variant decoding at once, in "
                                                    "separate processes, the cores shared out (e.g. 3: the "
                                                    "diagnosis app's three models)")
+    b.add_argument("--rounds", type=int, help="measure the whole matrix this many times, in turn (tuning "
+                                               "runs: medwb.bench.tuning compares every round's trials)")
     b.add_argument("--run-dir", help="folder for records (default: a new runs/<timestamp>)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)

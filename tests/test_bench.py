@@ -42,6 +42,88 @@ def test_bad_config_is_rejected_before_anything_runs(tmp_path):
         {"backend": "openvino-genai", "precision": "bf16", "weights": "int4"}]
 
 
+def test_knobs_are_checked_against_their_backend_before_anything_runs(tmp_path, demo_model_dir):
+    from medwb.backends.variants import label, variant_problems
+    parsed = parse_variants("openvino-genai:int4/bf16[int4_sym=true int4_group_size=-1],bigdl:sym_int4[threads=1]")
+    assert parsed == [{"backend": "openvino-genai", "weights": "int4", "precision": "bf16", "int4_sym": True,
+                       "int4_group_size": -1}, {"backend": "bigdl", "precision": "sym_int4", "threads": 1}]
+    assert [label(v) for v in parsed] == ["openvino-genai:int4/bf16[int4_group_size=-1 int4_sym=true]",
+                                          "bigdl:sym_int4[threads=1]"]
+    assert parse_variants(",".join(label(v) for v in parsed)) == parsed  # a label reads back as its variant
+
+    def problems(**v):
+        return "; ".join(variant_problems(v, "variants[0]", demo_model_dir))
+    assert problems(backend="openvino-genai", weights="int4", precision="bf16", int4_sym=True, threads=2) == ""
+    assert "int4_sym applies only to weights int4" in problems(backend="openvino-genai", weights="int8",
+                                                               precision="bf16", int4_sym=True)
+    # 128 does not divide the demo model's Linear inputs (64, 192): refused with the sizes that do
+    assert "int4_group_size 128 does not divide" in problems(backend="openvino-genai", weights="int4",
+                                                             precision="bf16", int4_group_size=128)
+    assert "int4_ratio 0.5: use one of 1.0, 0.9, 0.8" in problems(backend="openvino-genai", weights="int4",
+                                                                   precision="bf16", int4_ratio=0.5)
+    assert "bigdl_init does not apply to llama.cpp" in problems(backend="llama.cpp", precision="q4_0",
+                                                                 bigdl_init="iomp")
+    assert "unknown key pin" in problems(backend="bigdl", precision="sym_int4", pin=True)
+    assert "threads 0: must be a positive integer" in problems(backend="pytorch", precision="fp32", threads=0)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("variants:\n  - {backend: openvino-genai, weights: int4, precision: bf16, kv_cache_precision: i8}\n")
+    proc = _bench_cli("--config", str(cfg), "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "kv_cache_precision 'i8': use one of f32, bf16, f16, u8" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_tuning_run_measures_each_knob_against_its_default_in_the_same_run(tmp_path):
+    """Export knobs make an IR of their own (never the default's), load knobs reach the
+    compiled model, process knobs the probe's environment; rounds repeat the matrix and
+    the effects pool every trial of every round."""
+    from medwb.bench import tuning
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text("token_pairs: [[16, 8]]\ntrials: 2\nrounds: 2\nquality_cases: 0\n"
+                   "variants:\n"
+                   "  - {backend: openvino-optimum, weights: int4, precision: f32}\n"
+                   "  - {backend: openvino-optimum, weights: int4, precision: f32, int4_sym: false, int4_group_size: 32,"
+                   " kv_cache_precision: u8, dynamic_quantization_group_size: 0}\n")
+    proc = _bench_cli("--config", str(cfg), "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "knobs against their defaults (this run):" in proc.stdout
+    records = read_records(tmp_path / "run" / "records" / "bench.jsonl")
+    assert sorted(r["round"] for r in records if r["record_type"] == "variant") == [0] * 2 + [1] * 2
+    assert not [r["error"] for r in records if r.get("error")]
+    recs = {r["variant"]: r for r in records if r["record_type"] == "variant" and r["round"] == 0}
+    default, tuned = recs["openvino-optimum:int4/f32"], recs[
+        "openvino-optimum:int4/f32[dynamic_quantization_group_size=0 int4_group_size=32 int4_sym=false kv_cache_precision=u8]"]
+    assert default["export_settings"]["int4_group_size"] == 64 and default["export_settings"]["int4_sym"]  # the defaults
+    assert tuned["export_settings"]["int4_group_size"] == 32 and not tuned["export_settings"]["int4_sym"]
+    assert tuned["size_bytes"] != default["size_bytes"]  # another IR, not the default's reused
+    assert "uint8" in tuned["compiled_properties"]["KV_CACHE_PRECISION"]
+    assert tuned["compiled_properties"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "0"
+    assert tuned["kv_bytes_per_element"] == 1  # the floor counts the cache as the compiled model keeps it
+    assert not default["process_env"]["LD_PRELOAD"]
+    effects = tuning.knob_effects(records)
+    assert list(effects["base_variant"]) == ["openvino-optimum:int4/f32"]
+    assert list(effects["trials"]) == [4] and 0 < effects["p_value"][0] <= 1  # 2 trials x 2 rounds, pooled
+    table = tuning.verdicts(effects)
+    assert table["verdict"][0] in {"faster", "slower", "cannot tell"}
+    assert "int4_sym=false" in tuning.verdict_text(table)
+
+
+def test_bigdl_init_knob_sets_the_probe_process_environment(demo_model_dir):
+    """bigdl-llm-init's preloads must be in place before the process starts (LD_PRELOAD):
+    the probe reports the environment it really ran in."""
+    from medwb import envs
+    from medwb.backends import registry
+    from medwb.bench.probe import run_probe
+    entry = registry.get("bigdl")
+    spec = {"backend": "bigdl", "model_path": str(demo_model_dir), "precision": "sym_int4", "threads": 1,
+            "bigdl_init": "iomp"}
+    result = run_probe(spec, python=str(envs.python_of(entry.env)), env=entry.process_env(spec))
+    assert "error" not in result, result
+    assert result["process_env"]["LD_PRELOAD"].endswith("libiomp5.so")
+    assert result["process_env"]["OMP_NUM_THREADS"] == "1"
+    assert entry.process_env({**spec, "bigdl_init": "off"}) == {} == entry.process_env({k: v for k, v in spec.items()
+                                                                                        if k != "bigdl_init"})
+
+
 def test_a_crashing_variant_becomes_a_record_and_the_run_goes_on(tmp_path, demo_model_dir):
     model = tmp_path / "model"
     shutil.copytree(demo_model_dir, model)

@@ -67,6 +67,30 @@ from medwb.child import write_result; write_result({{"recs": recs, "why": why}})
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
+def test_sentencepiece_export_covers_an_embedding_larger_than_the_tokenizer(demo_model_dir, tmp_path):
+    """The random-weight shapes reuse the demo tokenizer under a 32000-row embedding;
+    llm-convert refuses a tokenizer.model of another size ("Vocab size mismatch")."""
+    import shutil
+    big = tmp_path / "model"
+    shutil.copytree(demo_model_dir, big)
+    cfg = json.loads((big / "config.json").read_text())
+    n_tokens, cfg["vocab_size"] = cfg["vocab_size"], 32000
+    (big / "config.json").write_text(json.dumps(cfg))
+    code = f"""
+import sentencepiece as spm
+from pathlib import Path
+from medwb.backends.toolchain import llm_cli
+from medwb.child import write_result
+sizes = [spm.SentencePieceProcessor(model_file=str(llm_cli.sentencepiece_file(Path(p)))).get_piece_size()
+         for p in ({str(demo_model_dir)!r}, {str(big)!r})]
+sp = spm.SentencePieceProcessor(model_file=str(llm_cli.sentencepiece_file(Path({str(big)!r}))))
+write_result({{"sizes": sizes, "ids": sp.encode("胸痛2小时")}})
+"""
+    out = run_python("bigdl", code)
+    assert out["sizes"] == [n_tokens, 32000]
+    assert out["ids"] and max(out["ids"]) < n_tokens  # the padding is never produced from text
+
+
 def test_cli_route_explains_why_a_model_cannot_take_it(demo_model_dir, tmp_path):
     cfg = json.loads((demo_model_dir / "config.json").read_text())
     model = tmp_path / "gqa"

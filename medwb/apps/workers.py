@@ -70,9 +70,12 @@ def split_threads(n_workers: int, threads: int = 0) -> int:
     return threads if threads > 0 else max(1, (os.cpu_count() or 1) // max(1, n_workers))
 
 
-def thread_env(threads: int) -> dict:
-    """The environment of a model process: OpenMP/MKL pools sized to its share of the cores."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+def thread_env(threads: int, spec: dict | None = None) -> dict:
+    """The environment of a model process: OpenMP/MKL pools sized to its share of the cores,
+    and, given the load ``spec``, its backend's process knobs (bigdl-llm-init's preloads)."""
+    from medwb.backends import registry
+    extra = registry.get(spec["backend"]).process_env(spec) if spec else {}
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **extra}
 
 
 def load_spec(spec: dict, path: Path, threads: int) -> dict:
@@ -171,12 +174,12 @@ class ModelWorker:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / (self.label.replace("/", "_").replace(":", "_").replace("@", "_") + ".log")
             self.info["log"] = str(log_path)
-            env = {**thread_env(self.threads), "PYTHONUNBUFFERED": "1"}
+            spec = load_spec(self.spec, path, self.threads)
+            env = {**thread_env(self.threads, spec), "PYTHONUNBUFFERED": "1"}
             with open(log_path, "ab") as log:  # the child keeps its own handle
                 proc = subprocess.Popen([str(python), "-m", "medwb.apps.workers"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=log, env=env,
                                         text=True, encoding="utf-8", bufsize=1)
-            spec = load_spec(self.spec, path, self.threads)
             with self._lock:
                 self._proc = proc
                 proc.stdin.write(json.dumps(spec) + "\n")

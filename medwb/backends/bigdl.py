@@ -11,8 +11,11 @@ import os
 import shutil
 from pathlib import Path
 
+from medwb.backends import knobs
+from medwb.backends.knobs import Knob
 from medwb.backends.pytorch import PyTorchBackend, load_tokenizer
 from medwb.backends.registry import Backend, register
+from medwb.backends.toolchain.bigdl_kernels import BUILDS
 from medwb.errors import MedwbError
 from medwb.paths import atomic_dir, check_model_dir, linear_input_dims, model_config
 
@@ -24,6 +27,42 @@ NOT_ON_CPU = {
     "fp4": "raises 'not supported on CPU'", "fp8": "raises 'not supported on CPU'",
     "fp16": "converts nothing on CPU (the model stays FP32)",
 }
+
+
+# bigdl-llm-init's settings, which bigdl's docs ask a user to `source` before running:
+# Intel OpenMP preloaded in place of torch's GNU OpenMP (OMP_NUM_THREADS set to the cores),
+# optionally with jemalloc or tcmalloc as the allocator. "off": the process as it is.
+INIT_MODES = ("off", "iomp", "iomp+jemalloc", "iomp+tcmalloc")
+JEMALLOC_CONF = "oversize_threshold:1,background_thread:false,metadata_thp:always,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+KNOBS = {
+    "kernel_build": Knob("process", ("match", "") + BUILDS,
+                         why="the run's kernel_build (default 'match': the CPU's own flags)",
+                         doc="which ISA build of bigdl's kernels loads"),
+    "bigdl_init": Knob("process", INIT_MODES, default="off",
+                       why="the environment as the user has it: iomp 1.00x, iomp+tcmalloc 0.90x, neither "
+                           "told apart from noise (measured 2026-11-30, TinyLlama's shape, AMD EPYC with "
+                           "AVX2 only, README \"Tuning\")",
+                       doc="bigdl-llm-init's OpenMP/allocator preloads"),
+}
+
+
+def init_env(mode: str, python: Path, threads: int) -> dict:
+    """The variables ``source bigdl-llm-init`` (with -j/-t for the allocators) would set, for
+    the bigdl environment whose interpreter is ``python``; libraries it cannot find are left
+    out, as the script does."""
+    if mode in ("off", None):
+        return {}
+    prefix = Path(python).parent.parent
+    preload = [prefix / "lib" / "libiomp5.so"]
+    libs = sorted(prefix.glob("lib/python3*/site-packages/bigdl/llm/libs"))
+    env = {"OMP_NUM_THREADS": str(threads)}
+    if mode.endswith("jemalloc") and libs:
+        preload.append(libs[0] / "libjemalloc.so")
+        env["MALLOC_CONF"] = JEMALLOC_CONF
+    if mode.endswith("tcmalloc") and libs:
+        preload.append(libs[0] / "libtcmalloc.so")
+    found = [str(p) for p in preload if p.exists()]
+    return {**env, "LD_PRELOAD": " ".join(found)} if found else env
 
 
 def check_low_bit(low_bit: str, parameter: str = "low_bits") -> str:
@@ -128,6 +167,12 @@ class BigDL(Backend):
     imports = ("torch", "transformers", "bigdl.llm.transformers")
     kernel_builds = True
     kv_bytes = 4  # bigdl keeps the KV cache in FP32 on CPU
+    knobs = KNOBS
+
+    def process_env(self, spec: dict) -> dict:
+        from medwb import envs
+        return init_env(knobs.value(self, spec, "bigdl_init"), envs.python_of(self.env),
+                        spec.get("threads") or os.cpu_count() or 1)
 
     def load(self, spec: dict) -> BigDLBackend:
         return BigDLBackend.load(spec["model_path"], spec["precision"], spec.get("threads"))

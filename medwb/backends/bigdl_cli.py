@@ -12,6 +12,7 @@ import importlib.metadata
 import statistics
 from pathlib import Path
 
+from medwb.backends.bigdl import KNOBS
 from medwb.backends.registry import Backend, register
 
 FAMILY = "llama"  # the demo model's family; other families convert but are not wired here
@@ -22,6 +23,7 @@ class BigDLCli(Backend):
     name, env, family, route = "bigdl-cli", "bigdl", "bigdl", "bigdl-cli"
     precisions = ("int4", "int8")
     kernel_builds = True
+    knobs = {"kernel_build": KNOBS["kernel_build"]}
     serves = False
     measures_itself = True
     kv_bytes = 2  # llama.cpp keeps an F16 KV cache

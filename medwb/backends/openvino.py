@@ -8,25 +8,81 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medwb.backends import knobs
+from medwb.backends.knobs import Knob
 from medwb.backends.pytorch import PyTorchBackend, load_tokenizer
 from medwb.backends.registry import Backend, register
 from medwb.errors import MedwbError
+from medwb.backends.toolchain import openvino_export as oe
 from medwb.backends.toolchain.openvino_export import check_ir_dir
 
 PRECISIONS = ("f32", "bf16")
 # KV_CACHE_PRECISION values the CPU plugin takes (unset: the plugin's default).
 KV_CACHE_PRECISIONS = ("f32", "bf16", "f16", "u8")
 
+# What a variant may tune (medwb.backends.knobs). Export knobs make an IR of their own; both
+# runtimes load the same IR with the same properties. Bytes read per token decide decode
+# speed on a CPU: group size and symmetry set how many scales and zero points travel with
+# the INT4 weights, ratio/all_layers/backup how many weights stay 8-bit (the output layer
+# alone is about a tenth of a 1B model's reads), the KV-cache precision the bytes per
+# cached token. Dynamic quantization of activations lets the plugin use integer dot products
+# where the ISA has them (VNNI); pinning keeps a thread on its core.
+INT4_ONLY = ("int4",)
+MEASURED = "2026-11-30, TinyLlama's shape, AMD EPYC with AVX2 only, README \"Tuning\""
+KNOBS = {
+    "int4_group_size": Knob("export", (128, 64, 32, oe.CHANNEL_WISE), weights=INT4_ONLY,
+                            why="the largest of 128/64/32 that divides every Linear input (optimum-cli's 128). "
+                                "Channel-wise (-1) measured 1.40x faster (p=0.001; " + MEASURED + ") but is "
+                                "not the default: one scale per row is known to cost LLM accuracy, which a "
+                                "random-weight shape cannot show; evaluate it on your model (medwb eval)",
+                            doc="INT4 group size (-1: one scale per output channel)"),
+    "int4_sym": Knob("export", (False, True), default=oe.INT4_DEFAULTS["int4_sym"], weights=INT4_ONLY,
+                     why="symmetric: 1.32x faster than asymmetric (p=0.002; " + MEASURED + "): no zero "
+                         "point to subtract when the CPU plugin unpacks INT4 weights",
+                     doc="symmetric INT4 (no zero points)"),
+    "int4_ratio": Knob("export", (1.0, 0.9, 0.8), default=oe.INT4_DEFAULTS["int4_ratio"], weights=INT4_ONLY,
+                       why="every layer in INT4: fewest bytes per token",
+                       doc="share of layers in INT4 (the rest in the backup precision)"),
+    "int4_all_layers": Knob("export", (False, True), default=oe.INT4_DEFAULTS["int4_all_layers"],
+                            weights=INT4_ONLY, why="NNCF's default (embedding and output layer in the backup "
+                                                   "precision); INT4 there read 10% fewer bytes but decoded no "
+                                                   "faster (0.99x; " + MEASURED + ")",
+                            doc="embedding and output layer in INT4 too"),
+    "int4_backup": Knob("export", ("int8_asym", "int8_sym"), default=oe.INT4_DEFAULTS["int4_backup"],
+                        weights=INT4_ONLY, why="NNCF's default", doc="precision of the layers kept out of INT4"),
+    "kv_cache_precision": Knob("load", KV_CACHE_PRECISIONS, why="the CPU plugin's default; u8 set explicitly "
+                               "made no difference (1.00x; " + MEASURED + ")",
+                               doc="KV_CACHE_PRECISION"),
+    "dynamic_quantization_group_size": Knob("load", (0, 32, 64, 128),
+                                            why="the CPU plugin's default; 0 (off) looked 1.28x faster but "
+                                                "the run could not tell it from noise (p=0.064; " + MEASURED + ")",
+                                            doc="DYNAMIC_QUANTIZATION_GROUP_SIZE (0: off)"),
+    "cpu_pinning": Knob("load", (True, False), why="the CPU plugin's default", doc="ENABLE_CPU_PINNING"),
+}
+_PROPERTIES = {"kv_cache_precision": "KV_CACHE_PRECISION",
+               "dynamic_quantization_group_size": "DYNAMIC_QUANTIZATION_GROUP_SIZE",
+               "cpu_pinning": "ENABLE_CPU_PINNING"}
 
-def cpu_properties(inference_precision: str, kv_cache_precision: str | None, threads: int) -> dict:
+
+def cpu_properties(inference_precision: str, kv_cache_precision: str | None, threads: int,
+                   tuned: dict | None = None) -> dict:
+    """The CPU plugin's properties; ``tuned``: load knobs (None values: the plugin's default)."""
     if inference_precision not in PRECISIONS:
         raise MedwbError(f"inference_precision {inference_precision!r} is not supported on CPU: "
                          f"use {' or '.join(PRECISIONS)} (f16 silently falls back to bf16 here)")
     props = {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": "LATENCY",
              "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
-    if kv_cache_precision:
-        props["KV_CACHE_PRECISION"] = kv_cache_precision
+    for name, v in {**(tuned or {}), "kv_cache_precision": kv_cache_precision}.items():
+        if name in _PROPERTIES and v is not None:
+            props[_PROPERTIES[name]] = str(v).upper() if isinstance(v, bool) else str(v)
     return props
+
+
+def load_properties(entry, spec: dict) -> dict:
+    """A probe spec's properties: its load knobs, defaults filled in."""
+    tuned = knobs.settings(entry, spec, "load")
+    return cpu_properties(spec["precision"], tuned.get("kv_cache_precision"), spec.get("threads") or os.cpu_count() or 1,
+                          tuned)
 
 
 def compiled_kernels(compiled, execute: bool = False) -> str:
@@ -60,13 +116,13 @@ class OptimumOVBackend(PyTorchBackend):
 
     @classmethod
     def load(cls, ir_dir, inference_precision: str = "f32", kv_cache_precision: str | None = None,
-             threads: int | None = None, parameter: str = "ir_dir") -> "OptimumOVBackend":
+             threads: int | None = None, parameter: str = "ir_dir", props: dict | None = None) -> "OptimumOVBackend":
         from optimum.intel import OVModelForCausalLM
 
         ir_dir = check_ir_dir(ir_dir, parameter)
         threads = threads or os.cpu_count() or 1
         # CACHE_DIR "": no compiled-model cache written next to the IR by optimum.
-        props = {**cpu_properties(inference_precision, kv_cache_precision, threads), "CACHE_DIR": ""}
+        props = {**(props or cpu_properties(inference_precision, kv_cache_precision, threads)), "CACHE_DIR": ""}
         model = OVModelForCausalLM.from_pretrained(str(ir_dir), export=False, ov_config=props,
                                                    local_files_only=True)
         return cls(model, load_tokenizer(ir_dir), ir_dir, inference_precision, threads, props)
@@ -76,7 +132,7 @@ class OptimumOVBackend(PyTorchBackend):
         compiled = self.model.request.get_compiled_model()
         out = {}
         for key in ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION", "INFERENCE_NUM_THREADS",
-                    "PERFORMANCE_HINT", "NUM_STREAMS"):
+                    "PERFORMANCE_HINT", "NUM_STREAMS", "DYNAMIC_QUANTIZATION_GROUP_SIZE", "ENABLE_CPU_PINNING"):
             try:
                 out[key] = str(compiled.get_property(key))
             except Exception as e:  # a property this plugin does not expose
@@ -133,6 +189,7 @@ class OpenVINOOptimum(Backend):
     precisions = PRECISIONS
     imports = ("torch", "transformers", "optimum.intel")
     kv_cache_precisions = KV_CACHE_PRECISIONS
+    knobs = KNOBS
     # kv_bytes stays the default 2: the record reads the compiled KV_CACHE_PRECISION where
     # the runtime reports it (optimum does, genai does not).
 
@@ -142,23 +199,35 @@ class OpenVINOOptimum(Backend):
         return WEIGHT_FORMATS
 
     def load(self, spec: dict):
-        return OptimumOVBackend.load(spec["model_path"], spec["precision"], spec.get("kv_cache_precision"),
-                                     spec.get("threads"))
+        return OptimumOVBackend.load(spec["model_path"], spec["precision"], threads=spec.get("threads"),
+                                     props=load_properties(self, spec))
+
+    def knob_problems(self, variant: dict, model_dir: Path) -> list[str]:
+        group = variant.get("int4_group_size")
+        try:
+            oe.check_group_size(model_dir, group) if group else None
+        except MedwbError as e:
+            return [str(e)]
+        return []
 
     def prepare(self, model_dir: Path, variant: dict, root: Path, cfg: dict, log=print) -> dict:
-        # One IR per weight format, exported once in a fresh process and shared by both runtimes.
+        # One IR per weight format and export settings, exported once in a fresh process and
+        # shared by both runtimes.
+        import json
+
         from medwb import envs
-        from medwb.backends.toolchain import openvino_export as oe
-        ir = root / f"openvino-{variant['weights']}"
+        settings = (oe.int4_settings(model_dir, knobs.settings(self, variant, "export"))
+                    if variant["weights"] == "int4" else None)
+        ir = root / oe.ir_name(variant["weights"], settings)
         if not oe.is_complete(ir):
             log(f"exporting {variant['weights']} IR to {ir} ...")
-        res = envs.query_json(self.env, ["-m", oe.__name__, str(model_dir), str(ir), variant["weights"]],
+        res = envs.query_json(self.env, ["-m", oe.__name__, str(model_dir), str(ir), variant["weights"]]
+                              + ([json.dumps(settings)] if settings else []),
                               timeout=cfg.get("timeout_s", 1800), raise_error=False)
         if "error" in res:
             return {"error": res["error"]}
         return {"path": ir, "bytes": res["ir_bytes"], "export_s": res["export_s"],
-                "weights_read_bytes": ir_weights_read(ir)}
+                "weights_read_bytes": ir_weights_read(ir), "export_settings": settings}
 
     def given_artifact(self, path: Path) -> Path | None:
-        from medwb.backends.toolchain.openvino_export import check_ir_dir
         return check_ir_dir(path, "model path") if (path / "openvino_model.xml").exists() else None

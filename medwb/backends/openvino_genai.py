@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medwb.backends.openvino import OpenVINOOptimum, cpu_properties
+from medwb.backends.openvino import OpenVINOOptimum, cpu_properties, load_properties
 from medwb.backends.registry import register
 from medwb.errors import MedwbError
 from medwb.backends.toolchain.openvino_export import check_ir_dir
@@ -34,7 +34,7 @@ class GenAIBackend:
 
     @classmethod
     def load(cls, ir_dir, inference_precision: str = "f32", kv_cache_precision: str | None = None,
-             threads: int | None = None, parameter: str = "ir_dir") -> "GenAIBackend":
+             threads: int | None = None, parameter: str = "ir_dir", props: dict | None = None) -> "GenAIBackend":
         import openvino_genai as og
 
         ir_dir = check_ir_dir(ir_dir, parameter)
@@ -43,7 +43,7 @@ class GenAIBackend:
                 raise MedwbError(f"{parameter} '{ir_dir}' has no {f}: openvino-genai needs the "
                                  "converted tokenizer (medwb.backends.toolchain.openvino_export writes it)")
         threads = threads or os.cpu_count() or 1
-        props = cpu_properties(inference_precision, kv_cache_precision, threads)
+        props = props or cpu_properties(inference_precision, kv_cache_precision, threads)
         scheduler = og.SchedulerConfig()
         scheduler.enable_prefix_caching = False
         pipe = og.LLMPipeline(str(ir_dir), "CPU", scheduler_config=scheduler, **props)
@@ -129,5 +129,5 @@ class OpenVINOGenAI(OpenVINOOptimum):
     imports = ("openvino", "openvino_genai")
 
     def load(self, spec: dict):
-        return GenAIBackend.load(spec["model_path"], spec["precision"], spec.get("kv_cache_precision"),
-                                 spec.get("threads"))
+        return GenAIBackend.load(spec["model_path"], spec["precision"], threads=spec.get("threads"),
+                                 props=load_properties(self, spec))

@@ -57,9 +57,12 @@ class Backend:
     kv_bytes: dict | float = 2  # bytes per KV element when the run does not report it (per precision)
     peer = False              # True: what users would pick instead of the two routes (llama.cpp)
     measures_itself = False   # True: ``probe`` runs a one-shot native tool (no side-by-side timing)
+    knobs: dict = {}          # name -> medwb.backends.knobs.Knob: the settings a variant may tune
+                              # (``threads`` is every backend's)
 
     def load(self, spec: dict):
-        """The runtime object for ``spec`` (model_path, precision, threads, kv_cache_precision)."""
+        """The runtime object for ``spec`` (model_path, precision, threads and the ``load``
+        knobs, read with medwb.backends.knobs.value so that defaults apply)."""
         raise NotImplementedError
 
     def precision_problem(self, precision, where: str) -> str | None:
@@ -77,6 +80,15 @@ class Backend:
         keys}, or {"error"}. Built once under ``root`` (the artifacts folder of this model)."""
         from medwb.paths import checkpoint_bytes
         return {"path": model_dir, "bytes": checkpoint_bytes(model_dir)}
+
+    def knob_problems(self, variant: dict, model_dir: Path) -> list[str]:
+        """Why the knobs a variant sets cannot apply to this checkpoint (values already checked)."""
+        return []
+
+    def process_env(self, spec: dict) -> dict:
+        """Variables to add to the environment of the process that loads ``spec`` (its
+        ``process`` knobs); set before the process starts, as LD_PRELOAD must be."""
+        return {}
 
     def given_artifact(self, path: Path) -> Path | None:
         """``path`` when it is an already-built artifact this backend loads as it is."""

@@ -1,6 +1,8 @@
 """Variants: a backend at a precision (and, for OpenVINO, an IR weight format) over a model.
 
-Written ``backend:[weights/]precision`` (``openvino-genai:int4/bf16``, ``bigdl:sym_int4``).
+Written ``backend:[weights/]precision`` (``openvino-genai:int4/bf16``, ``bigdl:sym_int4``),
+with any tuning knobs it sets in brackets (``openvino-genai:int4/bf16[int4_sym=true]``,
+see medwb.backends.knobs).
 This module parses and checks them and makes the artifact each one loads (an IR, a
 low-bit folder), once per model, in the medwb cache; the benchmark and the apps share it.
 What differs per backend is asked of the registry, never decided here by name.
@@ -10,25 +12,30 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from medwb.backends import registry
+from medwb.backends import knobs, registry
 from medwb.errors import MedwbError
 from medwb.paths import cache_dir, check_model_dir
-
-VARIANT_KEYS = {"backend", "precision", "weights", "kernel_build", "kv_cache_precision"}
 
 
 def label(v: dict) -> str:
     weights = f"{v['weights']}/" if v.get("weights") else ""
-    return f"{v['backend']}:{weights}{v['precision']}"
+    return f"{v['backend']}:{weights}{v['precision']}{knobs.suffix(v)}"
+
+
+def base_label(v: dict) -> str:
+    """The label without knobs: the variant a tuning run compares each knob against."""
+    return label({k: v.get(k) for k in ("backend", "weights", "precision")})
 
 
 def parse_variants(text: str) -> list[dict]:
-    """``pytorch:fp32,openvino-genai:int4/bf16,bigdl:sym_int4`` -> variant dicts."""
+    """``pytorch:fp32,openvino-genai:int4/bf16[int4_sym=true],bigdl:sym_int4`` -> variant dicts."""
     out = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
+    for item in filter(None, (s.strip() for s in re.split(r",(?![^\[]*\])", text))):
+        item, settings = knobs.parse_suffix(item)
         backend, _, rest = item.partition(":")
         weights, _, precision = rest.rpartition("/")
-        out.append({"backend": backend, "precision": precision, **({"weights": weights} if weights else {})})
+        out.append({"backend": backend, "precision": precision, **({"weights": weights} if weights else {}),
+                    **settings})
     return out
 
 
@@ -51,13 +58,17 @@ def variant_problems(v, where: str, model_dir: Path) -> list[str]:
         return [f"{where} {v!r}: must be a mapping with backend and precision"]
     where = f"{where} ({label({'precision': '?', **v}) if 'backend' in v else v})"
     problems: list[str] = []
-    extra = sorted(set(v) - VARIANT_KEYS)
-    if extra:
-        problems.append(f"{where}: unknown key(s) {', '.join(extra)}; known: {', '.join(sorted(VARIANT_KEYS))}")
     try:
         entry = registry.get(v.get("backend"), where)
     except MedwbError as e:
         return problems + [str(e)]
+    extra = knobs.unknown(entry, v)
+    if extra:
+        everywhere = knobs.names(registry.get(n) for n in registry.names())
+        problems.append(f"{where}: " + "; ".join(
+            f"{k} does not apply to {entry.name}" if k in everywhere else f"unknown key {k}" for k in extra)
+            + f"; {entry.name} takes backend, precision{', weights' if entry.weights else ''} and the knobs "
+            + ", ".join(sorted(knobs.declared(entry))))
     problems.append(entry.precision_problem(v.get("precision"), where))
     if entry.weights and v.get("weights") not in entry.weights:
         problems.append(f"{where}: weights {v.get('weights')!r} must be one of {', '.join(entry.weights)} "
@@ -65,11 +76,9 @@ def variant_problems(v, where: str, model_dir: Path) -> list[str]:
     if not entry.weights and v.get("weights"):
         problems.append(f"{where}: 'weights' does not apply to {entry.name}")
     problems += [f"{where}: {p}" for p in entry.model_problems(Path(model_dir))]
-    kv = v.get("kv_cache_precision")
-    if kv and kv not in entry.kv_cache_precisions:
-        problems.append(f"{where}: kv_cache_precision {kv!r}: " + (
-            f"use one of {', '.join(entry.kv_cache_precisions)}" if entry.kv_cache_precisions else
-            f"{entry.name} has no settable KV-cache precision (OpenVINO backends have)"))
+    problems += knobs.problems(entry, v, where)
+    if not any(p for p in problems):
+        problems += [f"{where}: {p}" for p in entry.knob_problems(v, Path(model_dir))]
     if not envs.available(entry.env) and not entry.optional_env:
         problems.append(f"{where}: the {entry.env} environment is missing ({envs.python_of(entry.env)}): "
                         "run `make setup`")

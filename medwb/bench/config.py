@@ -37,6 +37,8 @@ DEFAULT_CONFIG = {
     "artifacts_dir": "",        # converted models (IRs, low-bit folders, native files); empty: the medwb cache
     "concurrent": 1,            # > 1: also time N copies of each variant decoding at once (the
                                 # diagnosis app runs three), the cores shared out between them
+    "rounds": 1,                # > 1: measure the whole matrix again, in the same order, this many
+                                # times (tuning runs: drift of a shared VM then hits every variant alike)
     "variants": DEFAULT_VARIANTS,
 }
 
@@ -87,8 +89,8 @@ def validate(cfg: dict) -> dict:
         elif sum(pair) > context:
             problems.append(f"token_pairs[{i}] {list(pair)}: {sum(pair)} tokens exceed the model's context of "
                             f"{context} (max_position_embeddings); shorten the pair")
-    positive = ("trials", "timeout_s", "concurrent")
-    for key in ("trials", "quality_cases", "threads", "bandwidth_mb", "timeout_s", "concurrent"):
+    positive = ("trials", "timeout_s", "concurrent", "rounds")
+    for key in ("trials", "quality_cases", "threads", "bandwidth_mb", "timeout_s", "concurrent", "rounds"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < (1 if key in positive else 0):
             problems.append(f"{key} must be a {'positive' if key in positive else 'non-negative'} "
                             f"integer, got {cfg[key]!r}")

@@ -103,7 +103,7 @@ def measure(models: list[str], n_records: int = 8, max_new_tokens: int = 200, th
                 spec_file = Path(tmp) / "spec.json"
                 spec_file.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
                 d = child.run([str(envs.require(entry.env)), "-m", __name__, str(spec_file)], timeout=1800,
-                              env=workers.thread_env(threads), what=f"{model} direct")
+                              env=workers.thread_env(threads, job), what=f"{model} direct")
                 w = via_worker(model, records, template, max_new_tokens, threads, Path(tmp))
             except MedwbError as e:
                 out.append({"record_type": "overhead", "model": model, "error": str(e), "machine_load": load})

@@ -8,7 +8,8 @@ kernel-build override take effect before bigdl loads its libraries, and means on
 ends one variant, not the run.
 
 Spec keys: backend (a name in medwb.backends.registry), model_path, precision, threads, and optionally
-kv_cache_precision, kernel_build, save_to, timing_prompt, input_tokens (the timing
+the variant's knobs (medwb.backends.knobs: kv_cache_precision, ...; the backend fills in
+defaults), kernel_build, save_to, timing_prompt, input_tokens (the timing
 prompt cut or repeated to exactly that many tokens), max_new_tokens (timing; forced
 length), trials, prompts and agreement_new_tokens (greedy outputs for agreement),
 runtime_graph (list the compiled graph's layer types; OpenVINO optimum only), barrier (a
@@ -49,6 +50,7 @@ def probe(spec: dict) -> dict:
     started = time.perf_counter()
     backend = entry.load(spec)
     result = {"load_s": round(time.perf_counter() - started, 3), "import_s": round(import_s, 3),
+              "process_env": {k: os.environ.get(k) for k in ("LD_PRELOAD", "OMP_NUM_THREADS", "MALLOC_CONF")},
               "rss_mb_before_load": round(rss_before, 1),
               "peak_rss_mb_load": round(measure.peak_rss_mb(), 1), "describe": backend.describe(),
               "machine_load": load}
@@ -122,15 +124,16 @@ def timed(backend, ids: list[int], n_new: int, trials: int) -> dict:
             "output_md5": hashlib.md5(text.encode("utf-8")).hexdigest()}
 
 
-def run_probe(spec: dict, python: str | None = None, timeout: float = 900) -> dict:
-    """One variant in a fresh interpreter (``python``: this one by default); a failure or
-    a timeout becomes the result's ``error`` field instead of an exception."""
+def run_probe(spec: dict, python: str | None = None, timeout: float = 900, env: dict | None = None) -> dict:
+    """One variant in a fresh interpreter (``python``: this one by default); ``env``: variables
+    added to its environment (the backend's process knobs). A failure or a timeout becomes
+    the result's ``error`` field instead of an exception."""
     from medwb import child
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
         json.dump(spec, f, ensure_ascii=False)
     try:
         return child.run([python or sys.executable, "-m", "medwb.bench.probe", f.name], timeout=timeout,
-                         what="probe")
+                         what="probe", env={**os.environ, **(env or {})})
     except child.ChildError as e:
         # The record keeps the child's own words (its last stderr line), not our wrapper.
         return {"error": e.reason.removeprefix("failed: ")}

@@ -31,7 +31,7 @@ def read_records(path) -> list[dict]:
 _MEASURED = ("load_s", "import_s", "rss_mb_before_load", "peak_rss_mb_load", "peak_rss_mb", "rss_increase_mb",
              "ttft_ms", "tpot_ms", "ttft_ms_trials", "tpot_ms_trials", "throughput_tok_s", "trials",
              "timing", "n_prompt_tokens", "n_new_tokens", "output_md5", "kernel_builds", "saved_bytes",
-             "compiled_properties", "runtime_layer_types", "kernels", "machine_load")
+             "compiled_properties", "runtime_layer_types", "kernels", "machine_load", "process_env")
 _VERSIONS = ("torch", "transformers", "bigdl_llm", "openvino", "optimum_intel", "openvino_genai")
 
 
@@ -73,7 +73,7 @@ def _mb(r: dict):
 # Every column a record table can show: its header, and how it is read from a record
 # (a field name, or a function of the record).
 COLUMNS = {
-    "variant": "variant", "route": "route", "runtime": "route", "precision": "precision",
+    "variant": "variant", "round": "round", "route": "route", "runtime": "route", "precision": "precision",
     "weights": "weight_format",
     "tokens": lambda r: f"{r.get('input_tokens', '?')}-{r.get('output_tokens', '?')}",
     "from": lambda r: r.get("source") or r.get("kernel_choice", ""),

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from medwb import envs
-from medwb.backends import registry, variants
-from medwb.backends.variants import label, prepare
+from medwb.backends import knobs, registry, variants
+from medwb.backends.variants import base_label, label, prepare
 from medwb.bench import bandwidth
 from medwb.bench.config import load_config, validate
 from medwb.bench.probe import against_reference, run_probe
@@ -72,8 +72,10 @@ def _kv_bytes(v: dict, result: dict) -> float:
 def _records_for(v: dict, art: dict, result: dict, reference: dict | None, cases: list[dict], ctx: dict) -> list[dict]:
     """One record per token pair (or one error record)."""
     cfg_model = model_config(ctx["model_dir"])
-    base = {"variant": label(v), "weights": v.get("weights"), "model": str(ctx["model_dir"]),
-            "speed_only": ctx["speed_only"], "threads": ctx["threads"], "size_bytes": art.get("bytes"),
+    base = {"variant": label(v), "base_variant": base_label(v), "knobs": knobs.set_in(v),
+            "export_settings": art.get("export_settings"),
+            "weights": v.get("weights"), "model": str(ctx["model_dir"]),
+            "speed_only": ctx["speed_only"], "threads": v.get("threads", ctx["threads"]), "size_bytes": art.get("bytes"),
             "export_s": art.get("export_s"), "bandwidth_read_gb_s": ctx["bandwidth"]["read_gb_s"],
             "cpu": ctx["cpu"], "run_id": ctx["run_id"]}
     entry = registry.get(v["backend"])
@@ -157,9 +159,10 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]
     pair_prompt = cases[0]["prompt"] if cases else heldout_prompts(1)[0]
     kb = cfg.get("kernel_build") or None
     tuned = {registry.get(v["backend"]).env for v in cfg["variants"] if registry.get(v["backend"]).kernel_builds}
-    if kb == "match" and tuned:
+    matching = None
+    if tuned and "match" in [v.get("kernel_build", kb) for v in cfg["variants"]]:
         env = tuned.pop()  # the bigdl environment: its kernel builds match this CPU's flags
-        kb = None if not envs.available(env) else envs.query_json(
+        matching = None if not envs.available(env) else envs.query_json(
             env, ["-c", "from medwb.backends.toolchain import bigdl_kernels; from medwb.child import write_result; "
                   "write_result(bigdl_kernels.matching_build())"])
     records: list[dict] = [{"record_type": "run", "created": now(), "config": cfg, "model": str(model_dir),
@@ -167,32 +170,40 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]
                             "speed_only": checked["speed_only"], "bandwidth": bw, "cpu": ctx["cpu"],
                             "machine_load": load,
                             "python": sys.version.split()[0]}]
-    bar = tqdm(total=len(cfg["variants"]), desc="bench", unit="variant", disable=not progress)
+    bar = tqdm(total=len(cfg["variants"]) * cfg["rounds"], desc="bench", unit="variant", disable=not progress)
+    current = {"round": 0}  # quality is answered in the first round only
 
     def spec_of(v: dict) -> dict:
+        # The variant's own knobs travel in the spec; the backend fills in the defaults.
         entry, art = registry.get(v["backend"]), arts[label(v)]
-        return {"backend": v["backend"], "model_path": str(art.get("path")), "precision": v["precision"],
-                "threads": threads, "kv_cache_precision": v.get("kv_cache_precision"),
-                "kernel_build": v.get("kernel_build", kb) if entry.kernel_builds else None,
+        build = v.get("kernel_build", kb) if entry.kernel_builds else None
+        return {**knobs.set_in(v), "backend": v["backend"], "model_path": str(art.get("path")),
+                "precision": v["precision"], "weights": v.get("weights"), "threads": v.get("threads", threads),
+                "kernel_build": (matching if build == "match" else build) or None,
                 "token_pairs": cfg["token_pairs"], "pair_prompt": pair_prompt, "trials": cfg["trials"],
-                "prompts": [c["prompt"] for c in cases], "prompt_budgets": [c["budget"] for c in cases],
+                "prompts": [c["prompt"] for c in cases] if not current["round"] else [],
+                "prompt_budgets": [c["budget"] for c in cases] if not current["round"] else [],
                 "logits": False, **art.get("spec", {})}
 
     def measure(v: dict, reference: dict | None) -> tuple[list[dict], dict]:
         bar.set_postfix_str(label(v))
         art, started = arts[label(v)], time.perf_counter()
+        entry = registry.get(v["backend"])
         result = {"error": art["error"]} if "error" in art else run_probe(
-            spec_of(v), python=str(envs.python_of(registry.get(v["backend"]).env)), timeout=cfg["timeout_s"])
+            spec_of(v), python=str(envs.python_of(entry.env)), timeout=cfg["timeout_s"],
+            env=entry.process_env(spec_of(v)))
         if v is ref and "error" not in result:
             reference = result  # its own row: agreement left out, ROUGE-L vs itself
         new = _records_for(v, art, result, reference, cases, ctx)
         if cfg["concurrent"] > 1 and "error" not in result:
             bar.set_postfix_str(f"{label(v)} x{cfg['concurrent']}")
-            side = side_by_side(v, spec_of(v), cfg["concurrent"], threads, cfg["timeout_s"])
+            side = side_by_side(v, spec_of(v), cfg["concurrent"], v.get("threads", threads), cfg["timeout_s"])
             for i, rec in enumerate(new):
                 rec["concurrent"] = side[i] if isinstance(side, list) else side
         for r in new:
             r["wall_s"] = round(time.perf_counter() - started, 1)
+            if cfg["rounds"] > 1:
+                r["round"] = current["round"]
         records.extend(new)
         if "error" in result:
             log(f"{label(v)} failed: {result['error']}")
@@ -202,7 +213,8 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]
 
     # The FP32 PyTorch variant, when listed, runs first: the reference for agreement.
     ref = next((v for v in cfg["variants"] if registry.is_reference(v)), None)
-    against_reference(ref, [v for v in cfg["variants"] if v is not ref], measure)
+    for current["round"] in range(cfg["rounds"]):
+        against_reference(ref, [v for v in cfg["variants"] if v is not ref], measure)
     bar.close()
     return records
 
@@ -223,9 +235,9 @@ def side_by_side(v: dict, spec: dict, n: int, threads: int, timeout_s: int) -> l
     with tempfile.TemporaryDirectory(prefix="medwb-side-by-side-") as folder:
         copy = {**spec, "threads": each, "prompts": [], "prompt_budgets": [],
                 "barrier": {"dir": folder, "n": n, "timeout_s": timeout_s}}
-        python = str(envs.python_of(entry.env))
+        python, env = str(envs.python_of(entry.env)), entry.process_env(copy)
         with ThreadPoolExecutor(n) as pool:
-            results = list(pool.map(lambda _: run_probe(copy, python=python, timeout=timeout_s), range(n)))
+            results = list(pool.map(lambda _: run_probe(copy, python=python, timeout=timeout_s, env=env), range(n)))
     failed = [r["error"] for r in results if "error" in r]
     if failed:
         return {"n": n, "threads_each": each, "error": failed[0]}
@@ -275,15 +287,16 @@ def load(run_dir) -> list[dict]:
     return read_records(Path(run_dir) / "records" / "bench.jsonl")
 
 
-TABLE_COLUMNS = ["variant", "tokens", "load_s", "ttft_ms", "tpot_ms", "tok_s", "floor_ms", "pct_of_limit",
+TABLE_COLUMNS = ["variant", "round", "tokens", "load_s", "ttft_ms", "tpot_ms", "tok_s", "floor_ms", "pct_of_limit",
                  "side_by_side_n", "tpot_side_by_side_ms", "side_by_side_tok_s",
                  "peak_rss_MB", "size_MB", "kernels", "exact_vs_fp32", "rougeL_vs_fp32", "dx_top3", "dc_complete",
                  "error"]
 
 
 def table(records: list[dict]):
-    """The readable table: one row per variant and token pair."""
-    return records_table(records, TABLE_COLUMNS)
+    """The readable table: one row per variant and token pair (and round, when repeated)."""
+    rounds = any(r.get("round") for r in records)
+    return records_table(records, [c for c in TABLE_COLUMNS if c != "round" or rounds])
 
 
 def run_or_load(config_file="", records_from="", run_dir="", log=print, **overrides) -> list[dict]:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from medwb import envs
-from medwb.backends import registry
+from medwb.backends import knobs, registry
 from medwb.backends.variants import label, parse_variants, prepare, resolve_model, variant_problems
 from medwb.errors import MedwbError
 from medwb.eval import dataset, scoring
@@ -123,9 +123,10 @@ def cache_path(model_fp: str, v: dict, threads: int, kernel_build: str, root: st
     entry = registry.get(v["backend"])
     lock = REPO_DIR / "requirements" / f"{entry.env}.lock"
     from medwb.eval.worker import ANSWERS_VERSION
-    settings = {"variant": label(v), "kv": v.get("kv_cache_precision"), "threads": threads,
+    # Every knob's effective value is in the key: a changed default never reuses old answers.
+    settings = {"variant": label(v), "knobs": knobs.effective(entry, v), "threads": v.get("threads", threads),
                 "answers_version": ANSWERS_VERSION,
-                "kernel_build": kernel_build if entry.kernel_builds else None, "greedy": True,
+                "kernel_build": v.get("kernel_build", kernel_build) if entry.kernel_builds else None, "greedy": True,
                 "lock": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else None}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     name = file_name(label(v))
@@ -164,9 +165,10 @@ def answer_missing(v: dict, art: dict, asks: list[dict], cache: Path, cfg: dict,
     entry = registry.get(v["backend"])
     cache.parent.mkdir(parents=True, exist_ok=True)
     _end_with_newline(cache)
-    spec = {"backend": v["backend"], "model_path": str(art.get("path")), "precision": v["precision"],
-            "threads": cfg["threads"], "kv_cache_precision": v.get("kv_cache_precision"),
-            "kernel_build": cfg["kernel_build"] if entry.kernel_builds else None, "out": str(cache),
+    spec = {**knobs.set_in(v), "backend": v["backend"], "model_path": str(art.get("path")),
+            "precision": v["precision"], "weights": v.get("weights"), "threads": v.get("threads", cfg["threads"]),
+            "kernel_build": v.get("kernel_build", cfg["kernel_build"]) if entry.kernel_builds else None,
+            "out": str(cache),
             "samples": asks, **art.get("spec", {})}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
         json.dump(spec, f, ensure_ascii=False)
@@ -174,7 +176,8 @@ def answer_missing(v: dict, art: dict, asks: list[dict], cache: Path, cfg: dict,
     before = len(read_cache(cache))
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            job = pool.submit(child.run, command, timeout=cfg["timeout_s"], what=f"eval worker {label(v)}")
+            job = pool.submit(child.run, command, timeout=cfg["timeout_s"], what=f"eval worker {label(v)}",
+                              env={**os.environ, **entry.process_env(spec)})
             while True:  # the bar follows the cache file the worker appends to
                 try:
                     job.result(timeout=2)

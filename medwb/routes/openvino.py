@@ -55,7 +55,8 @@ def prepare(model_path, weight_formats, int4_group_size, int4_sym, inference_pre
     memory = oe.check_memory(model_dir)
     return types.SimpleNamespace(
         model_dir=model_dir, weight_formats=list(weight_formats), int4_group_size=group,
-        int4_sym=bool(int4_sym), inference_precision=inference_precision,
+        int4_sym=oe.INT4_DEFAULTS["int4_sym"] if int4_sym is None else bool(int4_sym),
+        inference_precision=inference_precision,
         kv_cache_precision=kv_cache_precision or None, out_dir=out, threads=threads,
         prompt=prompt or heldout_prompts(1)[0], run_dir=run_dir, memory=memory)
 

@@ -70,7 +70,8 @@ def cli_route_problems(model_dir: Path, family: str) -> list[str]:
 
 def sentencepiece_file(model_dir: Path) -> Path:
     """The SentencePiece export of ``model_dir``'s tokenizer, derived once into the medwb
-    cache (keyed by the tokenizer file's checksum) and reused by every later convert."""
+    cache (keyed by the tokenizer files' checksum and the model's vocabulary size) and
+    reused by every later convert."""
     import hashlib
 
     from medwb.paths import cache_dir
@@ -78,6 +79,7 @@ def sentencepiece_file(model_dir: Path) -> Path:
     for f in sorted(Path(model_dir).glob("*")):
         if f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")) and f.is_file():
             h.update(f.name.encode() + f.read_bytes())
+    h.update(str(model_config(model_dir).get("vocab_size")).encode())
     key = h.hexdigest()[:16]
     path = cache_dir() / "sentencepiece" / f"{key}.model"
     if not path.exists():
@@ -87,6 +89,10 @@ def sentencepiece_file(model_dir: Path) -> Path:
 
 def export_sentencepiece_vocab(model_dir: Path, out_file: Path) -> Path:
     """Write the tokenizer's vocabulary as a SentencePiece model with identical ids.
+
+    A model whose embedding has more rows than its tokenizer has tokens (the random-weight
+    shapes reuse the demo model's tokenizer) gets unused pieces up to ``vocab_size``:
+    llm-convert checks that the two sizes match, and the tokenizer never produces those ids.
 
     For llama.cpp-style runtimes: byte tokens as <0xNN> pieces, merged tokens as their
     text (spaces as U+2581), scored by merge order so that the runtime's greedy merging
@@ -133,6 +139,9 @@ def export_sentencepiece_vocab(model_dir: Path, out_file: Path) -> Path:
                 text, piece.type, piece.score = token + f"#{i}", P.UNUSED, -1e9
             piece.piece = text
         seen.add(piece.piece)
+    for i in range(len(vocab), model_config(model_dir).get("vocab_size") or 0):
+        m.pieces.add(piece=f"<unused{i}>", type=P.UNUSED, score=-1e9)
+    m.trainer_spec.vocab_size = len(m.pieces)
     from medwb.paths import atomic_file
     with atomic_file(out_file) as f:  # complete or absent, never half-written
         f.write(m.SerializeToString())

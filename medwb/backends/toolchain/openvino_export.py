@@ -23,6 +23,13 @@ from medwb.paths import atomic_dir, checkpoint_bytes, check_model_dir, linear_in
 
 WEIGHT_FORMATS = ("fp16", "int8", "int4")
 GROUP_SIZES = (128, 64, 32)
+CHANNEL_WISE = -1  # NNCF's group size for one scale per output channel
+# INT4 compression settings (NNCF's, as optimum-cli passes them) and medwb's defaults; the
+# benchmark's knobs of the same names (medwb.backends.openvino) change them per variant.
+# Symmetric by default: measured 1.32x faster than asymmetric (p = 0.002) in decode, TinyLlama's
+# shape, AMD EPYC with AVX2 only, 2026-11-30 (README, "Tuning").
+INT4_DEFAULTS = {"int4_group_size": None,   # None: the largest of GROUP_SIZES dividing every Linear input
+                 "int4_sym": True, "int4_ratio": 1.0, "int4_all_layers": False, "int4_backup": "int8_asym"}
 MANIFEST = "medwb_export.json"
 IR_FILES = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml",
             "openvino_tokenizer.bin", "openvino_detokenizer.xml", "openvino_detokenizer.bin",
@@ -42,8 +49,10 @@ def default_group_size(model_dir: Path) -> int:
 
 
 def check_group_size(model_dir: Path, group_size: int) -> int:
+    if group_size == CHANNEL_WISE:
+        return group_size
     dims = linear_input_dims(model_dir)
-    bad = {k: v for k, v in dims.items() if v % group_size}
+    bad = {k: v for k, v in dims.items() if group_size <= 0 or v % group_size}
     if group_size <= 0 or bad:
         ok = [g for g in (256,) + GROUP_SIZES + (16,) if all(d % g == 0 for d in dims.values())]
         raise MedwbError(f"int4_group_size {group_size} does not divide {bad or dims}; "
@@ -62,13 +71,38 @@ def check_memory(model_dir: Path) -> dict:
     return {"estimated_bytes": need, "available_bytes": have}
 
 
-def cli_command(model_dir, out_dir, weight_format: str, group_size: int | None, sym: bool,
+def int4_settings(model_dir: Path, given: dict | None = None) -> dict:
+    """The INT4 settings an export uses: ``given`` over INT4_DEFAULTS, the group size
+    resolved for this checkpoint (checked to divide every Linear input size)."""
+    unknown = sorted(set(given or {}) - set(INT4_DEFAULTS))
+    if unknown:
+        raise MedwbError(f"int4 settings: unknown {', '.join(unknown)}; known: {', '.join(INT4_DEFAULTS)}")
+    s = {**INT4_DEFAULTS, **{k: v for k, v in (given or {}).items() if v is not None}}
+    s["int4_group_size"] = (check_group_size(model_dir, int(s["int4_group_size"])) if s["int4_group_size"]
+                            else default_group_size(model_dir))
+    return s
+
+
+def ir_name(weight_format: str, settings: dict | None = None) -> str:
+    """The IR folder's name: INT4 IRs of other settings are other artifacts, never shared."""
+    if weight_format != "int4":
+        return f"openvino-{weight_format}"
+    s = settings or {}
+    group = "cw" if s["int4_group_size"] == CHANNEL_WISE else f"g{s['int4_group_size']}"
+    return (f"openvino-int4-{group}-{'sym' if s['int4_sym'] else 'asym'}-r{s['int4_ratio']:g}"
+            f"-{'all' if s['int4_all_layers'] else s['int4_backup']}")
+
+
+def cli_command(model_dir, out_dir, weight_format: str, settings: dict | None = None,
                 stateful: bool = True) -> str:
     """The optimum-cli command that does the same export, for the reader to re-run."""
     cmd = ["optimum-cli", "export", "openvino", "--model", str(model_dir),
            "--task", "text-generation-with-past", "--weight-format", weight_format]
     if weight_format == "int4":
-        cmd += ["--group-size", str(group_size), "--ratio", "1.0"] + (["--sym"] if sym else [])
+        s = settings
+        cmd += ["--group-size", str(s["int4_group_size"]), "--ratio", f"{s['int4_ratio']:g}"]
+        cmd += ["--sym"] if s["int4_sym"] else []
+        cmd += ["--all-layers"] if s["int4_all_layers"] else ["--backup-precision", s["int4_backup"]]
     if not stateful:
         cmd += ["--disable-stateful"]
     return " ".join(cmd + [str(out_dir)])
@@ -93,16 +127,19 @@ def check_ir_dir(ir_dir, parameter: str = "ir_dir") -> Path:
 
 
 def export(model_path, out_dir, weight_format: str, int4_group_size: int | None = None,
-           int4_sym: bool = False, stateful: bool = True, force: bool = False) -> dict:
-    """Export one weight format to ``out_dir``; skipped when a complete IR is already there."""
+           int4_sym: bool | None = None, stateful: bool = True, force: bool = False,
+           int4: dict | None = None) -> dict:
+    """Export one weight format to ``out_dir``; skipped when a complete IR is already there.
+    INT4 settings: ``int4`` (names of INT4_DEFAULTS), or the two common ones as arguments."""
     model_dir = check_model_dir(model_path)
     if weight_format not in WEIGHT_FORMATS:
         raise MedwbError(f"weight_formats: {weight_format!r} is unknown; use {', '.join(WEIGHT_FORMATS)}")
-    group = None
+    settings = None
     if weight_format == "int4":
-        group = check_group_size(model_dir, int4_group_size) if int4_group_size else default_group_size(model_dir)
+        settings = int4_settings(model_dir, {**(int4 or {}), **({"int4_group_size": int4_group_size}
+                                 if int4_group_size else {}), **({"int4_sym": int4_sym} if int4_sym is not None else {})})
     out_dir = Path(out_dir)
-    command = cli_command(model_dir, out_dir, weight_format, group, int4_sym, stateful)
+    command = cli_command(model_dir, out_dir, weight_format, settings, stateful)
     if is_complete(out_dir) and not force:
         manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
         return {**manifest, "skipped": True}
@@ -122,9 +159,10 @@ def export(model_path, out_dir, weight_format: str, int4_group_size: int | None 
         # quantization config and silently leaves FP32 weights, so it is done here and
         # checked below.
         if weight_format in ("int8", "int4"):
-            compress_ir(tmp, weight_format, group, int4_sym)
+            compress_ir(tmp, weight_format, settings)
         weight_types = weight_element_types(tmp)
-        expected = {"fp16": "f16", "int8": "u8", "int4": "u4" if not int4_sym else "i4"}[weight_format]
+        sym = bool(settings and settings["int4_sym"])
+        expected = {"fp16": "f16", "int8": "u8", "int4": "u4" if not sym else "i4"}[weight_format]
         if expected not in weight_types:
             raise MedwbError(f"export to {weight_format} produced weights of types {sorted(weight_types)}, "
                              f"no {expected}: compression did not apply; nothing was written")
@@ -133,7 +171,8 @@ def export(model_path, out_dir, weight_format: str, int4_group_size: int | None 
             raise MedwbError(f"export of '{model_dir}' produced no {', '.join(missing)} "
                              "(tokenizer conversion may have failed): nothing was written")
         manifest = {"model_path": str(model_dir), "weight_format": weight_format,
-                    "int4_group_size": group, "int4_sym": int4_sym if group else None,
+                    "int4_group_size": settings and settings["int4_group_size"],
+                    "int4_sym": settings and settings["int4_sym"], "int4_settings": settings,
                     "stateful": stateful, "export_s": round(time.perf_counter() - started, 2),
                     "weight_element_types": weight_types,
                     "ir_bytes": sum((tmp / f).stat().st_size for f in ("openvino_model.xml", "openvino_model.bin")),
@@ -162,9 +201,12 @@ def _quiet_tracing():
             hf_logging.set_verbosity(verbosity)
 
 
-def compress_ir(ir_dir: Path, weight_format: str, group_size: int | None, sym: bool) -> None:
+def compress_ir(ir_dir: Path, weight_format: str, settings: dict | None = None) -> None:
     """NNCF weight compression of the IR in place: int8 per channel (asymmetric, as
-    optimum-cli's default), int4 grouped on every layer (ratio 1.0)."""
+    optimum-cli's default); int4 with ``settings`` (int4_settings): group size, symmetric
+    or not, the share of layers in int4 (``ratio``; the rest, and the embedding and output
+    layers unless ``all_layers``, in the backup precision). Without a dataset NNCF ranks
+    the layers for ``ratio`` by their weights' quantization error."""
     import nncf
     import openvino as ov
     xml = Path(ir_dir) / "openvino_model.xml"
@@ -172,8 +214,10 @@ def compress_ir(ir_dir: Path, weight_format: str, group_size: int | None, sym: b
     if weight_format == "int8":
         model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     else:
-        mode = nncf.CompressWeightsMode.INT4_SYM if sym else nncf.CompressWeightsMode.INT4_ASYM
-        model = nncf.compress_weights(model, mode=mode, group_size=group_size, ratio=1.0)
+        s = settings
+        mode = nncf.CompressWeightsMode.INT4_SYM if s["int4_sym"] else nncf.CompressWeightsMode.INT4_ASYM
+        model = nncf.compress_weights(model, mode=mode, group_size=s["int4_group_size"], ratio=s["int4_ratio"],
+                                      all_layers=s["int4_all_layers"], backup_mode=nncf.BackupMode(s["int4_backup"]))
     tmp_xml = xml.with_name("compressed.xml")
     ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
     tmp_xml.replace(xml)
@@ -208,14 +252,14 @@ def state_summary(ir_dir) -> dict:
 
 
 if __name__ == "__main__":
-    # python -m medwb.backends.toolchain.openvino_export MODEL_DIR OUT_DIR FORMAT [GROUP_SIZE]: one export in a
-    # fresh process (the benchmark prepares IRs this way); hands back the manifest.
+    # python -m medwb.backends.toolchain.openvino_export MODEL_DIR OUT_DIR FORMAT [INT4_SETTINGS_JSON]: one
+    # export in a fresh process (the benchmark prepares IRs this way); hands back the manifest.
     import sys
 
     from medwb.child import write_result
     try:
-        group = int(sys.argv[4]) if len(sys.argv) > 4 else None
-        write_result(export(sys.argv[1], sys.argv[2], sys.argv[3], group))
+        given = json.loads(sys.argv[4]) if len(sys.argv) > 4 else None
+        write_result(export(sys.argv[1], sys.argv[2], sys.argv[3], int4=given))
     except MedwbError as e:
         print(f"medwb: error: {e}", file=sys.stderr)
         sys.exit(2)
