@@ -106,10 +106,15 @@ def set_in(variant: dict) -> dict:
             and variant[k] is not None}
 
 
+def written(knobs: dict) -> str:
+    """``int4_group_size=64 int4_sym=true``: knobs as a label writes them."""
+    return " ".join(f"{k}={_text(v)}" for k, v in knobs.items())
+
+
 def suffix(variant: dict) -> str:
     """``[int4_group_size=64 int4_sym=true]`` for the knobs a variant sets; "" for none."""
     knobs = set_in(variant)
-    return "[" + " ".join(f"{k}={_text(v)}" for k, v in knobs.items()) + "]" if knobs else ""
+    return f"[{written(knobs)}]" if knobs else ""
 
 
 def parse_suffix(text: str) -> tuple[str, dict]:

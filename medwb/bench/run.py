@@ -188,16 +188,15 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]
     def measure(v: dict, reference: dict | None) -> tuple[list[dict], dict]:
         bar.set_postfix_str(label(v))
         art, started = arts[label(v)], time.perf_counter()
-        entry = registry.get(v["backend"])
+        entry, spec = registry.get(v["backend"]), spec_of(v)
         result = {"error": art["error"]} if "error" in art else run_probe(
-            spec_of(v), python=str(envs.python_of(entry.env)), timeout=cfg["timeout_s"],
-            env=entry.process_env(spec_of(v)))
+            spec, python=str(envs.python_of(entry.env)), timeout=cfg["timeout_s"], env=entry.process_env(spec))
         if v is ref and "error" not in result:
             reference = result  # its own row: agreement left out, ROUGE-L vs itself
         new = _records_for(v, art, result, reference, cases, ctx)
         if cfg["concurrent"] > 1 and "error" not in result:
             bar.set_postfix_str(f"{label(v)} x{cfg['concurrent']}")
-            side = side_by_side(v, spec_of(v), cfg["concurrent"], v.get("threads", threads), cfg["timeout_s"])
+            side = side_by_side(v, spec, cfg["concurrent"], v.get("threads", threads), cfg["timeout_s"])
             for i, rec in enumerate(new):
                 rec["concurrent"] = side[i] if isinstance(side, list) else side
         for r in new:

@@ -55,8 +55,7 @@ def knob_effects(records: list[dict]):
     ok = [r for r in records if r.get("record_type") == "variant" and not r.get("error") and r.get("tpot_ms")]
     groups: dict[tuple, list[dict]] = {}
     for r in ok:
-        key = (r.get("base_variant"), r["input_tokens"], r["output_tokens"],
-               " ".join(f"{k}={knobs._text(v)}" for k, v in (r.get("knobs") or {}).items()))
+        key = (r.get("base_variant"), r["input_tokens"], r["output_tokens"], knobs.written(r.get("knobs") or {}))
         groups.setdefault(key, []).append(r)
     rows = []
     for (base, n_in, n_out, setting), tuned in groups.items():
