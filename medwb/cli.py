@@ -55,8 +55,12 @@ def cmd_run(args) -> int:
     notebooks = [Path(p) for p in args.notebooks] if args.notebooks else runner.discover()
     missing = [str(p) for p in notebooks if not p.exists()]
     if missing:
-        raise MedwbError(f"notebook(s) not found: {', '.join(missing)}")
+        raise MedwbError(f"notebook(s) not found: {', '.join(missing)}; give paths of notebooks/NN_*.ipynb "
+                         "(none: all of them)")
     params = parse_params(args.param or [])
+    if args.runs_dir:
+        from medwb.paths import check_writable_dir
+        check_writable_dir(args.runs_dir, "--runs-dir")
     run, records = runner.run_all(notebooks, Path(args.runs_dir) if args.runs_dir else None, params)
     failed = [r["notebook"] for r in records if r["status"] != "ok"]
     print(f"results: {run}  (also {run.parent / 'latest'})")
@@ -73,6 +77,9 @@ def cmd_overhead(args) -> int:
     from medwb.bench.records import write_records
     if args.cases < 1 or args.max_new_tokens < 1:
         raise MedwbError("--cases and --max-new-tokens must be positive integers")
+    if args.run_dir:
+        from medwb.paths import check_writable_dir
+        check_writable_dir(args.run_dir, "--run-dir")
     models = [m.strip() for m in args.variants.split(",") if m.strip()]
     records = overhead.measure(models, args.cases, args.max_new_tokens, args.threads)
     run = Path(args.run_dir) if args.run_dir else runner.new_run_dir()
@@ -136,6 +143,11 @@ def cmd_eval(args) -> int:
 
 def cmd_data(args) -> int:
     from medwb.tasks import corpus, evalset
+    if args.out:
+        from medwb.paths import check_writable_dir
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise MedwbError(f"--out '{args.out}' is a file: give a folder for the data files")
+        check_writable_dir(args.out, "--out")
     for path in corpus.write_heldout(Path(args.out) if args.out else corpus.HELDOUT_DIR):
         print(f"wrote {path}")
     print(f"wrote {evalset.write(Path(args.out) / evalset.EVAL_FILE.name if args.out else evalset.EVAL_FILE)}")
@@ -159,8 +171,13 @@ def cmd_feedback(args) -> int:
                          "(by default feedback.sqlite in their run folder)")
     if args.report:
         from medwb.apps import usage_report
+        out = Path(args.out) if args.out else path.parent / "usage_report"
+        if out.exists() and not out.is_dir():
+            raise MedwbError(f"--out '{out}' is a file: give a folder for the report")
+        from medwb.paths import check_writable_dir
+        check_writable_dir(out, "--out")
         report = usage_report.build(path, period=args.period, origin=args.origin)
-        paths = usage_report.write(report, args.out or path.parent / "usage_report")
+        paths = usage_report.write(report, out)
         shown = report["by_workflow"]
         print(("SIMULATED DATA (medwb feedback simulate)\n" if report["simulated"] else "")
               + (shown.to_csv(index=False) if args.csv else shown.to_string(index=False)))
@@ -206,9 +223,17 @@ def cmd_compare_runs(args) -> int:
     return 1 if result["outputs_differ"] else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as every other bad input: one line naming the option, status 2
+    (argparse prints the whole usage first). Subcommands inherit the class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def parser() -> argparse.ArgumentParser:
     from medwb.bench.config import DEFAULT_CONFIG as DEFAULT_BENCH_CONFIG
-    p = argparse.ArgumentParser(prog="medwb", description=__doc__.splitlines()[0])
+    p = _Parser(prog="medwb", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo-model", help="the shipped demo model: its path and quality; --rebuild trains it",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -94,11 +95,19 @@ def dir_size_bytes(path) -> int:
 
 
 def check_writable_dir(path, parameter: str = "out_dir") -> Path:
-    """``path`` (or, when it does not exist yet, its nearest existing parent) is writable."""
-    out = Path(path)
+    """``path`` is a folder that exists or can be made, and can be written: tried by making
+    (and removing) an empty folder in it or in its nearest existing parent, because
+    permission bits say nothing for root and nothing about /proc or a read-only mount.
+    Nothing is left behind; ``path`` itself is not created."""
+    out = Path(path).expanduser()
     existing = out if out.exists() else next((p for p in out.parents if p.exists()), Path("/"))
-    if not os.access(existing, os.W_OK):
-        raise MedwbError(f"{parameter} '{out}' is not writable")
+    if not existing.is_dir():
+        raise MedwbError(f"{parameter} '{out}': '{existing}' is a file, not a folder; give a folder path")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".medwb-write-check-", dir=existing))
+    except OSError as e:
+        raise MedwbError(f"{parameter} '{out}' is not writable ({e.strerror}): choose a folder you can write "
+                         "to") from None
     return out
 
 
@@ -120,7 +129,10 @@ def atomic_dir(final: Path, overwrite: bool = False):
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_abandoned(final)
+    # The builder's pid in the name: a build killed before it could clean up (SIGKILL, a
+    # power cut) leaves its folder, and the next build of the same artifact removes it.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; others may need to read it
@@ -133,9 +145,70 @@ def atomic_dir(final: Path, overwrite: bool = False):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        fix = (f"nothing was kept: free space in '{final.parent}' (or point MEDWB_CACHE / the output folder "
+               "at a larger disk) and run again")
+        if _disk_full(e):
+            raise MedwbError(f"'{final}': the disk is full (or a file size limit was reached) while writing it "
+                             f"({_disk_full(e)}); {fix}") from e
+        if any(_STREAM_FAILURE in str(x) for x in _chain(e)):
+            raise MedwbError(f"'{final}': writing it failed ({_STREAM_FAILURE}: a C++ file writer, e.g. OpenVINO's, "
+                             f"could not write; the disk may be full); {fix}") from e
         raise
+
+
+# What a full disk looks like from Python (OSError) and from the libraries' C++ writers,
+# which turn it into a RuntimeError with the system's message.
+_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_FULL_TEXTS = ("No space left on device", "File too large", "Disk quota exceeded")
+# libstdc++'s text when a stream with exceptions enabled fails: OpenVINO's serializer raises it
+# for a write that did not go through, without the system's reason.
+_STREAM_FAILURE = "basic_ios::clear: iostream error"
+
+
+def _chain(e: BaseException | None):
+    """``e`` and the exceptions it was raised from or while handling (torch's zip writer
+    raises its own error while handling the stream's)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _disk_full(e: BaseException) -> str | None:
+    for x in _chain(e):
+        if isinstance(x, OSError) and x.errno in _FULL_ERRNOS:
+            return x.strerror or os.strerror(x.errno)
+        if any(t in str(x) for t in _FULL_TEXTS):
+            return next(t for t in _FULL_TEXTS if t in str(x))
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_abandoned(final: Path) -> list[Path]:
+    """Remove the temporary folders that builds of ``final`` left when they were killed
+    (``.NAME.tmp-PID-*``, ``.NAME.old-PID``) whose process no longer exists; a live
+    builder's are left alone. Returns what was removed. They were never read (the artifact
+    appears only by the final rename), but a killed 1B-model export leaves gigabytes."""
+    removed = []
+    for p in Path(final).parent.glob(f".{Path(final).name}.*"):
+        kind, _, rest = p.name[len(Path(final).name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _umask() -> int:

@@ -64,6 +64,37 @@ def cpu() -> dict:
     }
 
 
+RAM_CAP_ENV = "MEDWB_MAX_RAM_GB"
+
+
+def ram_available() -> tuple[int, str]:
+    """Bytes MedWB may plan to use, and where the figure comes from: the memory available
+    now, or less when ``MEDWB_MAX_RAM_GB`` caps it (a server shared with other services)."""
+    import psutil
+
+    from medwb.errors import MedwbError
+    have = psutil.virtual_memory().available
+    cap = os.environ.get(RAM_CAP_ENV, "").strip()
+    if not cap:
+        return have, "available"
+    try:
+        cap_bytes = int(float(cap) * 2**30)
+    except ValueError:
+        raise MedwbError(f"{RAM_CAP_ENV}={cap!r}: give a number of GiB, e.g. {RAM_CAP_ENV}=16") from None
+    return (cap_bytes, f"allowed by {RAM_CAP_ENV}") if cap_bytes < have else (have, "available")
+
+
+def check_ram(need: int, doing: str, basis: str, fix: str) -> dict:
+    """Refuse ``doing`` before it starts when its estimate ``need`` (bytes; ``basis`` says how
+    it was estimated) exceeds the RAM available: one line with both figures and ``fix``."""
+    from medwb.errors import MedwbError
+    have, source = ram_available()
+    if need > have:
+        raise MedwbError(f"{doing} needs about {need / 2**30:.1f} GiB of RAM ({basis}) but {have / 2**30:.1f} "
+                         f"GiB is {source}: not started; {fix}")
+    return {"estimated_bytes": int(need), "available_bytes": int(have), "basis": basis}
+
+
 def machine_load(interval_s: float = 0.5, busy_percent: float = 30.0) -> dict:
     """How busy this machine is right now, for anything that times or trains.
 

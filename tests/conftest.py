@@ -1,4 +1,5 @@
 """Shared fixtures. The demo model is built once per machine (cached by recipe hash)."""
+import functools
 import os
 import sys
 from pathlib import Path
@@ -25,3 +26,57 @@ def run_python(env: str, code: str, timeout: float = 600, extra_env: dict | None
     assert Path(python).exists(), f"the {env} environment is missing ({python}): run `make setup`"
     return child.run([python, "-c", code], timeout=timeout, cwd=REPO,
                      env={**os.environ, **(extra_env or {})}, what=f"{env} env test code")
+
+
+# --- privacy: a network namespace with loopback only, every connect() recorded ----------
+# Brings the namespace's loopback up (a new namespace has it down) without needing `ip`,
+# then runs the command in it.
+_LO_UP_AND_EXEC = """
+import fcntl, os, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", 0x1 | 0x40))  # SIOCSIFFLAGS: IFF_UP | IFF_RUNNING
+s.close()
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+NETAUDIT = Path(__file__).resolve().parent / "netaudit"
+LOOPBACK = ("127.", "::1", "::ffff:127.")
+
+
+@functools.cache
+def network_namespace_reason() -> str | None:
+    """Why a loopback-only network namespace cannot be made here, or None."""
+    import shutil
+    import subprocess
+    if not shutil.which("unshare"):
+        return "no `unshare` on this machine"
+    probe = subprocess.run(["unshare", "-n", sys.executable, "-c", _LO_UP_AND_EXEC, "true"], capture_output=True,
+                           text=True)
+    return None if probe.returncode == 0 else f"no permission for a network namespace ({probe.stderr.strip()[-200:]})"
+
+
+def isolated(command: list[str], log: Path, env: dict | None = None) -> tuple[list[str], dict]:
+    """``command`` inside a new network namespace with loopback only (where this machine
+    allows one: network_namespace_reason), every Python process under it recording its
+    connect() calls and name lookups in ``log``."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([str(NETAUDIT), *filter(None, [env.get("PYTHONPATH")])])
+    env["MEDWB_NET_AUDIT"] = str(log)
+    if network_namespace_reason():
+        return list(map(str, command)), env  # recorded, not isolated
+    return ["unshare", "-n", sys.executable, "-c", _LO_UP_AND_EXEC, *map(str, command)], env
+
+
+def outside_connections(log: Path) -> list[dict]:
+    """The recorded connect() calls to anything but loopback or a Unix socket."""
+    import json
+    if not log.exists():
+        return []
+    bad = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        if entry["event"] != "connect" or entry["family"] == 1:  # AF_UNIX
+            continue
+        host = str(entry["address"][0] if isinstance(entry["address"], list) else entry["address"])
+        if not host.startswith(LOOPBACK) and host != "localhost":
+            bad.append(entry)
+    return bad

@@ -84,8 +84,10 @@ def test_a_bundle_installs_the_main_environment_with_no_network(tmp_path):
     env = {**os.environ, "PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INDEX": "1"}
     env.pop("PIP_FIND_LINKS", None)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # --no-compile: byte-compiling the thousands of sources (torch alone) is slow and
+    # decides nothing here (Python compiles on first import).
     pip = [*isolate, str(venv / "bin/pip"), "install", "--disable-pip-version-check", "-q", "--no-index",
-           "--find-links", str(out / "wheelhouse")]
+           "--no-compile", "--find-links", str(out / "wheelhouse")]
     for args in (["--require-hashes", "--no-deps", "-r", str(out / "requirements/main.lock")],
                  ["--no-deps", "--no-build-isolation", "-e", str(out)]):
         res = subprocess.run(pip + args, env=env, capture_output=True, text=True)

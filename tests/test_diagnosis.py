@@ -78,7 +78,8 @@ def old_schema(version: int) -> str:
     """The schema as an older MedWB wrote it (columns and tables added since left out)."""
     import re
     added = {2: [",\n    machine_load    TEXT"], 3: [",\n    record_ref      TEXT", ",\n    flags_json        TEXT",
-                                                  ",\n    sections_json     TEXT"]}
+                                                  ",\n    sections_json     TEXT"],
+             4: [",\n    writer            TEXT", ", 'interrupted'"]}
     schema = feedback.SCHEMA
     for v in range(version + 1, feedback.SCHEMA_VERSION + 1):
         for column in added[v]:
@@ -89,7 +90,7 @@ def old_schema(version: int) -> str:
     return schema
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_older_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path, version):
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path)
@@ -97,12 +98,21 @@ def test_an_older_store_is_upgraded_in_place_and_keeps_its_rows(tmp_path, versio
     conn.execute("INSERT INTO meta VALUES ('schema_version', ?), ('hash_key', ?)", (str(version), "ab" * 32))
     conn.execute("INSERT INTO rounds (workflow, session_id, origin, inputs_hash, template_hash, max_new_tokens,"
                  " created_at) VALUES ('diagnosis', 's', 'ui', 'h', 't', 8, 'now')")
+    for status in ("ok", "running"):  # a finished answer, and one a killed kernel left running
+        conn.execute("INSERT INTO outputs (round_id, slot, model_label, backend, precision, status, started_at)"
+                     " VALUES (1, 0, 'm', 'openvino', 'int8', ?, 'now')", (status,))
+    conn.execute("INSERT INTO actions (round_id, output_id, action, created_at) VALUES (1, 1, 'like', 'now')")
     conn.commit()
     conn.close()
     store = feedback.FeedbackStore(path)
     assert store._meta("schema_version") == str(feedback.SCHEMA_VERSION)
     old = store.rows("rounds")
     assert len(old) == 1 and old[0]["machine_load"] is None and old[0]["record_ref"] is None
+    # every row kept (version 4 copies the outputs table), the old running answer interrupted
+    assert [(o["status"], o["writer"]) for o in store.rows("outputs")] == [("ok", None), ("interrupted", None)]
+    assert store.interrupted == 1 and store.rows("actions")[0]["output_id"] == 1
+    assert store._conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert store._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     rid = store.new_round("diagnosis", "s", {"chief_complaint": "x"}, "t", 8, machine_load={"quiet": True},
                           record_ref="c1")
     assert json.loads(store.rows("rounds")[-1]["machine_load"]) == {"quiet": True} and rid == 2

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import papermill as pm
 import pytest
 
@@ -86,6 +87,26 @@ def test_guard_pairs_the_difference_and_names_the_tasks_below(tmp_path):
     paths = report.write(tmp_path, scores, verdicts)
     assert "keeps &lt; 95%" in paths["html"].read_text(encoding="utf-8")
 
+
+@pytest.mark.parametrize("task", ["MedWB-QIC", "MedWB-STS", "MedWB-NER"])
+def test_the_bootstrap_scores_every_resample_as_the_official_metric(task):
+    """All resamples are scored at once from per-sample counts; each must equal the official
+    metric on that resample (sklearn's classification_report for the label tasks: labels
+    only predicted, only gold, the empty default label, resamples that miss a label;
+    pooled micro-F1 with its no-true-positive rule for IE)."""
+    from medwb.eval.guard import _bootstrap
+    spec = scoring.task_spec(task)
+    rng = np.random.default_rng(1)
+    if task == "MedWB-NER":
+        stats = [tuple(int(v) for v in rng.integers(0, 3, 3)) for _ in range(30)]
+    else:
+        labels = ["妇科", "骨科", "内科", "儿科", ""]
+        stats = [(labels[g], labels[p]) for g, p in zip(rng.integers(0, 4, 30), rng.integers(0, 5, 30))]
+    draws = rng.integers(0, len(stats), size=(200, len(stats)))
+    fast = _bootstrap(spec, stats, draws)
+    slow = [scoring.aggregate(spec, [stats[i] for i in idx])["score"] for idx in draws]
+    assert fast == pytest.approx(slow, abs=1e-12)
+    assert len(set(np.round(fast, 9))) > 20  # the resamples really differ
 
 @pytest.mark.parametrize("content, expected", [
     ("{not json\n", "bad.jsonl:1: not JSON"),

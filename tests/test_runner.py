@@ -7,6 +7,7 @@ import sys
 
 import nbformat
 
+from conftest import isolated, outside_connections
 from medwb import runner
 from medwb.apps import feedback
 
@@ -32,9 +33,14 @@ SMALL = ["fit_study_records=2", "simulate_days=3", "max_new_tokens=64"]
 
 def test_main_job_runs_the_notebooks_into_one_run_folder(tmp_path, demo_model_dir):
     notebooks = [str(runner.NOTEBOOKS_DIR / name) for name in SHARED]
-    out = subprocess.run([sys.executable, "-m", "medwb", "run", *notebooks, "--runs-dir", str(tmp_path)]
-                         + [a for kv in SMALL for a in ("-p", kv)], capture_output=True, text=True)
+    # Privacy (the faults issue): inside a loopback-only network namespace, every Python
+    # process (kernels, app workers in both environments) recording its connect() calls.
+    net = tmp_path.parent / f"{tmp_path.name}-net.jsonl"
+    command, env = isolated([sys.executable, "-m", "medwb", "run", *notebooks, "--runs-dir", str(tmp_path)]
+                            + [a for kv in SMALL for a in ("-p", kv)], net)
+    out = subprocess.run(command, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert outside_connections(net) == []
     latest = tmp_path / "latest"
     assert latest.is_symlink() and latest.resolve().parent == tmp_path.resolve()
     summary = json.loads((latest / "summary.json").read_text())

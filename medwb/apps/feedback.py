@@ -8,7 +8,10 @@ checks of it: the grounding flags (kind and position; the flagged words only wit
 ``store_text``) and, for discharge records, the status of each section.
 Rows are only ever added (an output row is updated once, when its model finishes), and
 every write is its own committed transaction, so no action is lost when a kernel dies or
-two rounds overlap. WAL mode lets a reporting notebook read while the app writes.
+two rounds overlap. WAL mode lets a reporting notebook read while the app writes. An output
+names the process writing it (``writer``); one left ``running`` by a process that no longer
+exists (a killed kernel, a restarted server) is marked ``interrupted`` when the store is
+next opened, while a live process's (several apps may share one store) are left alone.
 
 Privacy: patient text is not stored by default. A round keeps a keyed hash of its inputs
 (HMAC-SHA256 with a random key kept in the database, so identical inputs are recognisable
@@ -31,15 +34,10 @@ from pathlib import Path
 
 from medwb.errors import MedwbError
 
-SCHEMA_VERSION = 3
-# Older stores are upgraded in place by adding columns and tables (rows are never rewritten
-# or lost); the events table of version 3 comes from the schema's CREATE IF NOT EXISTS.
-MIGRATIONS = {1: ["ALTER TABLE rounds ADD COLUMN machine_load TEXT"],
-              2: ["ALTER TABLE rounds ADD COLUMN record_ref TEXT",
-                  "ALTER TABLE outputs ADD COLUMN flags_json TEXT",
-                  "ALTER TABLE outputs ADD COLUMN sections_json TEXT"]}
+SCHEMA_VERSION = 4
 ACTIONS = ("view", "backfill", "copy", "like", "dislike", "report_error", "regenerate")
-OUTPUT_STATUSES = ("running", "ok", "error", "timeout", "cancelled")
+# "interrupted": the process writing the output ended before the model finished.
+OUTPUT_STATUSES = ("running", "ok", "error", "timeout", "cancelled", "interrupted")
 # Record events: a doctor opened a record, saved it changed (a new round) or unchanged (none).
 EVENTS = ("open", "save", "save_unchanged")
 ORIGINS = ("ui", "scripted", "simulated")
@@ -83,7 +81,8 @@ CREATE TABLE IF NOT EXISTS outputs (
     started_at        TEXT NOT NULL,
     finished_at       TEXT,
     flags_json        TEXT,
-    sections_json     TEXT);
+    sections_json     TEXT,
+    writer            TEXT);
 CREATE TABLE IF NOT EXISTS actions (
     action_id  INTEGER PRIMARY KEY AUTOINCREMENT,
     round_id   INTEGER NOT NULL REFERENCES rounds(round_id),
@@ -107,6 +106,66 @@ CREATE INDEX IF NOT EXISTS actions_by_output ON actions(output_id);
 
 
 TABLES = ("rounds", "outputs", "actions", "events")
+
+
+def _outputs_rebuild() -> list[str]:
+    """Version 4 widens the outputs' status CHECK, which SQLite cannot alter: the table is
+    copied into one with the new definition, in the migration's transaction (SQLite's
+    documented procedure; foreign keys are switched on only after it)."""
+    import re
+    create = re.search(r"CREATE TABLE IF NOT EXISTS outputs \(.*?\);", SCHEMA, re.S).group(0)
+    columns = [line.split()[0] for line in create.splitlines()[1:]]
+    old = ", ".join(c for c in columns if c != "writer")
+    return [create.replace("IF NOT EXISTS outputs", "outputs_v4"),
+            f"INSERT INTO outputs_v4 ({old}) SELECT {old} FROM outputs",
+            "DROP TABLE outputs", "ALTER TABLE outputs_v4 RENAME TO outputs",
+            "CREATE INDEX IF NOT EXISTS outputs_by_round ON outputs(round_id)"]
+
+
+# Older stores are upgraded in place, in one transaction: columns and tables added (the
+# events table of version 3 comes from the schema's CREATE IF NOT EXISTS), the outputs
+# table copied once for version 4; no row is lost.
+MIGRATIONS = {1: ["ALTER TABLE rounds ADD COLUMN machine_load TEXT"],
+              2: ["ALTER TABLE rounds ADD COLUMN record_ref TEXT",
+                  "ALTER TABLE outputs ADD COLUMN flags_json TEXT",
+                  "ALTER TABLE outputs ADD COLUMN sections_json TEXT"],
+              3: _outputs_rebuild()}
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with
+    the boot id it tells a live writer from a later process that got the same pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+def writer_id() -> str:
+    """This process, as ``host:boot:pid:start``."""
+    import socket
+    return f"{socket.gethostname()}:{_boot_id()}:{os.getpid()}:{_process_start(os.getpid())}"
+
+
+def writer_alive(writer: str | None) -> bool:
+    """False when the process that wrote ``writer`` certainly no longer exists: same host and
+    it has rebooted since, or no process with that pid and start time. A writer on another
+    host (a store on a shared disk) is taken to be alive: it cannot be checked from here."""
+    import socket
+    if not writer:
+        return False  # written before version 4, which named no writer: not running now
+    host, boot, pid, start = writer.rsplit(":", 3)
+    if host != socket.gethostname():
+        return True
+    return boot == _boot_id() and pid.isdigit() and _process_start(int(pid)) == start
 
 
 def now_ms() -> str:
@@ -134,10 +193,13 @@ class FeedbackStore:
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             # FULL: a committed action survives a power cut too (NORMAL may lose the last ones in WAL).
             self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
             with self._conn:
+                # One transaction, taken before reading the version: a second process opening
+                # the same store waits, then finds it set up or upgraded; a crash leaves it as it was.
+                self._conn.execute("BEGIN IMMEDIATE")
                 new = self._conn.execute("SELECT name FROM sqlite_master WHERE name = 'rounds'").fetchone() is None
-                self._conn.executescript(SCHEMA)
+                for statement in filter(str.strip, SCHEMA.split(";")):  # executescript would commit first
+                    self._conn.execute(statement)
                 if new:
                     self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 version = int(self._meta("schema_version"))
@@ -146,6 +208,7 @@ class FeedbackStore:
                         self._conn.execute(statement)
                     self._conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(old + 1),))
                 self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('hash_key', ?)", (secrets.token_hex(32),))
+            self._conn.execute("PRAGMA foreign_keys=ON")  # after the migrations (version 4 copies a table)
         except sqlite3.DatabaseError as e:
             raise MedwbError(f"{parameter} '{self.path}' cannot be opened as a writable feedback database ({e}); "
                              "choose a path in a folder you can write to (e.g. runs/feedback.sqlite), for a new "
@@ -158,6 +221,21 @@ class FeedbackStore:
             raise MedwbError(f"{parameter} '{self.path}' has schema version {version}, this MedWB writes "
                              f"{SCHEMA_VERSION}; use a new file")
         self._key = bytes.fromhex(self._meta("hash_key"))
+        self.writer = writer_id()
+        self.interrupted = self._mark_interrupted()
+
+    def _mark_interrupted(self) -> int:
+        """Outputs left ``running`` by a process that has ended -> ``interrupted``; how many."""
+        writers = [w for (w,) in self._conn.execute("SELECT DISTINCT writer FROM outputs WHERE status = 'running'")]
+        n = 0
+        for w in (w for w in writers if not writer_alive(w)):
+            with self._lock, self._conn:
+                n += self._conn.execute(
+                    "UPDATE outputs SET status = 'interrupted', finished_at = ?, error = ? "
+                    "WHERE status = 'running' AND writer IS ?",
+                    (self.now(), "the app's process ended before this answer finished (killed or restarted)",
+                     w)).rowcount
+        return n
 
     @staticmethod
     def _check_path(path, parameter: str) -> Path:
@@ -213,9 +291,9 @@ class FeedbackStore:
         """``model``: label, backend, precision, model_path, fingerprint (the model's identity)."""
         return self._write(
             "INSERT INTO outputs (round_id, slot, model_label, backend, precision, model_path, model_fingerprint,"
-            " status, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+            " status, started_at, writer) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
             (round_id, slot, model["label"], model["backend"], model["precision"], model.get("model_path"),
-             model.get("fingerprint"), self.now()))
+             model.get("fingerprint"), self.now(), self.writer))
 
     def finish_output(self, output_id: int, status: str, text: str = "", error: str | None = None,
                       truncation_note: str | None = None, prompt_tokens: int | None = None,
@@ -285,13 +363,18 @@ def summary(path, workflow: str | None = None, origin: str | None = None):
 
     from medwb.quality import usage
     uri = Path(path).resolve().as_uri() + "?mode=ro"
-    with sqlite3.connect(uri, uri=True) as conn:
-        where = [(c, v) for c, v in (("r.workflow", workflow), ("r.origin", origin)) if v]
-        sql = "SELECT o.* FROM outputs o JOIN rounds r USING (round_id)"
-        if where:
-            sql += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where)
-        outputs = pd.read_sql_query(sql, conn, params=tuple(v for _, v in where))
-        actions = pd.read_sql_query("SELECT * FROM actions WHERE output_id IS NOT NULL ORDER BY action_id", conn)
+    where = [(c, v) for c, v in (("r.workflow", workflow), ("r.origin", origin)) if v]
+    sql = "SELECT o.* FROM outputs o JOIN rounds r USING (round_id)"
+    if where:
+        sql += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where)
+    try:
+        with sqlite3.connect(uri, uri=True) as conn:
+            outputs = pd.read_sql_query(sql, conn, params=tuple(v for _, v in where))
+            actions = pd.read_sql_query("SELECT * FROM actions WHERE output_id IS NOT NULL ORDER BY action_id", conn)
+    except (sqlite3.Error, pd.errors.DatabaseError) as e:  # not SQLite, or SQLite without our tables
+        reason = str(e.__cause__ or e)
+        raise MedwbError(f"database '{path}' is not a MedWB feedback database ({reason}): give the feedback_db "
+                         "of notebooks 04/05 (by default feedback.sqlite in their run folder)") from None
     if outputs.empty:
         return pd.DataFrame()
     return usage.per_model(outputs, actions)

@@ -55,6 +55,8 @@ def check_database(path, fresh: bool = False) -> Path:
         if fresh:
             for f in (p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm")):
                 f.unlink(missing_ok=True)
+    else:
+        feedback.FeedbackStore._check_path(p, "db")  # a folder it can make and write, before any model starts
     return p
 
 

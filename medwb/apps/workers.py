@@ -29,6 +29,15 @@ from medwb.errors import MedwbError
 # Two workers may need the same artifact (e.g. one IR under optimum and genai): building
 # them one at a time keeps two exports from writing the same cache folder.
 _PREPARE_LOCK = threading.Lock()
+# RAM promised to workers of this process that are still loading (worker -> bytes, under
+# _PREPARE_LOCK): three models starting at once are checked against the memory together,
+# not each against the same free figure. A loaded worker's memory is in use, so its
+# promise is dropped.
+_LOADING: dict[int, int] = {}
+# A worker holds its model files about twice (mapped weights plus the runtime's own
+# copies and caches) plus the libraries: 1.2-2.0x the files and 0.5-0.7 GiB measured on
+# TinyLlama's shape at 256-token prompts (README, "Faults").
+WORKER_RAM_FACTOR, WORKER_RAM_BASE = 2.0, 512 * 2**20
 
 
 # ====================================================================== parent side
@@ -169,6 +178,7 @@ class ModelWorker:
             self._set_state("starting", "preparing the model files")
             with _PREPARE_LOCK:
                 path = resolve_artifact(self.spec)
+                self._reserve_memory(path)
             python = envs.require(entry.env)
             self.info.update(model_path=str(path), fingerprint=fingerprint(path), python=str(python))
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -243,11 +253,29 @@ class ModelWorker:
         for job in jobs:
             self._finish(job, {"job": job.job_id, "status": "error", "error": message})
 
+    def _reserve_memory(self, path: Path) -> None:
+        """Refuse to load a model that does not fit beside the ones loading with it."""
+        from medwb.paths import dir_size_bytes
+        from medwb.sysinfo import check_ram
+        need = int(dir_size_bytes(path) * WORKER_RAM_FACTOR + WORKER_RAM_BASE)
+        others = sum(b for w, b in _LOADING.items() if w != id(self))
+        check_ram(need + others, f"loading {self.label}" + (f" beside {others / 2**30:.1f} GiB for the models "
+                                                            "loading with it" if others else ""),
+                  f"{WORKER_RAM_FACTOR:g}x its files + {WORKER_RAM_BASE / 2**30:.1f} GiB", "use fewer or smaller "
+                  "models (e.g. INT4), or a machine with more memory")
+        _LOADING[id(self)] = need
+
+    def _release_memory(self) -> None:
+        if self.state != "starting":  # loaded (its memory now in use), failed or stopped
+            with _PREPARE_LOCK:
+                _LOADING.pop(id(self), None)
+
     def _set_state(self, state: str, detail: str = "") -> None:
         self.state, self.detail = state, detail
         self._notify()
 
     def _notify(self) -> None:
+        self._release_memory()
         try:
             self._on_state(self)
         except Exception:  # noqa: BLE001  (a display problem must not kill the worker)
@@ -292,6 +320,7 @@ class ModelWorker:
     def stop(self) -> None:
         with self._lock:
             proc, self._proc, self.state = self._proc, None, "stopped"
+        self._release_memory()
         if proc and proc.poll() is None:
             try:
                 proc.stdin.close()  # EOF: the worker finishes and exits

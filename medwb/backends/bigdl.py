@@ -21,6 +21,10 @@ from medwb.paths import atomic_dir, check_model_dir, linear_input_dims, model_co
 
 # Measured with bigdl-llm 2.4.0 on CPU (see the stack notes): these load and generate.
 CPU_LOW_BITS = ("sym_int4", "asym_int4", "sym_int5", "sym_int8")
+# Converting on load reads the FP32 checkpoint and quantizes it in place: the conversion of
+# TinyLlama's 4.40 GB FP32 shape peaked at 5.09 GB RSS (1.16x; AMD EPYC, 2026-11-30), so
+# 1.3x leaves room for the libraries and larger embeddings.
+CONVERT_RAM_FACTOR = 1.3
 # Accepted by bigdl's API but unusable on CPU: refused up front with the reason.
 NOT_ON_CPU = {
     "nf4": "raises 'not supported on CPU'", "nf3": "raises 'not supported on CPU'",
@@ -113,6 +117,11 @@ class BigDLBackend(PyTorchBackend):
         else:
             check_low_bit(low_bit)
             _check_linear_dims(model_dir)
+            from medwb.paths import checkpoint_bytes
+            from medwb.sysinfo import check_ram
+            check_ram(int(checkpoint_bytes(model_dir) * CONVERT_RAM_FACTOR), f"converting '{model_dir}' to {low_bit}",
+                      f"{CONVERT_RAM_FACTOR:g}x the checkpoint", "free memory, convert on a larger machine, or "
+                      "load a save_low_bit folder made elsewhere")
             kwargs = {"load_in_4bit": True} if low_bit == "sym_int4" else {"load_in_low_bit": low_bit}
             model = AutoModelForCausalLM.from_pretrained(
                 str(model_dir), optimize_model=optimize_model, torch_dtype=torch.float32, **kwargs)

@@ -49,7 +49,10 @@ class Knob:
 
 
 # Every backend takes the thread count of its own process.
-THREADS = Knob("load", positive_int=True, doc="threads of this variant (default: the run's `threads`)")
+THREADS = Knob("load", positive_int=True, doc="threads of this variant (default: the run's `threads`)",
+               why="one per core: on 2 cores one thread decoded 0.71x as fast for OpenVINO INT4 and bigdl "
+                   "sym_int4 alike (p=0.017 and 0.0004; 2026-11-30, TinyLlama's shape, AMD EPYC with AVX2 "
+                   "only, README \"Tuning\")")
 
 
 def declared(entry) -> dict[str, Knob]:

@@ -50,8 +50,14 @@ def load_config(path=None, **overrides) -> dict:
     if path:
         p = Path(path)
         if not p.is_file():
-            raise MedwbError(f"config file '{p}' does not exist")
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raise MedwbError(f"config file '{p}' does not exist: give a YAML file of settings (examples in configs/)")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise MedwbError(f"config file '{p}' is not valid YAML{where} ({getattr(e, 'problem', None) or e}): "
+                             "fix that line (a setting per line, NAME: VALUE)") from None
         if not isinstance(loaded, dict):
             raise MedwbError(f"config file '{p}' must hold a mapping of settings")
         cfg.update(loaded)
@@ -104,7 +110,8 @@ def validate(cfg: dict) -> dict:
     for i, v in enumerate(variants):
         problems += variant_problems(v, f"variants[{i}]", model_dir)
     if problems:
-        raise MedwbError("bad benchmark config:\n  - " + "\n  - ".join(problems))
+        # One line, as every user error (several problems: each named, separated by "; ").
+        raise MedwbError("bad benchmark config: " + "; ".join(problems))
     labels = [label(v) for v in variants]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:

@@ -135,6 +135,9 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]
 
     from medwb import runner, sysinfo
     checked = validate(cfg)
+    if run_dir:  # before any work: a run that cannot write its records is refused now
+        from medwb.paths import check_writable_dir
+        check_writable_dir(run_dir, "--run-dir")
     model_dir = checked["model_dir"]
     threads = cfg["threads"] or os.cpu_count() or 1
     cfg = {**cfg, "threads": threads}

@@ -203,7 +203,10 @@ def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True,
     model_dir, data = cfg["model_dir"], cfg["data"]
     samples = select(data, cfg["limit"])
     specs = {t: scoring.task_spec(t, cfg["task_map"]) for t in data.tasks()}
-    if not run_dir:
+    if run_dir:  # before any model runs: answers that cannot be written are refused now
+        from medwb.paths import check_writable_dir
+        check_writable_dir(run_dir, "--run-dir")
+    else:
         run_dir = runner.new_run_dir()
         from medwb import provenance
         provenance.write(run_dir, {"eval": public(cfg)}, kind="eval")

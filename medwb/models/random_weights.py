@@ -54,7 +54,6 @@ def is_speed_only(model_dir) -> bool:
 def ensure(name: str, with_bin: bool | None = None, log=print) -> Path:
     """The checkpoint of shape ``name``, built on first use (FP32 safetensors; plus
     pytorch_model.bin when llm-convert can take the shape)."""
-    import psutil
     if name not in SHAPES:
         raise MedwbError(f"model shape {name!r} is unknown; use one of {', '.join(SHAPES)}")
     out = cache_dir() / "shapes" / name
@@ -65,11 +64,10 @@ def ensure(name: str, with_bin: bool | None = None, log=print) -> Path:
     cli_ok = config["num_hidden_layers"] in LLAMA_CLI_LAYERS and \
         config["num_key_value_heads"] == config["num_attention_heads"]
     with_bin = cli_ok if with_bin is None else with_bin
-    need = parameter_count(config) * 4 * (2 if with_bin else 1)
-    have = psutil.virtual_memory().available
-    if need * 1.2 > have:
-        raise MedwbError(f"model shape {name!r} needs about {need * 1.2 / 2**30:.0f} GiB of RAM to build, "
-                         f"{have / 2**30:.0f} GiB is available: use a smaller shape or a larger machine")
+    from medwb.sysinfo import check_ram
+    check_ram(int(parameter_count(config) * 4 * (2 if with_bin else 1) * 1.2), f"building model shape {name!r}",
+              "its FP32 weights" + (" twice (safetensors and .bin)" if with_bin else "") + ", +20%",
+              "use a smaller shape or a larger machine")
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -25,7 +25,7 @@ def per_model(outputs, actions):
         tok_s = ((ok.new_tokens - 1) / (ok.total_ms - ok.ttft_ms) * 1e3).where(ok.new_tokens > 1)
         rows.append({
             "model": label, "outputs": len(out), "ok": len(ok),
-            "failed": int(out.status.isin(["error", "timeout"]).sum()),
+            "failed": int(out.status.isin(["error", "timeout", "interrupted"]).sum()),
             "likes": int((mine == "like").sum()), "dislikes": int((mine == "dislike").sum()),
             "like_rate": round((mine == "like").mean(), 3) if len(mine) else None,
             "backfilled": n("backfill"), "adoption_rate": round(n("backfill") / len(ok), 3) if len(ok) else None,

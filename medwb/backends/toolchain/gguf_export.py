@@ -93,17 +93,14 @@ def tensor_table(gguf_file: Path) -> dict:
 
 def convert(model_dir: Path, out_dir: Path) -> dict:
     """The F32 GGUF of a checkpoint, with llama.cpp's converter (main env)."""
-    import psutil
-
     from medwb.paths import checkpoint_bytes, check_model_dir
     model_dir = check_model_dir(model_dir, "model_path")
     out_dir = Path(out_dir)
     if (done := built(out_dir)) is not None:
         return done
-    need, have = int(checkpoint_bytes(model_dir) * CONVERT_RAM_FACTOR), psutil.virtual_memory().available
-    if need > have:
-        raise MedwbError(f"converting '{model_dir}' to GGUF needs about {need / 2**30:.1f} GiB of RAM "
-                         f"({CONVERT_RAM_FACTOR:g}x the checkpoint) but {have / 2**30:.1f} GiB is available")
+    from medwb.sysinfo import check_ram
+    check_ram(int(checkpoint_bytes(model_dir) * CONVERT_RAM_FACTOR), f"converting '{model_dir}' to GGUF",
+              f"{CONVERT_RAM_FACTOR:g}x the checkpoint", "free memory or convert on a larger machine")
     src = source_dir()
     _use_vendored(src)
     import convert_hf_to_gguf as converter

@@ -25,6 +25,9 @@ PRECISIONS = {"llama": ("int4", "int8"), "gptneox": ("int4", "int8"), "starcoder
               "bloom": ("int4",), "chatglm": ("int4",)}
 # llm-cli's llama loader knows these depths only ("Unknown model size" otherwise).
 LLAMA_CLI_LAYERS = (26, 32, 40, 60, 80)
+# llm-convert reads the whole FP32 pytorch_model.bin into memory and quantizes tensor by
+# tensor: an estimate, not a measurement (each conversion records its peak_rss_mb).
+CONVERT_RAM_FACTOR = 2.0
 # Which config "model_type" each family converter expects.
 MODEL_TYPES = {"llama": ("llama",), "bloom": ("bloom",), "gptneox": ("gpt_neox",),
                "starcoder": ("gpt_bigcode",), "chatglm": ("chatglm",)}
@@ -169,6 +172,10 @@ def convert(model_dir, out_dir, family: str, precision: str, timeout: float = 18
         raise MedwbError("; ".join(problems))
     if precision not in PRECISIONS[family]:
         raise MedwbError(f"llm-convert: {family} takes {', '.join(PRECISIONS[family])}, not {precision!r}")
+    from medwb.sysinfo import check_ram
+    memory = check_ram(int((model_dir / "pytorch_model.bin").stat().st_size * CONVERT_RAM_FACTOR),
+                       f"llm-convert of '{model_dir}'", f"{CONVERT_RAM_FACTOR:g}x pytorch_model.bin",
+                       "free memory or convert on a larger machine")
     out_dir = Path(out_dir)
     final = out_dir / f"bigdl_llm_{family}_{'q4_0' if precision == 'int4' else 'q8_0'}.bin"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +203,7 @@ def convert(model_dir, out_dir, family: str, precision: str, timeout: float = 18
     shown = cmd[:]
     shown[1], shown[3] = str(model_dir), str(out_dir)
     return {"file": str(final), "bytes": final.stat().st_size, "seconds": round(seconds, 2),
-            "command": " ".join(shown)}
+            "command": " ".join(shown), "peak_rss_mb": proc.peak_rss_mb, "memory_check": memory}
 
 
 _TIMING = re.compile(r"(load time|sample time|prompt eval time|eval time|total time)\s*=\s*([\d.]+) ms"

@@ -61,14 +61,9 @@ def check_group_size(model_dir: Path, group_size: int) -> int:
 
 
 def check_memory(model_dir: Path) -> dict:
-    import psutil
-    need = int(checkpoint_bytes(model_dir) * EXPORT_RAM_FACTOR)
-    have = psutil.virtual_memory().available
-    if need > have:
-        raise MedwbError(f"exporting '{model_dir}' needs about {need / 2**30:.1f} GiB of RAM "
-                         f"({EXPORT_RAM_FACTOR:g}x the checkpoint) but {have / 2**30:.1f} GiB is "
-                         "available: not started; free memory or export on a larger machine")
-    return {"estimated_bytes": need, "available_bytes": have}
+    from medwb.sysinfo import check_ram
+    return check_ram(int(checkpoint_bytes(model_dir) * EXPORT_RAM_FACTOR), f"exporting '{model_dir}'",
+                     f"{EXPORT_RAM_FACTOR:g}x the checkpoint", "free memory or export on a larger machine")
 
 
 def int4_settings(model_dir: Path, given: dict | None = None) -> dict:

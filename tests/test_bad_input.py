@@ -1,0 +1,164 @@
+"""Bad input, one table: every command and notebook parameter that takes a path, a model, a
+number or a file, given something wrong. Each must answer with one line that names the
+parameter (and says what to do), exit status 2, and leave the folders as they were.
+
+The README's "Bad input" table is this table. Commands run in-process (cli.main), so the
+whole table takes seconds: nothing here may reach a model.
+"""
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from medwb import cli
+
+# (id, argv with {tmp} for the test's folder, what the one line must contain)
+CASES = [
+    # --- models
+    ("bench model missing", ["bench", "--model", "{tmp}/no-such-model"], "does not exist"),
+    ("bench model is a file", ["bench", "--model", "{tmp}/a_file.txt"], "a_file.txt"),
+    ("bench model folder is not a model", ["bench", "--model", "{tmp}/empty_dir"], "config.json"),
+    ("bench unknown shape", ["bench", "--model", "shape:gpt-9"], "shape"),
+    ("eval model missing", ["eval", "--model", "{tmp}/no-such-model", "--variants", "pytorch:fp32"], "does not exist"),
+    ("doctor model missing", ["doctor", "--model", "{tmp}/no-such-model"], "no-such-model"),
+    # --- variants, precisions, knobs
+    ("unknown backend", ["bench", "--variants", "tensorrt:fp16"], "tensorrt"),
+    ("unsupported precision", ["bench", "--variants", "pytorch:int3"], "int3"),
+    ("unsupported group size", ["bench", "--variants", "openvino-genai:int4/bf16[int4_group_size=48]"], "int4_group_size"),
+    ("unknown knob", ["bench", "--variants", "openvino-genai:int4/bf16[turbo=1]"], "turbo"),
+    ("knob on the wrong weights", ["bench", "--variants", "openvino-genai:int8/bf16[int4_sym=false]"], "int4_sym"),
+    ("eval unknown precision", ["eval", "--variants", "bigdl:int3"], "int3"),
+    # --- numbers
+    ("token pair malformed", ["bench", "--token-pairs", "32"], "token"),
+    ("context overflow", ["bench", "--token-pairs", "100000-64"], "100000"),
+    ("negative trials", ["bench", "--trials", "-1"], "trials"),
+    ("negative threads", ["bench", "--threads", "-2"], "threads"),
+    ("zero rounds", ["bench", "--rounds", "0"], "rounds"),
+    ("zero concurrent", ["bench", "--concurrent", "0"], "concurrent"),
+    ("trials not a number", ["bench", "--trials", "many"], "--trials"),
+    ("negative eval limit", ["eval", "--limit", "-1"], "limit"),
+    ("too few bootstrap resamples", ["eval", "--bootstrap", "5"], "bootstrap"),
+    ("overhead zero cases", ["overhead", "--cases", "0"], "cases"),
+    ("simulate zero days", ["feedback", "simulate", "--db", "{tmp}/sim.sqlite", "--days", "0"], "days"),
+    # --- config and data files
+    ("config missing", ["bench", "--config", "{tmp}/no-such.yaml"], "no-such.yaml"),
+    ("config malformed", ["bench", "--config", "{tmp}/malformed.yaml"], "malformed.yaml"),
+    ("config unknown parameter", ["bench", "--config", "{tmp}/unknown_key.yaml"], "tirals"),
+    ("eval file missing", ["eval", "--eval-file", "{tmp}/no-such.jsonl"], "no-such.jsonl"),
+    ("eval file malformed line", ["eval", "--eval-file", "{tmp}/bad_line.jsonl"], "bad_line.jsonl:2"),
+    ("eval file empty", ["eval", "--eval-file", "{tmp}/empty.jsonl"], "no records"),
+    ("task map malformed", ["eval", "--task-map", "no-equals-sign"], "task"),
+    ("rescore a folder that is no run", ["eval", "--rescore", "{tmp}/empty_dir"], "rescore"),
+    # --- output folders
+    ("run dir is a file", ["bench", "--run-dir", "{tmp}/a_file.txt"], "run-dir"),
+    ("run dir unwritable", ["bench", "--run-dir", "/proc/medwb-run"], "run-dir"),
+    ("eval run dir unwritable", ["eval", "--run-dir", "/proc/medwb-run"], "run-dir"),
+    ("demo model out unwritable", ["demo-model", "--out", "/proc/medwb-model"], "--out"),
+    ("demo model force alone", ["demo-model", "--force"], "--force"),
+    ("data out is a file", ["data", "--out", "{tmp}/a_file.txt"], "--out"),
+    ("report out is a file", ["feedback", "{tmp}/real.sqlite", "--report", "--out", "{tmp}/a_file.txt"], "--out"),
+    # --- feedback databases
+    ("feedback database missing", ["feedback", "{tmp}/no-such.sqlite"], "does not exist"),
+    ("feedback file is not a database", ["feedback", "{tmp}/a_file.txt"], "not a MedWB feedback database"),
+    ("feedback SQLite of something else", ["feedback", "{tmp}/other.sqlite"], "not a MedWB feedback database"),
+    ("simulate into a real store", ["feedback", "simulate", "--db", "{tmp}/real.sqlite"], "holds real feedback"),
+    ("simulate into an unwritable folder", ["feedback", "simulate", "--db", "/proc/medwb/sim.sqlite"], "db '"),
+    # --- the main job and run comparison
+    ("notebook missing", ["run", "{tmp}/no-such.ipynb"], "no-such.ipynb"),
+    ("parameter without a value", ["run", "-p", "trials"], "-p"),
+    ("unknown notebook parameter", ["run", "-p", "trails=1"], "trails"),
+    ("runs dir unwritable", ["run", "--runs-dir", "/proc/medwb-runs"], "--runs-dir"),
+    ("overhead run dir unwritable", ["overhead", "--run-dir", "/proc/medwb-run"], "--run-dir"),
+    ("compare runs missing", ["compare-runs", "{tmp}/no-run-a", "{tmp}/no-run-b"], "no-run-a"),
+]
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    (tmp_path / "a_file.txt").write_text("not what was asked for\n")
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "malformed.yaml").write_text("trials: [1, 2\n")
+    (tmp_path / "unknown_key.yaml").write_text("tirals: 3\n")
+    good = {"input": "a", "target": "b", "answer_choices": ["x"], "task_type": "cls", "task_dataset": "MedWB-QIC",
+            "sample_id": "s1"}
+    (tmp_path / "bad_line.jsonl").write_text(json.dumps(good, ensure_ascii=False) + "\n{not json\n")
+    (tmp_path / "empty.jsonl").write_text("")
+    con = sqlite3.connect(tmp_path / "other.sqlite")
+    con.execute("CREATE TABLE notes (x TEXT)")
+    con.commit()
+    con.close()
+    from medwb.apps import feedback
+    store = feedback.FeedbackStore(tmp_path / "real.sqlite")  # a doctor's round and open event
+    store.event("differential_diagnosis", "s", "ui", "c1", "open",
+                store.new_round("differential_diagnosis", "s", {"chief_complaint": "x"}, "t", 8, record_ref="c1"))
+    store.close()
+    return tmp_path
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else "dir") for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("argv, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_naming_the_parameter_status_2_and_nothing_written(argv, expected, inputs,
+                                                                                 monkeypatch, capsys):
+    monkeypatch.chdir(inputs)  # the default runs/ folder would appear here
+    before = _tree(inputs)
+    argv = [a.replace("{tmp}", str(inputs)) for a in argv]
+    try:
+        status = cli.main(argv)
+    except SystemExit as e:  # argparse's own checks
+        status = e.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, err
+    assert expected.replace("{tmp}", str(inputs)) in lines[0] and "error" in lines[0], lines[0]
+    assert _tree(inputs) == before  # nothing half-written, nothing new
+
+
+def test_the_table_is_long_enough_and_in_the_readme():
+    assert len(CASES) >= 30
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Bad input", 1)[1].split("\n## ", 1)[0]
+    missing = [c[0] for c in CASES if f"| {c[0]} |" not in section]
+    assert missing == [], f"add these rows to the README's bad-input table: {missing}"
+
+
+READ_ONLY_CHECK = """
+import sys
+from medwb.apps import feedback
+from medwb.errors import MedwbError
+try:
+    feedback.FeedbackStore(sys.argv[1])
+except MedwbError as e:
+    print(e)
+"""
+
+
+def test_a_read_only_database_is_refused_before_anything_runs(tmp_path):
+    """A read-only file (as a user), or a read-only mount (as root, who writes any file)."""
+    import shutil
+    import subprocess
+    import sys
+    from medwb.apps import feedback
+    folder = tmp_path / "store"
+    folder.mkdir()
+    db = folder / "fb.sqlite"
+    feedback.FeedbackStore(db).close()
+    if os.geteuid() != 0:
+        db.chmod(0o444)
+        command = [sys.executable, "-c", READ_ONLY_CHECK, str(db)]
+    elif shutil.which("unshare") and shutil.which("mount"):
+        script = (f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} {folder} && "
+                  f"exec {sys.executable} -c '{READ_ONLY_CHECK}' {db}")
+        command = ["unshare", "-m", "sh", "-c", script]
+    else:
+        pytest.skip("root, and no unshare/mount for a read-only mount")
+    before = sorted(p.name for p in folder.iterdir())
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0 and "mount" in out.stderr:
+        pytest.skip(f"no permission for a read-only mount here: {out.stderr.strip()[-200:]}")
+    assert "feedback_db" in out.stdout and "not writable" in out.stdout, out.stdout + out.stderr
+    assert sorted(p.name for p in folder.iterdir()) == before
