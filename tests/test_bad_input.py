@@ -75,6 +75,94 @@ CASES = [
 ]
 
 
+
+def _nb01(tmp, **bad):
+    from medwb.routes import bigdl as route
+    return route.prepare(**{"model_path": "", "model_family": "llama", "low_bits": ["sym_int4"], "out_dir": "",
+                            "threads": 0, "run_dir": str(tmp), "prompt": "", "kernel_build": "match", **bad})
+
+
+def _nb02(tmp, **bad):
+    from medwb.routes import openvino as route
+    return route.prepare(**{"model_path": "", "weight_formats": ["int8"], "int4_group_size": 0, "int4_sym": None,
+                            "inference_precision": "f32", "kv_cache_precision": "", "out_dir": "", "threads": 0,
+                            "prompt": "", "run_dir": str(tmp), **bad})
+
+
+def _nb03(tmp, **bad):
+    from medwb.bench import run as bench
+    return bench.run_or_load(**{"config_file": "", "records_from": "", "run_dir": str(tmp), "model": "demo",
+                                "variants": ["pytorch:fp32"], "token_pairs": [[8, 4]], "trials": 1,
+                                "quality_cases": 0, "threads": 0, **bad})
+
+
+def _app(kind, tmp, **bad):
+    from medwb.apps.diagnosis.app import DiagnosisApp
+    from medwb.apps.discharge.app import DischargeApp
+    app = {"04": DiagnosisApp, "05": DischargeApp}[kind]
+    return app(**{"models": ["openvino-genai:int8/f32"], "run_dir": str(tmp), **bad})
+
+
+def _nb06(tmp, **bad):
+    from medwb.eval import run as evaluation
+    return evaluation.run(**{"model": "demo", "eval_file": "", "variants": "pytorch:fp32", "limit": 1,
+                             "task_map": "", "threads": 0, "bootstrap": 1000, "run_dir": str(tmp), **bad})
+
+
+def _nb07(tmp, what, **bad):
+    from medwb.apps import simulate, usage_report
+    if what == "simulate":
+        return simulate.simulate(**{"db": tmp / "sim.sqlite", "days": 1, "seed": 0,
+                                    "models": ["openvino-genai:int8/f32"], **bad})
+    return usage_report.build(**{"path": tmp / "real.sqlite", "period": "week", "origin": None, **bad})
+
+
+# Notebook parameters: (id, the notebook's own entry call with one bad value, what the one
+# line must contain). The notebooks call exactly these first, so the cell shows this line.
+NOTEBOOK_CASES = [
+    ("01 model_path missing", lambda t: _nb01(t, model_path=f"{t}/no-such-model"), "model_path"),
+    ("01 model_family unknown", lambda t: _nb01(t, model_family="gpt5"), "gpt5"),
+    ("01 low_bits unsupported", lambda t: _nb01(t, low_bits=["int3"]), "low_bits"),
+    ("01 out_dir unwritable", lambda t: _nb01(t, out_dir="/proc/medwb-out"), "out_dir"),
+    ("01 threads negative", lambda t: _nb01(t, threads=-1), "threads"),
+    ("01 kernel_build unknown", lambda t: _nb01(t, kernel_build="avx9"), "kernel_build"),
+    ("02 model_path is a file", lambda t: _nb02(t, model_path=f"{t}/a_file.txt"), "a_file.txt"),
+    ("02 weight format unknown", lambda t: _nb02(t, weight_formats=["int2"]), "weight_formats"),
+    ("02 group size does not divide", lambda t: _nb02(t, weight_formats=["int4"], int4_group_size=48), "48"),
+    ("02 inference precision unsupported", lambda t: _nb02(t, inference_precision="fp8"), "inference_precision"),
+    ("02 KV-cache precision unknown", lambda t: _nb02(t, kv_cache_precision="i2"), "kv_cache_precision"),
+    ("03 variant unknown", lambda t: _nb03(t, variants=["tensorrt:fp16"]), "tensorrt"),
+    ("03 token pair over the context", lambda t: _nb03(t, token_pairs=[[4000, 64]]), "token_pairs"),
+    ("03 records_from not a run", lambda t: _nb03(t, records_from=str(t / "empty_dir")), "records_from"),
+    ("03 config_file malformed", lambda t: _nb03(t, config_file=str(t / "malformed.yaml")), "malformed.yaml"),
+    ("04 models empty", lambda t: _app("04", t, models=[]), "models"),
+    ("04 max_new_tokens zero", lambda t: _app("04", t, max_new_tokens=0), "max_new_tokens"),
+    ("04 case_id unknown", lambda t: _app("04", t, case_id="h999999"), "h999999"),
+    ("04 feedback_db is a folder", lambda t: _app("04", t, feedback_db=str(t / "empty_dir")), "feedback_db"),
+    ("04 generate_timeout_s negative", lambda t: _app("04", t, generate_timeout_s=-1), "generate_timeout_s"),
+    ("05 record_id unknown", lambda t: _app("05", t, record_id="h999999"), "h999999"),
+    ("05 feedback_db not a database", lambda t: _app("05", t, feedback_db=str(t / "a_file.txt")), "feedback_db"),
+    ("06 eval_file empty", lambda t: _nb06(t, eval_file=str(t / "empty.jsonl")), "no records"),
+    ("06 variants unknown backend", lambda t: _nb06(t, variants="tensorrt:fp16"), "tensorrt"),
+    ("06 bootstrap too few", lambda t: _nb06(t, bootstrap=10), "bootstrap"),
+    ("07 simulate_days too many", lambda t: _nb07(t, "simulate", days=400), "days"),
+    ("07 period unknown", lambda t: _nb07(t, "report", period="month"), "period"),
+]
+
+
+@pytest.mark.parametrize("call, expected", [c[1:] for c in NOTEBOOK_CASES], ids=[c[0] for c in NOTEBOOK_CASES])
+def test_bad_notebook_parameters_are_one_line_naming_the_parameter_and_nothing_written(call, expected, inputs,
+                                                                                       monkeypatch):
+    from medwb.errors import MedwbError
+    monkeypatch.chdir(inputs)
+    before = _tree(inputs)
+    with pytest.raises(MedwbError) as e:
+        call(inputs)
+    line = str(e.value)
+    assert "\n" not in line and expected in line, line
+    assert _tree(inputs) == before
+
+
 @pytest.fixture
 def inputs(tmp_path):
     (tmp_path / "a_file.txt").write_text("not what was asked for\n")
@@ -122,7 +210,7 @@ def test_the_table_is_long_enough_and_in_the_readme():
     assert len(CASES) >= 30
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("### Bad input", 1)[1].split("\n## ", 1)[0]
-    missing = [c[0] for c in CASES if f"| {c[0]} |" not in section]
+    missing = [c[0] for c in CASES + NOTEBOOK_CASES if f"| {c[0]} |" not in section]
     assert missing == [], f"add these rows to the README's bad-input table: {missing}"
 
 

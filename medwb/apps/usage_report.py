@@ -29,6 +29,8 @@ def open_database(path, parameter: str = "database") -> dict:
 
 def build(path, period: str = "week", origin: str | None = None) -> dict:
     """The report's tables: per workflow, per workflow and model, error categories."""
+    if period not in usage.PERIODS:  # before the database is opened
+        raise MedwbError(f"period {period!r}: use one of {', '.join(usage.PERIODS)}")
     tables = open_database(path)
     simulated = tables["meta"].get("simulated") == "1" or (tables["rounds"].origin == "simulated").any()
     return {"database": str(Path(path).expanduser()), "period": period, "origin": origin or "all",
