@@ -96,6 +96,11 @@ def _nb03(tmp, **bad):
                                 "quality_cases": 0, "threads": 0, **bad})
 
 
+def _targets(**bad):
+    from medwb.bench import report
+    return report.check_targets(**{"latency_target_ms": 100.0, "ram_budget_gb": 16.0, "side_by_side": 3, **bad})
+
+
 def _app(kind, tmp, **bad):
     from medwb.apps.diagnosis.app import DiagnosisApp
     from medwb.apps.discharge.app import DischargeApp
@@ -126,25 +131,37 @@ NOTEBOOK_CASES = [
     ("01 out_dir unwritable", lambda t: _nb01(t, out_dir="/proc/medwb-out"), "out_dir"),
     ("01 threads negative", lambda t: _nb01(t, threads=-1), "threads"),
     ("01 kernel_build unknown", lambda t: _nb01(t, kernel_build="avx9"), "kernel_build"),
+    ("01 n_prompts zero", lambda t: _nb01(t, n_prompts=0), "n_prompts"),
+    ("01 max_new_tokens negative", lambda t: _nb01(t, max_new_tokens=-4), "max_new_tokens"),
     ("02 model_path is a file", lambda t: _nb02(t, model_path=f"{t}/a_file.txt"), "a_file.txt"),
     ("02 weight format unknown", lambda t: _nb02(t, weight_formats=["int2"]), "weight_formats"),
     ("02 group size does not divide", lambda t: _nb02(t, weight_formats=["int4"], int4_group_size=48), "48"),
     ("02 inference precision unsupported", lambda t: _nb02(t, inference_precision="fp8"), "inference_precision"),
     ("02 KV-cache precision unknown", lambda t: _nb02(t, kv_cache_precision="i2"), "kv_cache_precision"),
+    ("02 trials zero", lambda t: _nb02(t, trials=0), "trials"),
+    ("02 stateless_input_tokens zero", lambda t: _nb02(t, stateless_input_tokens=0), "stateless_input_tokens"),
     ("03 variant unknown", lambda t: _nb03(t, variants=["tensorrt:fp16"]), "tensorrt"),
     ("03 token pair over the context", lambda t: _nb03(t, token_pairs=[[4000, 64]]), "token_pairs"),
     ("03 records_from not a run", lambda t: _nb03(t, records_from=str(t / "empty_dir")), "records_from"),
     ("03 config_file malformed", lambda t: _nb03(t, config_file=str(t / "malformed.yaml")), "malformed.yaml"),
+    ("03 trials zero", lambda t: _nb03(t, trials=0), "trials"),
+    ("03 quality_cases negative", lambda t: _nb03(t, quality_cases=-1), "quality_cases"),
+    ("03 latency_target_ms negative", lambda t: _targets(latency_target_ms=-5), "latency_target_ms"),
+    ("03 ram_budget_gb zero", lambda t: _targets(ram_budget_gb=0), "ram_budget_gb"),
+    ("03 side_by_side zero", lambda t: _targets(side_by_side=0), "side_by_side"),
     ("04 models empty", lambda t: _app("04", t, models=[]), "models"),
     ("04 max_new_tokens zero", lambda t: _app("04", t, max_new_tokens=0), "max_new_tokens"),
     ("04 case_id unknown", lambda t: _app("04", t, case_id="h999999"), "h999999"),
     ("04 feedback_db is a folder", lambda t: _app("04", t, feedback_db=str(t / "empty_dir")), "feedback_db"),
     ("04 generate_timeout_s negative", lambda t: _app("04", t, generate_timeout_s=-1), "generate_timeout_s"),
+    ("04 threads negative", lambda t: _app("04", t, threads=-1), "threads"),
     ("05 record_id unknown", lambda t: _app("05", t, record_id="h999999"), "h999999"),
     ("05 feedback_db not a database", lambda t: _app("05", t, feedback_db=str(t / "a_file.txt")), "feedback_db"),
     ("06 eval_file empty", lambda t: _nb06(t, eval_file=str(t / "empty.jsonl")), "no records"),
     ("06 variants unknown backend", lambda t: _nb06(t, variants="tensorrt:fp16"), "tensorrt"),
     ("06 bootstrap too few", lambda t: _nb06(t, bootstrap=10), "bootstrap"),
+    ("06 limit negative", lambda t: _nb06(t, limit=-1), "limit"),
+    ("06 threads negative", lambda t: _nb06(t, threads=-2), "threads"),
     ("07 simulate_days too many", lambda t: _nb07(t, "simulate", days=400), "days"),
     ("07 period unknown", lambda t: _nb07(t, "report", period="month"), "period"),
 ]

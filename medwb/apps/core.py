@@ -22,7 +22,7 @@ from pathlib import Path
 
 from medwb import sysinfo
 from medwb.apps import feedback, workers
-from medwb.errors import MedwbError
+from medwb.errors import MedwbError, check_count
 
 STREAM_REFRESH_S = 0.1  # at most ~10 card updates a second per model while streaming
 FLAG_NAMES = {"value": "数值", "date": "日期", "drug": "药物", "diagnosis": "诊断"}
@@ -181,6 +181,7 @@ class ClinicalApp:
             raise MedwbError(f"models: {labels} lists a model twice; give each a different path or a 'label'")
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise MedwbError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        check_count("threads", threads, 0, "0: the cores shared out among the models")
         for name, value in (("load_timeout_s", load_timeout_s), ("generate_timeout_s", generate_timeout_s)):
             if not isinstance(value, (int, float)) or value <= 0:
                 raise MedwbError(f"{name} must be a positive number of seconds, got {value!r}")

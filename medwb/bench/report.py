@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medwb.errors import MedwbError, check_count
 from medwb.paths import write_text_atomic
 from medwb.plots import png_base64
 
@@ -134,6 +135,14 @@ def side_by_decode(row, n: int) -> str:
         return f"measured: {row['tpot_side_by_side']} ms/token for the slowest of {n} decoding at once"
     return (f"estimated >= {row['tpot_side_by_side']} ms when all {n} decode at once; measure it with "
             f"`medwb bench --concurrent {n}`")
+
+
+def check_targets(latency_target_ms, ram_budget_gb, side_by_side) -> None:
+    """Notebook 03 checks its recommendation parameters before the benchmark runs."""
+    for name, value in (("latency_target_ms", latency_target_ms), ("ram_budget_gb", ram_budget_gb)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise MedwbError(f"{name} must be a positive number, got {value!r}")
+    check_count("side_by_side", side_by_side, meaning="models running at once")
 
 
 def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, side_by_side: int = 3,

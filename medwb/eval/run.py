@@ -33,7 +33,7 @@ from pathlib import Path
 from medwb import envs
 from medwb.backends import knobs, registry
 from medwb.backends.variants import label, parse_variants, prepare, resolve_model, variant_problems
-from medwb.errors import MedwbError
+from medwb.errors import MedwbError, check_count
 from medwb.eval import dataset, scoring
 from medwb.paths import REPO_DIR, cache_dir, write_json_atomic, write_text_atomic
 
@@ -366,6 +366,7 @@ def check_config(cfg: dict, need_model: bool = True) -> dict:
         raise MedwbError(f"bootstrap {cfg['bootstrap']!r}: give at least 100 resamples (1000 is usual)")
     if isinstance(cfg["task_map"], str):
         cfg["task_map"] = parse_task_map(cfg["task_map"])
+    check_count("threads", cfg["threads"], 0, "0: all cores")
     cfg["threads"] = cfg["threads"] or os.cpu_count() or 1
     cfg["data"] = dataset.load(cfg["eval_file"] or evalset.EVAL_FILE, task_map=cfg["task_map"] or None)
     if need_model:

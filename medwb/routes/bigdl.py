@@ -158,12 +158,17 @@ def cpu_kernel_summary() -> dict:
             "build_matching_flags": bigdl_kernels.matching_build()}
 
 
-def prepare(model_path, model_family, low_bits, out_dir, threads, run_dir, prompt, kernel_build):
+def prepare(model_path, model_family, low_bits, out_dir, threads, run_dir, prompt, kernel_build,
+            n_prompts: int = 8, max_new_tokens: int = 32):
     """Resolve the notebook's parameters (defaults: the demo model, all cores, a held-out
     case) and validate them all before anything runs or is written."""
     import types
 
+    from medwb.errors import check_count
     from medwb.models import demo_model
+    check_count("n_prompts", n_prompts)
+    check_count("max_new_tokens", max_new_tokens)
+    check_count("threads", threads, 0, "0: all cores")
     if not model_path:
         model_path = demo_model.ensure()
     threads = threads or os.cpu_count() or 1

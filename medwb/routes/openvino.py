@@ -27,10 +27,16 @@ FUSED = ("ScaledDotProductAttention", "RoPE", "RMS", "MemoryInput", "MemoryOutpu
 
 
 def prepare(model_path, weight_formats, int4_group_size, int4_sym, inference_precision,
-            kv_cache_precision, out_dir, threads, prompt, run_dir) -> types.SimpleNamespace:
+            kv_cache_precision, out_dir, threads, prompt, run_dir, n_prompts: int = 8, max_new_tokens: int = 32,
+            trials: int = 3, stateless_input_tokens: int = 1024) -> types.SimpleNamespace:
     """Resolve the notebook's parameters (defaults: the demo model, all cores, a held-out
     case) and reject bad ones with a message naming the parameter, before any writing."""
+    from medwb.errors import check_count
     from medwb.models import demo_model
+    for name, value in (("n_prompts", n_prompts), ("max_new_tokens", max_new_tokens), ("trials", trials),
+                        ("stateless_input_tokens", stateless_input_tokens)):
+        check_count(name, value)
+    check_count("threads", threads, 0, "0: all cores")
     model_dir = check_model_dir(model_path, "model_path") if model_path else demo_model.ensure()
     if isinstance(weight_formats, str) or not weight_formats:
         raise MedwbError("weight_formats must be a non-empty list, e.g. ['fp16', 'int8', 'int4']")
