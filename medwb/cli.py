@@ -145,9 +145,7 @@ def cmd_data(args) -> int:
     from medwb.tasks import corpus, evalset
     if args.out:
         from medwb.paths import check_writable_dir
-        if Path(args.out).exists() and not Path(args.out).is_dir():
-            raise MedwbError(f"--out '{args.out}' is a file: give a folder for the data files")
-        check_writable_dir(args.out, "--out")
+        check_writable_dir(args.out, "--out")  # also refuses a file
     for path in corpus.write_heldout(Path(args.out) if args.out else corpus.HELDOUT_DIR):
         print(f"wrote {path}")
     print(f"wrote {evalset.write(Path(args.out) / evalset.EVAL_FILE.name if args.out else evalset.EVAL_FILE)}")
@@ -171,11 +169,8 @@ def cmd_feedback(args) -> int:
                          "(by default feedback.sqlite in their run folder)")
     if args.report:
         from medwb.apps import usage_report
-        out = Path(args.out) if args.out else path.parent / "usage_report"
-        if out.exists() and not out.is_dir():
-            raise MedwbError(f"--out '{out}' is a file: give a folder for the report")
         from medwb.paths import check_writable_dir
-        check_writable_dir(out, "--out")
+        out = check_writable_dir(Path(args.out) if args.out else path.parent / "usage_report", "--out")
         report = usage_report.build(path, period=args.period, origin=args.origin)
         paths = usage_report.write(report, out)
         shown = report["by_workflow"]

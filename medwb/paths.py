@@ -149,9 +149,10 @@ def atomic_dir(final: Path, overwrite: bool = False):
         shutil.rmtree(tmp, ignore_errors=True)
         fix = (f"nothing was kept: free space in '{final.parent}' (or point MEDWB_CACHE / the output folder "
                "at a larger disk) and run again")
-        if _disk_full(e):
+        full = _disk_full(e)
+        if full:
             raise MedwbError(f"'{final}': the disk is full (or a file size limit was reached) while writing it "
-                             f"({_disk_full(e)}); {fix}") from e
+                             f"({full}); {fix}") from e
         if any(_STREAM_FAILURE in str(x) for x in _chain(e)):
             raise MedwbError(f"'{final}': writing it failed ({_STREAM_FAILURE}: a C++ file writer, e.g. OpenVINO's, "
                              f"could not write; the disk may be full); {fix}") from e
