@@ -32,7 +32,7 @@ LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-m
 	-c requirements/constraints.txt --no-emit-package torchvision \
 	$(if $(wildcard $(FIND_LINKS)),--find-links $(FIND_LINKS))
 
-.PHONY: setup run test demo-model demo-model-rebuild lab clean-envs lock bundle
+.PHONY: setup run test app browser demo-model demo-model-rebuild lab clean-envs lock bundle
 .DEFAULT_GOAL := run
 
 setup: $(MAIN)/.medwb-ready $(BIGDL)/.medwb-ready $(LLAMACPP)/.medwb-ready
@@ -85,8 +85,24 @@ $(UV):
 run: setup
 	$(MAIN)/bin/medwb run
 
-test: setup
+test: setup browser
 	$(MAIN)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The app's browser test drives Debian's chromium through Playwright (never Playwright's own
+# browser download) and screenshots Chinese text (a CJK font). Installed once when missing
+# (root, or sudo).
+browser:
+	@command -v chromium > /dev/null && fc-list 2> /dev/null | grep -qi wqy || { \
+	  echo "== Debian packages for the browser test: chromium fonts-wqy-microhei"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    chromium fonts-wqy-microhei > /dev/null; }
+
+# The clinical app as a web page (Voila) at a printed 127.0.0.1 URL with a token; APP=discharge
+# for the discharge record. The models come from configs/app.yaml (one process each, shared).
+APP ?= diagnosis
+app: setup
+	$(MAIN)/bin/medwb app $(APP)
 
 demo-model: $(MAIN)/.medwb-ready
 	$(MAIN)/bin/medwb demo-model

@@ -71,6 +71,27 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_app(args) -> int:
+    from medwb.apps import serve
+    return serve.run(args.workflow, args.config, args.run_dir, args.ip, args.port, args.token_file)
+
+
+def cmd_app_load(args) -> int:
+    from medwb import runner
+    from medwb.bench import app_load
+    try:
+        doctors = [int(x) for x in args.doctors.split(",") if x.strip()]
+    except ValueError:
+        raise MedwbError(f"--doctors {args.doctors!r}: comma-separated counts, e.g. 1,5,10") from None
+    if args.run_dir:
+        from medwb.paths import check_writable_dir
+        check_writable_dir(args.run_dir, "--run-dir")
+    app_load.check(doctors, args.rounds, args.think_s)
+    run_dir = Path(args.run_dir) if args.run_dir else runner.new_run_dir()
+    app_load.run(args.config, doctors, args.rounds, args.think_s, run_dir)
+    return 0
+
+
 def cmd_overhead(args) -> int:
     from medwb import runner
     from medwb.bench import overhead
@@ -249,6 +270,31 @@ def parser() -> argparse.ArgumentParser:
                    help="override a parameter in every notebook that declares it (VALUE read as YAML: "
                         "1, False, [[32, 8]], text)")
     r.set_defaults(func=cmd_run)
+
+    a = sub.add_parser("app", help="serve a clinical app as a web page for several doctors (Voila, one shared "
+                                   "model pool, token, 127.0.0.1 by default)")
+    a.add_argument("workflow", nargs="?", default="diagnosis", help="diagnosis (鉴别诊断) or discharge (出院记录)")
+    a.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "app.yaml"),
+                   help="the model pool's YAML file (default: configs/app.yaml)")
+    a.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                     "only; another needs MEDWB_APP_TOKEN or --token-file)")
+    a.add_argument("--port", type=int, default=8866)
+    a.add_argument("--token-file", help="file holding the access token (default: a random one, printed in the URL)")
+    a.add_argument("--run-dir", help="folder for the feedback store, logs and the pool's socket "
+                                     "(default: a new runs/<timestamp>)")
+    a.set_defaults(func=cmd_app)
+
+    al = sub.add_parser("app-load", help="benchmark the app server's shared model pool with N simulated doctors",
+                        description="N doctors at once (each a page of its own on one shared pool), each doing "
+                                    "rounds of generate, view, vote, back-fill; records go to "
+                                    "<run>/records/app_load.jsonl.")
+    al.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "app.yaml"),
+                    help="the pool's YAML file, as for medwb app (default: configs/app.yaml)")
+    al.add_argument("--doctors", default="1,5,10", help="comma-separated numbers of doctors at once")
+    al.add_argument("--rounds", type=int, default=3, help="rounds per doctor")
+    al.add_argument("--think-s", type=float, default=2.0, help="mean pause between a doctor's rounds, seconds")
+    al.add_argument("--run-dir", help="folder for records (default: a new runs/<timestamp>)")
+    al.set_defaults(func=cmd_app_load)
 
     o = sub.add_parser("overhead", help="what the apps' worker path adds to calling a backend directly",
                        description="Same records and tokens through medwb's app worker and through the backend "

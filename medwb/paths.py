@@ -111,6 +111,25 @@ def check_writable_dir(path, parameter: str = "out_dir") -> Path:
     return out
 
 
+def read_settings_file(path, label: str, fix: str) -> dict:
+    """A YAML file of settings (a mapping), or one line naming ``label`` and what is wrong:
+    missing (``fix`` says what to give), not YAML (where), or not a mapping."""
+    import yaml
+    p = Path(path)
+    if not p.is_file():
+        raise MedwbError(f"{label} '{p}' does not exist: {fix}")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise MedwbError(f"{label} '{p}' is not valid YAML{where} ({getattr(e, 'problem', None) or e}): "
+                         "fix that line (a setting per line, NAME: VALUE)") from None
+    if not isinstance(loaded, dict):
+        raise MedwbError(f"{label} '{p}' must hold a mapping of settings")
+    return loaded
+
+
 def linear_input_dims(model_dir) -> dict:
     """The sizes every Linear layer takes as input (hidden and FFN), from config.json.
 

@@ -72,6 +72,19 @@ CASES = [
     ("runs dir unwritable", ["run", "--runs-dir", "/proc/medwb-runs"], "--runs-dir"),
     ("overhead run dir unwritable", ["overhead", "--run-dir", "/proc/medwb-run"], "--run-dir"),
     ("compare runs missing", ["compare-runs", "{tmp}/no-run-a", "{tmp}/no-run-b"], "no-run-a"),
+    # --- the app server
+    ("app unknown workflow", ["app", "triage"], "triage"),
+    ("app config missing", ["app", "--config", "{tmp}/no-such.yaml"], "no-such.yaml"),
+    ("app config unknown key", ["app", "--config", "{tmp}/unknown_key.yaml"], "tirals"),
+    ("app config unknown model", ["app", "--config", "{tmp}/app_bad_model.yaml"], "tensorrt"),
+    ("app config negative timeout", ["app", "--config", "{tmp}/app_bad_timeout.yaml"], "generate_timeout_s"),
+    ("app another address without a token", ["app", "--ip", "0.0.0.0"], "MEDWB_APP_TOKEN"),
+    ("app address malformed", ["app", "--ip", "intranet"], "--ip"),
+    ("app token too short", ["app", "--token-file", "{tmp}/short_token.txt"], "--token-file"),
+    ("app port out of range", ["app", "--port", "70000"], "--port"),
+    ("app run dir unwritable", ["app", "--run-dir", "/proc/medwb-run"], "--run-dir"),
+    ("app load doctors malformed", ["app-load", "--doctors", "five"], "--doctors"),
+    ("app load zero rounds", ["app-load", "--rounds", "0"], "--rounds"),
 ]
 
 
@@ -186,6 +199,9 @@ def inputs(tmp_path):
     (tmp_path / "empty_dir").mkdir()
     (tmp_path / "malformed.yaml").write_text("trials: [1, 2\n")
     (tmp_path / "unknown_key.yaml").write_text("tirals: 3\n")
+    (tmp_path / "app_bad_model.yaml").write_text("models: [tensorrt:fp16]\n")
+    (tmp_path / "app_bad_timeout.yaml").write_text("generate_timeout_s: -5\n")
+    (tmp_path / "short_token.txt").write_text("secret\n")
     good = {"input": "a", "target": "b", "answer_choices": ["x"], "task_type": "cls", "task_dataset": "MedWB-QIC",
             "sample_id": "s1"}
     (tmp_path / "bad_line.jsonl").write_text(json.dumps(good, ensure_ascii=False) + "\n{not json\n")

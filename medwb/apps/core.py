@@ -89,6 +89,11 @@ class ModelCard:
         self.widget = w.VBox(rows, layout=w.Layout(width="33%", min_width="18em", padding="4px"))
         self.refresh()
 
+    @property
+    def name(self) -> str:
+        """How messages name this model: its label, or 模型 A/B/C on a doctors' web page."""
+        return f"模型 {chr(65 + self.slot)}" if self.app.pool is not None else self.worker.label
+
     def extra_rows(self) -> list:
         """Workflow-specific controls under the main buttons (e.g. per-section back-fill)."""
         return []
@@ -142,8 +147,14 @@ class ModelCard:
             timing = f"首字 {t['ttft_ms']:.0f} ms · 共 {t['total_ms'] / 1e3:.2f} s · {t['new_tokens']} tokens"
         elif self.status == "running":
             timing = "生成中 generating…"
-        self.header.value = (f"<b>{html.escape(w.label)}</b> <small>· {html.escape(state)} · "
-                             f"{w.threads} thread(s)</small><br><small>{html.escape(timing)}</small>")
+        if self.app.pool is not None:  # a web page for doctors: the technical details folded away
+            self.header.value = (f"<b>模型 {chr(65 + self.slot)}</b> <small>· {html.escape(state.split()[0])}</small>"
+                                 f"<details><summary><small>详情 details</small></summary><small>"
+                                 f"{html.escape(w.label)} · {html.escape(state)} · {w.threads} thread(s)<br>"
+                                 f"{html.escape(timing)}</small></details>")
+        else:
+            self.header.value = (f"<b>{html.escape(w.label)}</b> <small>· {html.escape(state)} · "
+                                 f"{w.threads} thread(s)</small><br><small>{html.escape(timing)}</small>")
         self.checks.value = self.checks_html() if self.status == "ok" else ""
         parts = []
         if self.warning:
@@ -172,10 +183,12 @@ class ClinicalApp:
 
     def __init__(self, models, max_new_tokens: int, feedback_db: str = "", run_dir: str = "",
                  store_text: bool = False, threads: int = 0, template: str = "", load_timeout_s: float = 900,
-                 generate_timeout_s: float = 300, origin: str = "ui", clock=None):
+                 generate_timeout_s: float = 300, origin: str = "ui", clock=None, pool: str = ""):
+        if pool:  # app mode: the server's shared models (medwb.apps.pool), not this page's own
+            models = models or ["(the pool's)"]
         if isinstance(models, str) or not models:
             raise MedwbError("models must be a non-empty list, e.g. ['openvino-genai:int8/f32', 'bigdl:sym_int4']")
-        specs = [workers.parse_model(m, i) for i, m in enumerate(models)]
+        specs = [] if pool else [workers.parse_model(m, i) for i, m in enumerate(models)]
         labels = [s["label"] for s in specs]
         if len(set(labels)) != len(labels):
             raise MedwbError(f"models: {labels} lists a model twice; give each a different path or a 'label'")
@@ -190,13 +203,21 @@ class ClinicalApp:
                              "driving the app) or 'simulated' (medwb feedback simulate); reports can leave the "
                              "last two out")
         self.template, self.origin = template, origin
+        self.pool = None
+        if pool:  # connected first: a page that cannot reach the pool writes nothing
+            from medwb.apps.pool import PoolClient
+            self.pool = PoolClient(pool)
         self.run_dir = Path(run_dir) if run_dir else None
         db = feedback_db or (self.run_dir / "feedback.sqlite" if self.run_dir else Path("feedback.sqlite"))
         self.store = feedback.FeedbackStore(db, store_text=store_text, clock=clock)
         self.max_new_tokens, self.session_id = max_new_tokens, uuid.uuid4().hex
-        n_threads = workers.split_threads(len(specs), threads)
-        log_dir = (self.run_dir or self.store.path.parent) / "workers"
-        self.workers = [workers.ModelWorker(s, n_threads, log_dir, load_timeout_s, generate_timeout_s) for s in specs]
+        if self.pool is not None:
+            self.workers = self.pool.workers
+        else:
+            n_threads = workers.split_threads(len(specs), threads)
+            log_dir = (self.run_dir or self.store.path.parent) / "workers"
+            self.workers = [workers.ModelWorker(s, n_threads, log_dir, load_timeout_s, generate_timeout_s)
+                            for s in specs]
         self.round_id: int | None = None
         self.case_ref: str | None = None     # a bundled case/record as shipped (None once edited)
         self.record_ref: str | None = None   # the record the doctor has open (usage rate)
@@ -246,6 +267,8 @@ class ClinicalApp:
     def close(self) -> None:
         for wk in self.workers:
             wk.stop()
+        if self.pool is not None:
+            self.pool.close()
         self.store.close()
 
     # ================================================================ records
@@ -276,7 +299,7 @@ class ClinicalApp:
             self.say(f"第 {round_id} 轮 · round {round_id}" + (f" (regenerated from round {parent})" if parent else "")
                      + f": {len(self.cards)} models generating", new_round=True)
             warning = sysinfo.load_warning(load)
-            if warning:
+            if warning and self.pool is None:  # on a doctors' page it is stored with the round, not shown
                 self.say(warning, "warning")
             for card in self.cards:
                 model = {**card.worker.spec, **card.worker.info}
@@ -317,7 +340,7 @@ class ClinicalApp:
                                      total_ms=msg.get("total_ms"), flags=analysis.get("flags"),
                                      sections=analysis.get("sections"))
         if kind == "start" and msg.get("truncation") and output_id == card.output_id:
-            self.say(f"{card.worker.label}: {msg['truncation']}", "warning")
+            self.say(f"{card.name}: {msg['truncation']}", "warning")
         card.on_event(output_id, kind, msg)
 
     def wait(self, timeout: float = 600) -> list[dict]:
@@ -365,7 +388,7 @@ class ClinicalApp:
     def vote(self, slot: int, like: bool) -> None:
         card = self._card(slot, "rate")
         self.store.action("like" if like else "dislike", card.round_id, card.output_id)
-        self.say(f"{'👍' if like else '👎'} {card.worker.label} (round {card.round_id})")
+        self.say(f"{'👍' if like else '👎'} {card.name} (round {card.round_id})")
 
     def report_error(self, slot: int, category: str, detail: str = "") -> None:
         card = self._card(slot, "report")
@@ -374,7 +397,7 @@ class ClinicalApp:
         self.store.action("report_error", card.round_id, card.output_id, category=category,
                           detail=detail.strip() or None)
         card.error_detail.value = ""
-        self.say(f"已报错 reported: {card.worker.label} · {category}")
+        self.say(f"已报错 reported: {card.name} · {category}")
 
     # ================================================================ reporting
     def summary(self):

@@ -61,12 +61,12 @@ def parse_model(item, index: int, parameter: str = "models") -> dict:
         spec = {"path": "", **item}
     else:
         raise MedwbError(f"{where} {item!r}: must be a string such as openvino-genai:int8/f32 or a mapping")
-    spec["label"] = spec.get("label") or variants.label(spec) + (f"@{Path(spec['path']).name}" if spec["path"] else "")
+    variant = {k: v for k, v in spec.items() if k not in ("path", "label")}
+    spec["label"] = spec.get("label") or variants.label(variant) + (f"@{Path(spec['path']).name}" if spec["path"] else "")
     if spec.get("backend") in registry.names() and not registry.get(spec["backend"]).serves:
         raise MedwbError(f"{where} {spec['label']}: {spec['backend']} is a one-shot command-line tool and "
                          "cannot serve a long-lived worker; use a backend that loads as a library (e.g. "
                          "bigdl:sym_int4, the same kernels through the API)")
-    variant = {k: v for k, v in spec.items() if k not in ("path", "label")}
     problems = variants.variant_problems(variant, where, Path(spec["path"] or "."))
     if problems:
         raise MedwbError("; ".join(problems))

@@ -3,12 +3,11 @@ validation of the whole matrix before anything runs."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from medwb.backends.variants import label, resolve_model, variant_problems
 from medwb.errors import MedwbError
 from medwb.models import random_weights
-from medwb.paths import model_config
+from medwb.paths import model_config, read_settings_file
 
 DEFAULT_VARIANTS = [
     {"backend": "pytorch", "precision": "fp32"},
@@ -45,21 +44,9 @@ DEFAULT_CONFIG = {
 
 def load_config(path=None, **overrides) -> dict:
     """DEFAULT_CONFIG, updated from a YAML/JSON file, then from keyword overrides (None: unset)."""
-    import yaml
     cfg = json.loads(json.dumps(DEFAULT_CONFIG))
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise MedwbError(f"config file '{p}' does not exist: give a YAML file of settings (examples in configs/)")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise MedwbError(f"config file '{p}' is not valid YAML{where} ({getattr(e, 'problem', None) or e}): "
-                             "fix that line (a setting per line, NAME: VALUE)") from None
-        if not isinstance(loaded, dict):
-            raise MedwbError(f"config file '{p}' must hold a mapping of settings")
+        loaded = read_settings_file(path, "config file", "give a YAML file of settings (examples in configs/)")
         cfg.update(loaded)
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     unknown = sorted(set(cfg) - set(DEFAULT_CONFIG))

@@ -27,11 +27,11 @@ class DiagnosisApp(core.ClinicalApp):
     def __init__(self, models=DEFAULT_MODELS, max_new_tokens: int = 200, case_id: str = "",
                  feedback_db: str = "", run_dir: str = "", store_text: bool = False, threads: int = 0,
                  template: str = prompts.DIAGNOSIS_PROMPT, load_timeout_s: float = 900,
-                 generate_timeout_s: float = 300, origin: str = "ui", clock=None):
+                 generate_timeout_s: float = 300, origin: str = "ui", clock=None, pool: str = ""):
         template = diagnosis.check_template(template)
         initial = diagnosis.case_fields(case_id) if case_id else None
         super().__init__(models, max_new_tokens, feedback_db, run_dir, store_text, threads, template,
-                         load_timeout_s, generate_timeout_s, origin, clock)
+                         load_timeout_s, generate_timeout_s, origin, clock, pool)
         self.case_ref = case_id or None
         self._inserted: tuple[int, int, str] | None = None
         self._build_widgets()
@@ -118,7 +118,7 @@ class DiagnosisApp(core.ClinicalApp):
         self.store.action("backfill", card.round_id, card.output_id)
         self._inserted = (span[0], span[1], record[span[0]:span[1]])
         self.record_editor.value = record  # its observer redraws the highlighted view
-        self.say(f"已回填 {card.worker.label} 的结果 (characters {span[0]}–{span[1]} of the record)")
+        self.say(f"已回填 {card.name} 的结果 (characters {span[0]}–{span[1]} of the record)")
         return span
 
     def _show_record(self) -> None:

@@ -53,11 +53,11 @@ class DischargeApp(core.ClinicalApp):
     def __init__(self, models=DEFAULT_MODELS, max_new_tokens: int = 400, record_id: str = "",
                  feedback_db: str = "", run_dir: str = "", store_text: bool = False, threads: int = 0,
                  template: str = prompts.DISCHARGE_PROMPT, load_timeout_s: float = 900,
-                 generate_timeout_s: float = 300, origin: str = "ui", clock=None):
+                 generate_timeout_s: float = 300, origin: str = "ui", clock=None, pool: str = ""):
         if record_id:
             record.record_text(record_id)  # an unknown id is refused before anything starts
         super().__init__(models, max_new_tokens, feedback_db, run_dir, store_text, threads, template,
-                         load_timeout_s, generate_timeout_s, origin, clock)
+                         load_timeout_s, generate_timeout_s, origin, clock, pool)
         self.initial_record = record_id
         self._saved_text: str | None = None   # the record as last opened or saved
         self._fields: dict | None = None
@@ -160,7 +160,7 @@ class DischargeApp(core.ClinicalApp):
         lacking = [s for s in ([section] if section else record.SECTIONS) if s not in written]
         self.editor_note.value = "<small>" + " · ".join(
             f"{html.escape(s)} ← {html.escape(m)}" for s, m in self.filled_from.items()) + "</small>"
-        self.say(f"已回填 {card.worker.label}: {', '.join(written)}"
+        self.say(f"已回填 {card.name}: {', '.join(written)}"
                  + (f" (the draft has no {', '.join(lacking)}: left as it was)" if lacking else ""))
         return written
 
