@@ -124,9 +124,9 @@ class _Page(socketserver.StreamRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.pool: ModelPool = self.server.pool
-        self.id = self.pool.register(self)
         self._send_lock = threading.Lock()
         self.closed = False
+        self.id = self.pool.register(self)  # last: from here on, state broadcasts reach it
 
     def send(self, msg: dict) -> None:
         if self.closed:
@@ -269,9 +269,17 @@ class PoolClient:
         self._rfile = self.sock.makefile("rb")
         self._send_lock = threading.Lock()
         self._send({"op": "hello"})
-        hello = json.loads(self._rfile.readline() or b"{}")
+        hello = {"event": "state"}
+        try:
+            while hello.get("event") == "state":  # a model changing state as we connect: the answer has it too
+                hello = json.loads(self._rfile.readline() or b"{}")
+        except (OSError, ValueError) as e:
+            self.sock.close()
+            raise MedwbError(f"pool {path}: no answer to hello ({type(e).__name__}); is the app server busy "
+                             "or stopping? reload the page") from None
         if hello.get("event") != "models":
-            raise MedwbError(f"pool {path}: unexpected answer {hello!r}")
+            self.sock.close()
+            raise MedwbError(f"pool {path}: unexpected answer {hello!r}; is this a MedWB app server's socket?")
         self.sock.settimeout(None)
         self.page = hello["page"]
         self.workers = [PooledWorker(self, m) for m in hello["models"]]
