@@ -116,6 +116,15 @@ def test_a_killed_model_fails_in_its_card_only_and_the_next_round_works(pool, tm
     assert len(worker_processes(os.getpid())) == 2  # pages never stop shared models
 
 
+def test_a_pool_that_does_not_fit_in_memory_is_refused_before_it_starts(pool, monkeypatch):
+    from medwb.apps import serve
+    from medwb.errors import MedwbError
+    monkeypatch.setenv("MEDWB_MAX_RAM_GB", "0.5")  # the two models need 2x their files + 0.5 GiB each
+    with pytest.raises(MedwbError, match=r"the app's model pool \(2 models\)"):
+        serve.check_pool_fits([wk.spec for wk in pool.workers], log=lambda *_: None)
+    assert len(worker_processes(os.getpid())) == 2  # only the fixture's
+
+
 def test_a_page_without_a_pool_says_how_to_start_one(tmp_path):
     from medwb.errors import MedwbError
     with pytest.raises(MedwbError, match=r"pool .*no-such.sock: cannot connect .*medwb app"):
