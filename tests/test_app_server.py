@@ -214,6 +214,14 @@ def test_the_diagnosis_page_in_chromium(server):
         second.wait_for_selector("button:has-text('生成 generate')", timeout=120_000)
         procs = worker_processes(server["proc"].pid)
         assert len(procs) == 3
+        # each page's kernel talks to Voila over Unix sockets: no TCP ports but ipykernel's own
+        # IOPub pipe for forked processes (with TCP transport it would be six)
+        kernels = [p for p in psutil.Process(server["proc"].pid).children(recursive=True)
+                   if "ipykernel_launcher" in " ".join(p.cmdline())]
+        assert len(kernels) == 2
+        for k in kernels:
+            listening = [c for c in k.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+            assert len(listening) <= 1 and all(c.laddr.ip == "127.0.0.1" for c in listening), listening
 
         # a model killed during a round: an error in its card only; the next round works
         victim = procs[-1]

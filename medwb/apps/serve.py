@@ -210,7 +210,9 @@ class AppServer:
         env.pop(TOKEN_ENV, None)  # kernels have no use for it
         cmd = [sys.executable, "-m", "voila", str(PAGE_NOTEBOOK), "--no-browser", f"--Voila.ip={self.ip}",
                f"--port={self.port}", "--Voila.port_retries=0", "--VoilaConfiguration.show_tracebacks=False",
-               "--VoilaConfiguration.strip_sources=True", "--theme=light", "--template=medwb"]
+               "--VoilaConfiguration.strip_sources=True", "--theme=light", "--template=medwb",
+               # kernels over Unix sockets in the run folder, not TCP ports any local user could reach
+               "--KernelManager.transport=ipc"]
         log_file = open(self.run_dir / "voila.log", "ab")
         self.voila = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                       cwd=str(self.run_dir), start_new_session=True)
