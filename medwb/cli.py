@@ -77,18 +77,12 @@ def cmd_app(args) -> int:
 
 
 def cmd_app_load(args) -> int:
-    from medwb import runner
     from medwb.bench import app_load
     try:
         doctors = [int(x) for x in args.doctors.split(",") if x.strip()]
     except ValueError:
         raise MedwbError(f"--doctors {args.doctors!r}: comma-separated counts, e.g. 1,5,10") from None
-    if args.run_dir:
-        from medwb.paths import check_writable_dir
-        check_writable_dir(args.run_dir, "--run-dir")
-    app_load.check(doctors, args.rounds, args.think_s)
-    run_dir = Path(args.run_dir) if args.run_dir else runner.new_run_dir()
-    app_load.run(args.config, doctors, args.rounds, args.think_s, run_dir)
+    app_load.run(args.config, doctors, args.rounds, args.think_s, args.run_dir)
     return 0
 
 

@@ -148,7 +148,7 @@ class ModelCard:
         elif self.status == "running":
             timing = "生成中 generating…"
         if self.app.pool is not None:  # a web page for doctors: the technical details folded away
-            self.header.value = (f"<b>模型 {chr(65 + self.slot)}</b> <small>· {html.escape(state.split()[0])}</small>"
+            self.header.value = (f"<b>{self.name}</b> <small>· {html.escape(state.split()[0])}</small>"
                                  f"<details><summary><small>详情 details</small></summary><small>"
                                  f"{html.escape(w.label)} · {html.escape(state)} · {w.threads} thread(s)<br>"
                                  f"{html.escape(timing)}</small></details>")
@@ -184,9 +184,8 @@ class ClinicalApp:
     def __init__(self, models, max_new_tokens: int, feedback_db: str = "", run_dir: str = "",
                  store_text: bool = False, threads: int = 0, template: str = "", load_timeout_s: float = 900,
                  generate_timeout_s: float = 300, origin: str = "ui", clock=None, pool: str = ""):
-        if pool:  # app mode: the server's shared models (medwb.apps.pool), not this page's own
-            models = models or ["(the pool's)"]
-        if isinstance(models, str) or not models:
+        # With a pool (app mode) the server's shared models answer (medwb.apps.pool), not this page's own.
+        if not pool and (isinstance(models, str) or not models):
             raise MedwbError("models must be a non-empty list, e.g. ['openvino-genai:int8/f32', 'bigdl:sym_int4']")
         specs = [] if pool else [workers.parse_model(m, i) for i, m in enumerate(models)]
         labels = [s["label"] for s in specs]

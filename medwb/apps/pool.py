@@ -48,8 +48,8 @@ def _state(worker, slot: int) -> dict:
 class _Slot:
     """One model's queues, one per page, served in turn."""
 
-    def __init__(self, pool: "ModelPool", index: int, worker: workers.ModelWorker):
-        self.pool, self.index, self.worker = pool, index, worker
+    def __init__(self, index: int, worker: workers.ModelWorker):
+        self.index, self.worker = index, worker
         self.queues: dict[int, collections.deque] = {}
         self.turns: collections.deque[int] = collections.deque()  # pages with queued requests
         self.running: dict | None = None
@@ -173,11 +173,19 @@ class ModelPool:
         self.socket_path = Path(socket_path)
         self.workers = [workers.ModelWorker(s, threads, log_dir, load_timeout_s, generate_timeout_s)
                         for s in specs]
-        self.slots = [_Slot(self, i, wk) for i, wk in enumerate(self.workers)]
+        self.slots = [_Slot(i, wk) for i, wk in enumerate(self.workers)]
         self.pages: dict[int, _Page] = {}
         self._lock = threading.Lock()
         self._next_page = 0
         self._server: _Server | None = None
+
+    @classmethod
+    def from_config(cls, config: dict, run_dir: Path) -> "ModelPool":
+        """The pool of an app config (``medwb.apps.serve.load_config``): its workers' logs and the
+        socket in ``run_dir``, the cores shared out among the models unless threads is set."""
+        threads = workers.split_threads(len(config["specs"]), config["threads"])
+        return cls(config["specs"], threads, Path(run_dir) / "workers", Path(run_dir) / "pool.sock",
+                   config["load_timeout_s"], config["generate_timeout_s"])
 
     # ---------------------------------------------------------------- pages
     def register(self, page: _Page) -> int:
@@ -389,16 +397,10 @@ class PooledWorker:
         job = self._jobs.get(msg["job"])
         if job is None:
             return
-        if kind == "start":
-            job.started = time.monotonic()
         if kind == "done":
             with self._lock:
                 self._jobs.pop(job.job_id, None)
-            job.result = msg
-            job.on_event("done", msg)
-            job.done.set()
-        else:
-            job.on_event(kind, msg)
+        job.event(kind, msg)
 
     def lost(self, message: str) -> None:
         self.state, self.error = "failed", message

@@ -148,9 +148,14 @@ def page(workflow: str = "") -> "object":
 
 # ====================================================================== the server
 
+def connect_host(ip: str) -> str:
+    """Where a client on this machine reaches a server listening on ``ip``."""
+    return {"0.0.0.0": "127.0.0.1", "localhost": "127.0.0.1", "::": "::1"}.get(ip, ip)
+
+
 def _wait_listening(ip: str, port: int, proc: subprocess.Popen, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    host = "127.0.0.1" if ip in ("0.0.0.0", "localhost") else ("::1" if ip == "::" else ip)
+    host = connect_host(ip)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise MedwbError(f"the page server (Voila) exited with status {proc.returncode} before it listened; "
@@ -184,17 +189,16 @@ class AppServer:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.ip in ("0.0.0.0", "localhost") else self.ip
+        host = connect_host(self.ip)
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/?token={self.token}"
 
     def start(self, timeout_s: float = 120) -> None:
         from medwb.apps.pool import ModelPool
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        threads = workers.split_threads(len(cfg["specs"]), cfg["threads"])
-        sock = self.run_dir / "pool.sock"
-        self.pool = ModelPool(cfg["specs"], threads, self.run_dir / "workers", sock,
-                              cfg["load_timeout_s"], cfg["generate_timeout_s"])
+        self.pool = ModelPool.from_config(cfg, self.run_dir)
+        sock = self.pool.socket_path
         self.pool.start()
         # The token reaches Voila in a config file only this user can read (not argv).
         conf = self.run_dir / "jupyter-config"

@@ -127,11 +127,27 @@ def resolve_artifact(spec: dict, log=lambda *_: None) -> Path:
 
 
 class Job:
+    """One generation as its submitter sees it; ``event`` delivers the worker's start / text /
+    done (the first done ends it, a later one is ignored)."""
+
     def __init__(self, job_id: int, on_event):
         self.job_id, self.on_event = job_id, on_event
         self.started = None        # when the worker began it (monotonic, parent clock)
         self.done = threading.Event()
         self.result: dict | None = None
+        self._lock = threading.Lock()
+
+    def event(self, kind: str, msg: dict) -> None:
+        if kind == "done":
+            with self._lock:
+                if self.result is not None:
+                    return
+                self.result = msg
+        elif kind == "start":
+            self.started = time.monotonic()
+        self.on_event(kind, msg)
+        if kind == "done":
+            self.done.set()
 
 
 class ModelWorker:
@@ -227,21 +243,15 @@ class ModelWorker:
         job = self._jobs.get(msg["job"])
         if job is None:
             return
-        if event == "start":
-            job.started = time.monotonic()
         if event == "done":
             self._finish(job, msg)
         else:
-            job.on_event(event, msg)
+            job.event(event, msg)
 
     def _finish(self, job: Job, result: dict) -> None:
         with self._lock:
-            if job.done.is_set():
-                return
-            job.result = result
             self._jobs.pop(job.job_id, None)
-        job.on_event("done", result)
-        job.done.set()
+        job.event("done", result)
 
     def _fail(self, message: str, restartable: bool = False) -> None:
         with self._lock:

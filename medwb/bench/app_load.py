@@ -91,6 +91,7 @@ def _doctor(sock: str, db: str, cases: list[str], rounds: int, think_s: float, s
 
 
 def check(doctors, rounds: int, think_s: float) -> None:
+    """The benchmark's numbers, before anything is prepared or written."""
     if not doctors or any(not isinstance(n, int) or n < 1 for n in doctors):
         raise MedwbError(f"--doctors {doctors!r}: give positive counts, e.g. 1,5,10")
     if not 1 <= rounds <= 50:
@@ -101,20 +102,21 @@ def check(doctors, rounds: int, think_s: float) -> None:
 
 def run(config_path, doctors=(1, 5, 10), rounds: int = 3, think_s: float = 2.0, run_dir=None,
         seed: int = 0, log=print) -> list[dict]:
+    from medwb import runner
     from medwb.apps import serve
     from medwb.apps.diagnosis import record as diagnosis
     from medwb.apps.pool import ModelPool
-    from medwb.apps import workers
+    from medwb.paths import check_writable_dir
 
     check(doctors, rounds, think_s)
     config = serve.load_config(config_path)
-    run_dir = Path(run_dir)
+    if run_dir:
+        check_writable_dir(run_dir, "--run-dir")
     serve.check_pool_fits(config["specs"], log=log)
+    run_dir = Path(run_dir) if run_dir else runner.new_run_dir()  # made only once everything checked out
     run_dir.mkdir(parents=True, exist_ok=True)
     db = str(run_dir / "app_load.sqlite")
-    threads = workers.split_threads(len(config["specs"]), config["threads"])
-    pool = ModelPool(config["specs"], threads, run_dir / "workers", run_dir / "pool.sock",
-                     config["load_timeout_s"], config["generate_timeout_s"])
+    pool = ModelPool.from_config(config, run_dir)
     cases = [cid for _, cid in diagnosis.case_choices()]
     max_new_tokens = config["max_new_tokens"]["diagnosis"]
     cpu = sysinfo.cpu()
@@ -129,14 +131,14 @@ def run(config_path, doctors=(1, 5, 10), rounds: int = 3, think_s: float = 2.0, 
         for n in doctors:
             load = sysinfo.check_load(log=log)
             outs = [{"answers": [], "rounds": [], "errors": [], "actions_done": 0, "round_ids": []} for _ in range(n)]
-            threads_ = [threading.Thread(target=_doctor, args=(str(pool.socket_path), db, cases, rounds, think_s,
+            doctors_ = [threading.Thread(target=_doctor, args=(str(pool.socket_path), db, cases, rounds, think_s,
                                                                seed * 1000 + n * 100 + i, outs[i], max_new_tokens))
                         for i in range(n)]
             t0 = time.monotonic()
-            for t in threads_:
+            for t in doctors_:
                 t.start()
             peak = [0.0]
-            while any(t.is_alive() for t in threads_):
+            while any(t.is_alive() for t in doctors_):
                 peak[0] = max(peak[0], _pool_rss_mb(pool))
                 time.sleep(0.5)
             wall = time.monotonic() - t0
@@ -147,7 +149,7 @@ def run(config_path, doctors=(1, 5, 10), rounds: int = 3, think_s: float = 2.0, 
             expected_answers = n * rounds * len(config["specs"])
             record = {
                 "record_type": "app_load", "doctors": n, "rounds_per_doctor": rounds, "think_s": think_s,
-                "models": [s["label"] for s in config["specs"]], "threads_per_model": threads,
+                "models": [s["label"] for s in config["specs"]], "threads_per_model": pool.workers[0].threads,
                 "max_new_tokens": max_new_tokens, "answers": len(answers), "answers_expected": expected_answers,
                 "ok": len(ok), "errors": [a["error"] for a in answers if a["status"] != "ok"],
                 "doctor_errors": [e for o in outs for e in o["errors"]],
