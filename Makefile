@@ -32,7 +32,7 @@ LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-m
 	-c requirements/constraints.txt --no-emit-package torchvision \
 	$(if $(wildcard $(FIND_LINKS)),--find-links $(FIND_LINKS))
 
-.PHONY: setup run test app browser demo-model demo-model-rebuild lab clean-envs lock bundle
+.PHONY: setup cluster run test app browser demo-model demo-model-rebuild lab clean-envs lock bundle
 .DEFAULT_GOAL := run
 
 setup: $(MAIN)/.medwb-ready $(BIGDL)/.medwb-ready $(LLAMACPP)/.medwb-ready
@@ -58,6 +58,18 @@ $(BIGDL)/.medwb-ready: requirements/bigdl.lock pyproject.toml $(MAIN)/.medwb-rea
 	    --display-name "MedWB bigdl (BigDL-LLM)" > /dev/null
 	touch $@
 
+# The optional cluster extra (Ray) for `medwb bench/eval --cluster` and `medwb cluster`, into
+# the main environment on top of main.lock (same pins for what they share). Not part of
+# `make setup` or `make run`: without --cluster nothing imports Ray. `make test` installs it
+# for the cluster test. Every server of a cluster needs it (`make setup cluster` there).
+cluster: $(MAIN)/.medwb-cluster
+
+$(MAIN)/.medwb-cluster: requirements/cluster.lock $(MAIN)/.medwb-ready
+	@echo "== cluster extra (Ray) into $(MAIN)"
+	$(if $(WHEELHOUSE),$(PYTHON) -m medwb.bundle check requirements/cluster.lock $(WHEELHOUSE))
+	$(OFFLINE) $(MAIN)/bin/$(PIP) $(SOURCE) --require-hashes --no-deps -r requirements/cluster.lock 2>&1 | $(QUIET)
+	touch $@
+
 # llama.cpp, the peer users would pick instead: llama-cpp-python built from source for this
 # CPU (a few minutes on 2 cores). A machine that cannot build it records why in
 # $(LLAMACPP)/UNAVAILABLE and setup goes on; its benchmark variants become error records.
@@ -77,6 +89,7 @@ lock: $(UV)
 	$(UV) pip compile requirements/main.txt $(LOCK_FLAGS) -o requirements/main.lock
 	$(UV) pip compile requirements/bigdl.txt $(LOCK_FLAGS) -o requirements/bigdl.lock
 	$(UV) pip compile requirements/llamacpp.txt $(LOCK_FLAGS) -o requirements/llamacpp.lock
+	$(UV) pip compile requirements/cluster.txt $(LOCK_FLAGS) -c requirements/main.lock -o requirements/cluster.lock
 
 $(UV):
 	test -x $(VENVS)/tools/bin/python || $(PYTHON) -m venv $(VENVS)/tools
@@ -85,7 +98,7 @@ $(UV):
 run: setup
 	$(MAIN)/bin/medwb run
 
-test: setup browser
+test: setup browser cluster
 	$(MAIN)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The app's browser test drives Debian's chromium through Playwright (never Playwright's own

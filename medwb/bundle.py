@@ -30,7 +30,7 @@ from pathlib import Path
 from medwb.errors import MedwbError
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCKS = ("requirements/main.lock", "requirements/bigdl.lock")
+LOCKS = ("requirements/main.lock", "requirements/bigdl.lock", "requirements/cluster.lock")
 # The platform the locks were compiled for (see LOCK_FLAGS in the Makefile).
 PLATFORM, PYTHON_VERSION = "manylinux_2_28_x86_64", "3.11"
 _REQ = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
@@ -257,6 +257,8 @@ Nothing here needs a network.
    only installs.) pip installs with `--no-index`, every wheel checked against the hashes of
    `requirements/*.lock`.
 3. Check the machine: `.venvs/main/bin/medwb doctor`.
+4. Only for a cluster of the hospital's servers (`medwb bench --cluster`, README "Scale-out"):
+   `make cluster WHEELHOUSE=wheelhouse` on the workstation and on every server adds Ray.
 
 Needs: Linux x86_64, Python {python} with venv, make. A missing wheel stops the set-up with
 one line naming the package and the command that fetches it on the connected machine.

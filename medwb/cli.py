@@ -119,7 +119,7 @@ def cmd_bench(args) -> int:
         quality_cases=args.quality_cases, timeout_s=args.timeout, concurrent=args.concurrent, rounds=args.rounds,
         variants=parse_variants(args.variants) if args.variants else None,
         token_pairs=config.parse_token_pairs(args.token_pairs) if args.token_pairs else None)
-    records = bench.run(cfg, args.run_dir, progress=not args.no_progress)
+    records = bench.run(cfg, args.run_dir, progress=not args.no_progress, cluster=args.cluster or "")
     import pandas as pd
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(bench.table(records).to_string(index=False))
@@ -143,7 +143,7 @@ def cmd_eval(args) -> int:
     else:
         result = evaluation.run(model=args.model, eval_file=args.eval_file, variants=args.variants,
                                 limit=args.limit, threads=args.threads, task_map=args.task_map,
-                                bootstrap=args.bootstrap, timeout_s=args.timeout,
+                                bootstrap=args.bootstrap, timeout_s=args.timeout, cluster=args.cluster,
                                 run_dir=args.run_dir, progress=not args.no_progress)
     import pandas as pd
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 80):
@@ -154,6 +154,20 @@ def cmd_eval(args) -> int:
         print("failed variants (run again to resume): " + ", ".join(result["errors"]), file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_cluster(args) -> int:
+    from medwb.cluster import start
+    if args.action == "head":
+        return start.head(args.ip, args.port, args.serve, args.kind, args.cores)
+    if args.action == "stop":
+        return start.stop()
+    if not args.address:
+        raise MedwbError(f"cluster {args.action}: give the head's HOST:PORT, e.g. medwb cluster {args.action} "
+                         "10.0.0.5:6379")
+    if args.action == "join":
+        return start.join(args.address, args.ip, args.kind, args.cores)
+    return start.status(args.address)
 
 
 def cmd_data(args) -> int:
@@ -321,7 +335,10 @@ def parser() -> argparse.ArgumentParser:
                                                    "diagnosis app's three models)")
     b.add_argument("--rounds", type=int, help="measure the whole matrix this many times, in turn (tuning "
                                                "runs: medwb.bench.tuning compares every round's trials)")
-    b.add_argument("--run-dir", help="folder for records (default: a new runs/<timestamp>)")
+    b.add_argument("--run-dir", help="folder for records (default: a new runs/<timestamp>); with --cluster, "
+                                     "an earlier cluster run of the same matrix is resumed")
+    b.add_argument("--cluster", metavar="HOST:PORT", help="run the matrix on every server kind of a Ray cluster "
+                                                           "(its head's address: `medwb cluster head`)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
@@ -343,9 +360,28 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--bootstrap", type=int, help="bootstrap resamples for the intervals (default 1000)")
     e.add_argument("--timeout", type=int, help="seconds per variant before it is stopped (resumable)")
     e.add_argument("--run-dir", help="folder for the results (default: a new runs/<timestamp>)")
+    e.add_argument("--cluster", metavar="HOST:PORT", help="answer in shards on a Ray cluster's servers "
+                                                           "(threads 0: one per shard, packed on every core)")
     e.add_argument("--rescore", metavar="RUN_DIR", help="score an earlier run's answers again, no model")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
+
+    cl = sub.add_parser("cluster", help="start or join a Ray cluster of the hospital's servers for bench/eval "
+                                        "--cluster (Ray's ports must stay inside the intranet)",
+                        description="head: on the workstation that drives runs (runs no task); join: on each "
+                                    "server, with its kind (CPU model, cores, ISA) and cores; status: the "
+                                    "server kinds that joined; stop: this machine's Ray processes.")
+    cl.add_argument("action", choices=["head", "join", "status", "stop"])
+    cl.add_argument("address", nargs="?", help="join/status: the head's HOST:PORT")
+    cl.add_argument("--ip", default="127.0.0.1", help="this machine's intranet address Ray listens on "
+                                                      "(default 127.0.0.1: this machine only)")
+    cl.add_argument("--port", type=int, default=6379, help="head: its port (default 6379)")
+    cl.add_argument("--serve", action="store_true", help="head: this machine is also a server (one machine "
+                                                          "alone: the head with --serve is the whole cluster)")
+    cl.add_argument("--kind", default="", help="join / head --serve: the server kind (default: from the CPU "
+                                               "model, cores and ISA)")
+    cl.add_argument("--cores", type=int, default=0, help="join / head --serve: cores to give Ray (default: all)")
+    cl.set_defaults(func=cmd_cluster)
 
     g = sub.add_parser("data", help="regenerate the held-out sets (data/heldout) and the evaluation set (data/eval)")
     g.add_argument("--out", help="directory to write (default: data/heldout and data/eval)")

@@ -15,6 +15,7 @@ OFFLINE_ENV = {
     "HF_HUB_DISABLE_TELEMETRY": "1",  # huggingface_hub usage pings
     "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
     "DO_NOT_TRACK": "1",  # generic opt-out honoured by several tools
+    "RAY_USAGE_STATS_ENABLED": "0",  # Ray (the cluster extra): no usage stats to Anyscale
 }
 
 

@@ -85,6 +85,18 @@ CASES = [
     ("app run dir unwritable", ["app", "--run-dir", "/proc/medwb-run"], "--run-dir"),
     ("app load doctors malformed", ["app-load", "--doctors", "five"], "--doctors"),
     ("app load zero rounds", ["app-load", "--rounds", "0"], "--rounds"),
+    # --- the cluster (#18); nothing here imports Ray or reaches beyond loopback
+    ("bench cluster address malformed", ["bench", "--cluster", "nonsense"], "--cluster"),
+    ("bench cluster port out of range", ["bench", "--cluster", "10.0.0.5:70000"], "--cluster"),
+    ("bench cluster nothing listening", ["bench", "--cluster", "127.0.0.1:1"], "nothing answers"),
+    ("bench cluster run of another matrix", ["bench", "--cluster", "127.0.0.1:1", "--run-dir",
+                                             "{tmp}/other_cluster_run"], "another matrix"),
+    ("eval cluster address malformed", ["eval", "--variants", "pytorch:fp32", "--cluster", "head"], "--cluster"),
+    ("cluster join without address", ["cluster", "join"], "HOST:PORT"),
+    ("cluster join a loopback head", ["cluster", "join", "127.0.0.1:6379"], "--serve"),
+    ("cluster join without this server's address", ["cluster", "join", "10.0.0.5:6379"], "--ip"),
+    ("cluster head port zero", ["cluster", "head", "--port", "0"], "--port"),
+    ("cluster kind malformed", ["cluster", "head", "--serve", "--kind", "a b"], "--kind"),
 ]
 
 
@@ -202,6 +214,8 @@ def inputs(tmp_path):
     (tmp_path / "app_bad_model.yaml").write_text("models: [tensorrt:fp16]\n")
     (tmp_path / "app_bad_timeout.yaml").write_text("generate_timeout_s: -5\n")
     (tmp_path / "short_token.txt").write_text("secret\n")
+    (tmp_path / "other_cluster_run" / "cluster").mkdir(parents=True)
+    (tmp_path / "other_cluster_run" / "cluster" / "plan.json").write_text('{"config": {"trials": 9}}')
     good = {"input": "a", "target": "b", "answer_choices": ["x"], "task_type": "cls", "task_dataset": "MedWB-QIC",
             "sample_id": "s1"}
     (tmp_path / "bad_line.jsonl").write_text(json.dumps(good, ensure_ascii=False) + "\n{not json\n")

@@ -73,7 +73,7 @@ def _mb(r: dict):
 # Every column a record table can show: its header, and how it is read from a record
 # (a field name, or a function of the record).
 COLUMNS = {
-    "variant": "variant", "round": "round", "route": "route", "runtime": "route", "precision": "precision",
+    "variant": "variant", "round": "round", "server": "server", "route": "route", "runtime": "route", "precision": "precision",
     "weights": "weight_format",
     "tokens": lambda r: f"{r.get('input_tokens', '?')}-{r.get('output_tokens', '?')}",
     "from": lambda r: r.get("source") or r.get("kernel_choice", ""),

@@ -25,6 +25,8 @@ def plots(records: list[dict]) -> dict:
     import matplotlib.pyplot as plt
 
     df = frame(records)
+    if "server" in df:  # a cluster run: each variant once per server kind
+        df["variant"] = df["variant"] + " @ " + df["server"]
     ok = df[df["error"] == ""]
     figs = {}
     if ok.empty:
@@ -119,7 +121,7 @@ def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: floa
         df["quality_basis"] = "ROUGE-L vs FP32 (proxy)"
     df = df.sort_values(["qualifies", "accurate", "tpot_ms"], ascending=[False, False, True])
     df.insert(0, "rank", range(1, len(df) + 1))
-    cols = ["rank", "variant", "qualifies", "accurate", "tpot_ms", "tpot_side_by_side", "side_by_side_basis", "ttft_ms",
+    cols = ["rank"] + (["server"] if "server" in df else []) + ["variant", "qualifies", "accurate", "tpot_ms", "tpot_side_by_side", "side_by_side_basis", "ttft_ms",
             "peak_rss_MB", "fit_in_budget", "task_score", "rougeL_vs_fp32", "dx_top3", "dc_complete", "kernels",
             "quality_basis"]
     return df[cols].reset_index(drop=True)
@@ -150,15 +152,18 @@ def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, 
     if ranked is None or len(ranked) == 0:
         return "No variant produced measurements; see the errors in the records."
     fastest = ranked.sort_values("tpot_ms").iloc[0]
-    lines = [f"Fastest next token here: {fastest['variant']} ({fastest['tpot_ms']:.2f} ms/token)."]
+    on = f" on {fastest['server']}" if "server" in fastest else ""
+    lines = [f"Fastest next token here: {fastest['variant']}{on} ({fastest['tpot_ms']:.2f} ms/token)."]
     good = ranked[ranked["qualifies"] & ranked["accurate"]]
     if len(good):
         best = good.iloc[0]
         q = f", task score {best['task_score']:.1f}" if best["task_score"] == best["task_score"] and \
             best["task_score"] is not None else ""
         peer = " (the peer users would pick instead, not one of the two routes)" if _is_peer(best["variant"]) else ""
+        where = f" on {best['server']}" if "server" in best else ""
         lines.append(f"For a next-token target of {latency_target_ms:g} ms and {ram_budget_gb:g} GB of RAM with "
-                     f"{side_by_side} models side by side, deploy {best['variant']}{peer}: {best['tpot_ms']:.2f} ms/token "
+                     f"{side_by_side} models side by side, deploy {best['variant']}{peer}{where}: "
+                     f"{best['tpot_ms']:.2f} ms/token "
                      f"alone ({side_by_decode(best, side_by_side)}), {best['peak_rss_MB']:.0f} MB each, "
                      f"{int(best['fit_in_budget'])} fit{q}.")
     elif len(ranked[ranked["qualifies"]]):
@@ -178,6 +183,50 @@ def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, 
     return " ".join(lines)
 
 
+def servers(records: list[dict], latency_target_ms: float, ram_budget_gb: float, side_by_side: int = 3,
+            tokens: str | None = None, evaluation: dict | None = None):
+    """A cluster run's server kinds side by side: each one's CPU, cores, bandwidth, fastest
+    variant and its own recommendation (``recommend`` on that kind's records alone). Empty
+    for a run on one machine."""
+    import pandas as pd
+    info = (run_info(records).get("cluster") or {}).get("servers", {})
+    rows = []
+    for server in sorted({r["server"] for r in records if r.get("server")}):
+        own = [r for r in records if r.get("server") == server]
+        ranked = recommend(own, latency_target_ms, ram_budget_gb, side_by_side, tokens, evaluation)
+        s = info.get(server, {})
+        row = {"server": server, "cpu": (s.get("cpu") or {}).get("model"), "cores": s.get("cpus"),
+               "nodes": len(s.get("nodes", [])), "read_GB_s": (s.get("bandwidth") or {}).get("read_gb_s"),
+               "measured": sum(1 for r in own if not r.get("error")), "errors": sum(1 for r in own if r.get("error"))}
+        if len(ranked):
+            fastest = ranked.sort_values("tpot_ms").iloc[0]
+            good = ranked[ranked["qualifies"] & ranked["accurate"]]
+            row.update(fastest=fastest["variant"], fastest_tpot_ms=fastest["tpot_ms"],
+                       deploy=good.iloc[0]["variant"] if len(good) else None,
+                       deploy_tpot_ms=good.iloc[0]["tpot_ms"] if len(good) else None,
+                       deploy_peak_rss_MB=good.iloc[0]["peak_rss_MB"] if len(good) else None)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def servers_text(table, latency_target_ms: float, ram_budget_gb: float, side_by_side: int = 3) -> str:
+    """One sentence per server kind: what to deploy there, or why nothing."""
+    if table is None or len(table) == 0:
+        return "This run measured one machine (no --cluster): no servers to compare."
+    parts = []
+    for _, r in table.iterrows():
+        head = f"{r['server']} ({r['cpu']}, {r['cores']} cores, {r['read_GB_s']} GB/s read)"
+        if r.get("deploy") and r["deploy"] == r["deploy"]:
+            parts.append(f"{head}: deploy {r['deploy']}, {r['deploy_tpot_ms']:.2f} ms/token")
+        elif r.get("fastest") and r["fastest"] == r["fastest"]:
+            parts.append(f"{head}: nothing meets {latency_target_ms:g} ms/token with {side_by_side} side by side "
+                         f"in {ram_budget_gb:g} GB and keeps the accuracy (fastest: {r['fastest']}, "
+                         f"{r['fastest_tpot_ms']:.2f} ms/token)")
+        else:
+            parts.append(f"{head}: no measurement ({r['errors']} error records)")
+    return "Per server kind: " + "; ".join(parts) + "."
+
+
 # ---------------------------------------------------------------- against the peer
 
 def peer_comparison(records: list[dict]):
@@ -188,16 +237,18 @@ def peer_comparison(records: list[dict]):
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r.get("record_type") == "variant" and not r.get("error") and r.get("tpot_ms") and r.get("weight_bits"):
-            groups.setdefault((r["input_tokens"], r["output_tokens"], r["weight_bits"]), []).append(r)
+            groups.setdefault((r.get("server") or "", r["input_tokens"], r["output_tokens"], r["weight_bits"]),
+                              []).append(r)
 
     def x_floor(r):
         return round(r["tpot_ms"] / r["decode_floor_ms"], 2) if r.get("decode_floor_ms") else None
     out = []
-    for (n_in, n_out, bits), same in sorted(groups.items()):
+    for (server, n_in, n_out, bits), same in sorted(groups.items()):
         route = min((r for r in same if not r.get("peer")), key=lambda r: r["tpot_ms"], default=None)
         peer = min((r for r in same if r.get("peer")), key=lambda r: r["tpot_ms"], default=None)
         if route and peer:
-            out.append({"tokens": f"{n_in}-{n_out}", "bits": bits, "route_variant": route["variant"],
+            out.append({**({"server": server} if server else {}),
+                        "tokens": f"{n_in}-{n_out}", "bits": bits, "route_variant": route["variant"],
                         "route_tpot_ms": route["tpot_ms"], "route_x_floor": x_floor(route),
                         "peer_variant": peer["variant"], "peer_tpot_ms": peer["tpot_ms"], "peer_x_floor": x_floor(peer),
                         "peer_over_route": round(peer["tpot_ms"] / route["tpot_ms"], 2)})
@@ -214,7 +265,8 @@ def peer_text(peers) -> str:
     for _, r in first.iterrows():
         ratio = r["peer_over_route"]
         verdict = f"the route {ratio:.2f}x faster" if ratio >= 1 else f"llama.cpp {1 / ratio:.2f}x faster"
-        parts.append(f"{r['bits']}-bit: {r['route_variant']} {r['route_tpot_ms']:.2f} ms/token vs "
+        on = f" on {r['server']}" if "server" in r else ""
+        parts.append(f"{r['bits']}-bit{on}: {r['route_variant']} {r['route_tpot_ms']:.2f} ms/token vs "
                      f"{r['peer_variant']} {r['peer_tpot_ms']:.2f} ({verdict})")
     return f"Against llama.cpp at the same bits ({first['tokens'].iloc[0]} tokens, this run): " + "; ".join(parts) + "."
 
@@ -228,32 +280,43 @@ td,th{border:1px solid #ccc;padding:3px 6px;text-align:right} th{background:#f3f
 .note{background:#fff8e0;padding:.6em;border-left:4px solid #e0b000}</style></head><body>
 <h1>MedWB: which route and precision to deploy</h1>
 <p>Run {{ run_id }}, {{ created }}. CPU: {{ cpu }} (flags: {{ flags }}). Threads: {{ threads }}.
-Memory bandwidth: read {{ bw.read_gb_s }} GB/s, copy {{ bw.copy_gb_s }} GB/s ({{ bw.method }}).</p>
+Memory bandwidth: {{ bw }}.</p>
 <p>Model: <code>{{ model }}</code>{% if speed_only %} <b>(random weights of a real shape: speed only,
 no quality)</b>{% endif %}. Protocol: each variant in a fresh process; prompt cut to the exact input
 length; greedy; output length forced; one warm-up excluded; median of {{ trials }} trials.</p>
 <h2>Recommendation</h2><p class="note">{{ recommendation }}</p>{{ ranked }}
+{% if servers %}<h2>Servers side by side</h2><p>{{ servers_note }}</p>{{ servers }}{% endif %}
 <h2>Against what users would pick instead</h2><p>{{ peer_note }}</p>{{ peers }}
 <h2>All records</h2>{{ table }}
 {% for name, img in images %}<h2>{{ name }}</h2><img src="data:image/png;base64,{{ img }}">{% endfor %}
 </body></html>"""
 
 
-def write_html(records: list[dict], run_dir, ranked, recommendation: str, figs: dict) -> Path:
+def write_html(records: list[dict], run_dir, ranked, recommendation: str, figs: dict, by_server=None,
+               servers_note: str = "") -> Path:
     """``<run_dir>/report.html`` (empty run_dir: the run folder the records came from):
-    tables and plots inline, no external files or links."""
+    tables and plots inline, no external files or links. ``by_server`` (``servers``): a
+    cluster run's server kinds side by side."""
     import jinja2
     info = run_info(records)
     run_dir = run_dir or info["run_dir"]
     cfg = info.get("config", {})
     peers = peer_comparison(records)
     html = jinja2.Template(_TEMPLATE, autoescape=True).render(
-        run_id=Path(run_dir).name, created=info.get("created", ""), cpu=info.get("cpu", {}).get("model", "?"),
-        flags=", ".join(info.get("cpu", {}).get("flags", [])), threads=cfg.get("threads"),
-        bw=info.get("bandwidth", {}), model=info.get("model", ""), speed_only=info.get("speed_only"),
+        run_id=Path(run_dir).name, created=info.get("created", ""),
+        cpu=info.get("cpu", {}).get("model", "?") if not info.get("cluster") else
+        f"a cluster of {len(info['cluster']['servers'])} server kind(s), first {info.get('cpu', {}).get('model', '?')}",
+        flags=", ".join(info.get("cpu", {}).get("flags", [])),
+        threads=cfg.get("threads") or ("every core of each node" if info.get("cluster") else "all cores"),
+        bw="measured on each node, see Servers side by side" if info.get("cluster") else
+        "read {read_gb_s} GB/s, copy {copy_gb_s} GB/s ({method})".format_map(
+            {"read_gb_s": "?", "copy_gb_s": "?", "method": "?", **info.get("bandwidth", {})}),
+        model=info.get("model", ""), speed_only=info.get("speed_only"),
         trials=cfg.get("trials"), recommendation=recommendation,
         ranked=jinja2.utils.markupsafe.Markup(ranked.to_html(index=False, na_rep="")),
         peer_note=peer_text(peers), peers=jinja2.utils.markupsafe.Markup(peers.to_html(index=False, na_rep="")),
+        servers=jinja2.utils.markupsafe.Markup(by_server.to_html(index=False, na_rep=""))
+        if by_server is not None and len(by_server) else "", servers_note=servers_note,
         table=jinja2.utils.markupsafe.Markup(frame(records).to_html(index=False, na_rep="")),
         images=[(name.replace("_", " "), png_base64(fig)) for name, fig in figs.items()])
     path = Path(run_dir) / "report.html"

@@ -126,11 +126,16 @@ def _records_for(v: dict, art: dict, result: dict, reference: dict | None, cases
     return records
 
 
-def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]:
+def run(cfg: dict, run_dir=None, log=print, progress: bool = True, cluster: str = "") -> list[dict]:
     """Validate, measure bandwidth, prepare artifacts, then every variant in a fresh process.
     ``run_dir`` empty: a new ``runs/<timestamp>``, made only once the config is valid.
     Records are rewritten after every variant (JSON lines and CSV), so a run cut short
-    keeps what it measured."""
+    keeps what it measured. ``cluster`` (HOST:PORT of a Ray head): the same matrix on every
+    server kind of that cluster (``medwb.cluster.bench``); Ray is imported only then."""
+    if cluster:
+        from medwb.cluster import bench as cluster_bench
+        from medwb.cluster.nodes import check_address
+        return cluster_bench.run(cfg, check_address(cluster), run_dir, log=log, progress=progress)
     from tqdm.auto import tqdm
 
     from medwb import runner, sysinfo
@@ -160,14 +165,7 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]
     arts = prepare(model_dir, cfg["variants"], cfg, log)
     cases = [] if checked["speed_only"] or not cfg["quality_cases"] else quality_cases(cfg["quality_cases"])
     pair_prompt = cases[0]["prompt"] if cases else heldout_prompts(1)[0]
-    kb = cfg.get("kernel_build") or None
-    tuned = {registry.get(v["backend"]).env for v in cfg["variants"] if registry.get(v["backend"]).kernel_builds}
-    matching = None
-    if tuned and "match" in [v.get("kernel_build", kb) for v in cfg["variants"]]:
-        env = tuned.pop()  # the bigdl environment: its kernel builds match this CPU's flags
-        matching = None if not envs.available(env) else envs.query_json(
-            env, ["-c", "from medwb.backends.toolchain import bigdl_kernels; from medwb.child import write_result; "
-                  "write_result(bigdl_kernels.matching_build())"])
+    matching = matching_kernel_build(cfg)
     records: list[dict] = [{"record_type": "run", "created": now(), "config": cfg, "model": str(model_dir),
                             "run_dir": str(run_dir),
                             "speed_only": checked["speed_only"], "bandwidth": bw, "cpu": ctx["cpu"],
@@ -176,32 +174,15 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]
     bar = tqdm(total=len(cfg["variants"]) * cfg["rounds"], desc="bench", unit="variant", disable=not progress)
     current = {"round": 0}  # quality is answered in the first round only
 
-    def spec_of(v: dict) -> dict:
-        # The variant's own knobs travel in the spec; the backend fills in the defaults.
-        entry, art = registry.get(v["backend"]), arts[label(v)]
-        build = v.get("kernel_build", kb) if entry.kernel_builds else None
-        return {**knobs.set_in(v), "backend": v["backend"], "model_path": str(art.get("path")),
-                "precision": v["precision"], "weights": v.get("weights"), "threads": v.get("threads", threads),
-                "kernel_build": (matching if build == "match" else build) or None,
-                "token_pairs": cfg["token_pairs"], "pair_prompt": pair_prompt, "trials": cfg["trials"],
-                "prompts": [c["prompt"] for c in cases] if not current["round"] else [],
-                "prompt_budgets": [c["budget"] for c in cases] if not current["round"] else [],
-                "logits": False, **art.get("spec", {})}
-
     def measure(v: dict, reference: dict | None) -> tuple[list[dict], dict]:
         bar.set_postfix_str(label(v))
         art, started = arts[label(v)], time.perf_counter()
-        entry, spec = registry.get(v["backend"]), spec_of(v)
-        result = {"error": art["error"]} if "error" in art else run_probe(
-            spec, python=str(envs.python_of(entry.env)), timeout=cfg["timeout_s"], env=entry.process_env(spec))
+        spec = probe_spec(v, art, cfg, threads, pair_prompt, [] if current["round"] else cases, matching)
+        result, side = measure_variant(v, art, spec, cfg, threads)
         if v is ref and "error" not in result:
             reference = result  # its own row: agreement left out, ROUGE-L vs itself
         new = _records_for(v, art, result, reference, cases, ctx)
-        if cfg["concurrent"] > 1 and "error" not in result:
-            bar.set_postfix_str(f"{label(v)} x{cfg['concurrent']}")
-            side = side_by_side(v, spec, cfg["concurrent"], v.get("threads", threads), cfg["timeout_s"])
-            for i, rec in enumerate(new):
-                rec["concurrent"] = side[i] if isinstance(side, list) else side
+        attach_side(new, side)
         for r in new:
             r["wall_s"] = round(time.perf_counter() - started, 1)
             if cfg["rounds"] > 1:
@@ -219,6 +200,54 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[dict]
         against_reference(ref, [v for v in cfg["variants"] if v is not ref], measure)
     bar.close()
     return records
+
+
+def matching_kernel_build(cfg: dict) -> str | None:
+    """The bigdl kernel build matching this CPU's flags, when a variant asks for "match"
+    (asked in the bigdl environment); None otherwise or without that environment."""
+    kb = cfg.get("kernel_build") or None
+    tuned = {registry.get(v["backend"]).env for v in cfg["variants"] if registry.get(v["backend"]).kernel_builds}
+    if not tuned or "match" not in [v.get("kernel_build", kb) for v in cfg["variants"]]:
+        return None
+    env = tuned.pop()  # the bigdl environment: its kernel builds match this CPU's flags
+    return None if not envs.available(env) else envs.query_json(
+        env, ["-c", "from medwb.backends.toolchain import bigdl_kernels; from medwb.child import write_result; "
+              "write_result(bigdl_kernels.matching_build())"])
+
+
+def probe_spec(v: dict, art: dict, cfg: dict, threads: int, pair_prompt: str, cases: list[dict],
+               matching: str | None) -> dict:
+    """What one variant's probe is asked: the variant's own knobs (the backend fills in the
+    defaults), its artifact, the token pairs, and the quality cases (none: speed only)."""
+    entry = registry.get(v["backend"])
+    kb = cfg.get("kernel_build") or None
+    build = v.get("kernel_build", kb) if entry.kernel_builds else None
+    return {**knobs.set_in(v), "backend": v["backend"], "model_path": str(art.get("path")),
+            "precision": v["precision"], "weights": v.get("weights"), "threads": v.get("threads", threads),
+            "kernel_build": (matching if build == "match" else build) or None,
+            "token_pairs": cfg["token_pairs"], "pair_prompt": pair_prompt, "trials": cfg["trials"],
+            "prompts": [c["prompt"] for c in cases], "prompt_budgets": [c["budget"] for c in cases],
+            "logits": False, **art.get("spec", {})}
+
+
+def measure_variant(v: dict, art: dict, spec: dict, cfg: dict, threads: int) -> tuple[dict, list | dict | None]:
+    """The probe's result in a fresh process (or the artifact's error), and, with
+    ``concurrent`` > 1, the side-by-side measurement (None when not asked)."""
+    entry = registry.get(v["backend"])
+    result = {"error": art["error"]} if "error" in art else run_probe(
+        spec, python=str(envs.python_of(entry.env)), timeout=cfg["timeout_s"], env=entry.process_env(spec))
+    side = None
+    if cfg["concurrent"] > 1 and "error" not in result:
+        side = side_by_side(v, spec, cfg["concurrent"], v.get("threads", threads), cfg["timeout_s"])
+    return result, side
+
+
+def attach_side(records: list[dict], side) -> None:
+    """The side-by-side figures into each token pair's record (one dict: its error)."""
+    if side is None:
+        return
+    for i, rec in enumerate(records):
+        rec["concurrent"] = side[i] if isinstance(side, list) else side
 
 
 def side_by_side(v: dict, spec: dict, n: int, threads: int, timeout_s: int) -> list[dict] | dict:
@@ -289,7 +318,7 @@ def load(run_dir) -> list[dict]:
     return read_records(Path(run_dir) / "records" / "bench.jsonl")
 
 
-TABLE_COLUMNS = ["variant", "round", "tokens", "load_s", "ttft_ms", "tpot_ms", "tok_s", "floor_ms", "pct_of_limit",
+TABLE_COLUMNS = ["server", "variant", "round", "tokens", "load_s", "ttft_ms", "tpot_ms", "tok_s", "floor_ms", "pct_of_limit",
                  "side_by_side_n", "tpot_side_by_side_ms", "side_by_side_tok_s",
                  "peak_rss_MB", "size_MB", "kernels", "exact_vs_fp32", "rougeL_vs_fp32", "dx_top3", "dc_complete",
                  "error"]
@@ -298,12 +327,15 @@ TABLE_COLUMNS = ["variant", "round", "tokens", "load_s", "ttft_ms", "tpot_ms", "
 def table(records: list[dict]):
     """The readable table: one row per variant and token pair (and round, when repeated)."""
     rounds = any(r.get("round") for r in records)
-    return records_table(records, [c for c in TABLE_COLUMNS if c != "round" or rounds])
+    servers = any(r.get("server") for r in records)  # a cluster run: one row per server kind too
+    return records_table(records, [c for c in TABLE_COLUMNS
+                                   if (c != "round" or rounds) and (c != "server" or servers)])
 
 
-def run_or_load(config_file="", records_from="", run_dir="", log=print, **overrides) -> list[dict]:
+def run_or_load(config_file="", records_from="", run_dir="", log=print, cluster: str = "", **overrides) -> list[dict]:
     """Notebook 03's entry: load the records of an earlier run folder, or run the benchmark
-    (config file, then the notebook's parameters; empty parameters keep the config's)."""
+    (config file, then the notebook's parameters; empty parameters keep the config's), on
+    this machine or, with ``cluster``, on a Ray cluster's servers."""
     if records_from:
         if not (Path(records_from) / "records" / "bench.jsonl").exists():
             raise MedwbError(f"records_from '{records_from}' has no records/bench.jsonl: give a run folder "
@@ -313,4 +345,4 @@ def run_or_load(config_file="", records_from="", run_dir="", log=print, **overri
             isinstance(overrides["variants"][0], str):
         overrides["variants"] = variants.parse_variants(",".join(overrides["variants"]))
     overrides = {k: v for k, v in overrides.items() if v not in ("", [], None)}
-    return run(load_config(config_file or None, **overrides), run_dir, log=log)
+    return run(load_config(config_file or None, **overrides), run_dir, log=log, cluster=cluster)

@@ -47,7 +47,7 @@ MAX_NEW_TOKENS = {"ner": 96, "spo": 128, "normalization": 32, "event": 128, "att
                   "diagnosis": 200, "sections": 560}
 DEFAULTS = {"model": "demo", "eval_file": "", "variants": DEFAULT_VARIANTS, "limit": 0, "threads": 0,
             "task_map": {}, "timeout_s": 3600, "kernel_build": "match", "bootstrap": 1000,
-            "artifacts_dir": "", "max_new_tokens": {}, "answers_cache": ""}
+            "artifacts_dir": "", "max_new_tokens": {}, "answers_cache": "", "cluster": ""}
 
 
 # ---------------------------------------------------------------- the samples
@@ -220,14 +220,25 @@ def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True,
     log(f"evaluating {len(cfg['variants'])} variant(s) on {len(samples)} samples of {len(specs)} task(s) "
         f"from {data.path} (model {model_dir}, fingerprint {fp}, {cfg['threads']} threads)")
     predictions, errors, timing = {}, {}, {}
+    work = []  # per variant: its answer cache and the asks it does not hold yet
     for v in cfg["variants"]:
-        name = label(v)
         cache = cache_path(fp, v, cfg["threads"], cfg["kernel_build"], cfg["answers_cache"])
         have = read_cache(cache)
         missing = [a for a in asks if a["key"] not in have]
-        started = time.perf_counter()
         if missing:
-            log(f"{name}: {len(asks) - len(missing)} answers cached, {len(missing)} to generate")
+            log(f"{label(v)}: {len(asks) - len(missing)} answers cached, {len(missing)} to generate")
+        else:
+            log(f"{label(v)}: all {len(asks)} answers cached (no model loaded)")
+        work.append((v, cache, missing))
+    if cfg["cluster"] and any(missing for _, _, missing in work):  # every variant's shards at once
+        from medwb.cluster.evaluation import answer_all
+        started = time.perf_counter()
+        errors.update(answer_all([w for w in work if w[2]], cfg, cfg["cluster"], log, progress))
+        timing["cluster"] = round(time.perf_counter() - started, 1)
+    for v, cache, missing in work:
+        name = label(v)
+        started = time.perf_counter()
+        if missing and not cfg["cluster"]:
             art = prepare(model_dir, [v], {**cfg, "threads": cfg["threads"]}, log)[name]
             bar = tqdm(total=len(missing), desc=name, unit="sample", disable=not progress)
 
@@ -235,14 +246,14 @@ def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True,
                 bar.update(max(0, done - bar.n))
             error = art.get("error") or answer_missing(v, art, missing, cache, cfg, advance)
             bar.close()
-            have = read_cache(cache)
             if error:
-                left = sum(a["key"] not in have for a in asks)
-                errors[name] = f"{error} ({left} of {len(asks)} samples unanswered; run again to resume)"
-                log(f"{name} failed: {errors[name]}")
-        else:
-            log(f"{name}: all {len(asks)} answers cached (no model loaded)")
-        timing[name] = round(time.perf_counter() - started, 1)
+                errors[name] = error
+        have = read_cache(cache)
+        if name in errors:
+            left = sum(a["key"] not in have for a in asks)
+            errors[name] = f"{errors[name]} ({left} of {len(asks)} samples unanswered; run again to resume)"
+            log(f"{name} failed: {errors[name]}")
+        timing.setdefault(name, round(time.perf_counter() - started, 1))
         predictions[name] = [have.get(a["key"]) for a in asks]
     result = score_run(samples, asks, specs, predictions, errors, cfg, out_dir, log=log)
     result.update(timing=timing, machine_load=load, cpu=sysinfo.cpu().get("model"), model_fingerprint=fp)
@@ -367,7 +378,11 @@ def check_config(cfg: dict, need_model: bool = True) -> dict:
     if isinstance(cfg["task_map"], str):
         cfg["task_map"] = parse_task_map(cfg["task_map"])
     check_count("threads", cfg["threads"], 0, "0: all cores")
-    cfg["threads"] = cfg["threads"] or os.cpu_count() or 1
+    if cfg.get("cluster"):
+        from medwb.cluster.nodes import check_address  # no Ray import: only the address's form
+        cfg["cluster"] = check_address(cfg["cluster"])
+    # On a cluster, 0 means one thread per shard: shards then pack one per core of every node.
+    cfg["threads"] = cfg["threads"] or (1 if cfg.get("cluster") else os.cpu_count() or 1)
     cfg["data"] = dataset.load(cfg["eval_file"] or evalset.EVAL_FILE, task_map=cfg["task_map"] or None)
     if need_model:
         cfg["model_dir"] = resolve_model(cfg["model"])
