@@ -79,6 +79,16 @@ def running(run_dir: Path, proc: subprocess.Popen) -> dict:
     return progress["running"] if progress["driver_pid"] == proc.pid else {}
 
 
+def probes() -> list:
+    """The benchmark probes running now, anywhere on this machine."""
+    import psutil
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if "medwb.bench.probe" in " ".join(p.info["cmdline"] or []):
+            found.append(p)
+    return found
+
+
 def driver(address: str, run_dir: Path, config: Path) -> subprocess.Popen:
     return subprocess.Popen(MEDWB + ["bench", "--cluster", address, "--config", str(config), "--variants", VARIANTS,
                                      "--run-dir",
@@ -128,9 +138,14 @@ def test_the_matrix_survives_lost_nodes_and_a_killed_driver(cluster, tmp_path):
     #    that kind dies mid-task: what it ran, and what waited, end as error records.
     b1 = add(cluster, "test-b")
     proc = driver(address, run_dir, config)
-    wait_until(proc, lambda: len(results(run_dir)) > 3, "a first result on the new server")
+    wait_until(proc, lambda: len(results(run_dir)) > 3 and probes(), "a first result, then a probe running")
+    orphans = probes()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    gone = time.monotonic() + 30  # the killed driver's tasks are cancelled, their probes reaped
+    while any(p.is_running() and p.status() != "zombie" for p in orphans) and time.monotonic() < gone:
+        time.sleep(0.5)
+    assert not any(p.is_running() and p.status() != "zombie" for p in orphans), orphans
     proc = driver(address, run_dir, config)
     wait_until(proc, lambda: b1.node_id in running(run_dir, proc).values(), "a task of the resumed run")
     cluster.remove_node(b1)

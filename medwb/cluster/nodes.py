@@ -52,7 +52,11 @@ def ray_env(address: str = "") -> dict:
     (Ray's own telemetry); for a head on loopback, no node address other than loopback (Ray
     would otherwise swap 127.0.0.1 for the address of the default route); for a head on the
     intranet, Ray's token authentication, every machine holding the same token file."""
-    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    env = {"RAY_USAGE_STATS_ENABLED": "0",
+           # A task's probe must not outlive it on the node: Ray kills a worker's children when
+           # the worker exits (its driver died, the task was cancelled); with this the raylet
+           # also reaps them when the worker itself was killed.
+           "RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper": "true"}
     if address and is_loopback(address):
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray's switch for "this machine only"
     elif address:
