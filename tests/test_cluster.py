@@ -225,3 +225,18 @@ def test_an_intranet_cluster_without_the_token_is_refused_before_any_connection(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "no cluster token" in err[0] and "no-token" in err[0], err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_knob_is_read_against_its_default_on_the_same_server_kind():
+    from medwb.bench import tuning
+
+    def rec(server, knobs, tpot):
+        return {"record_type": "variant", "variant": "v", "base_variant": "openvino-genai:int4/bf16", "knobs": knobs,
+                "input_tokens": 16, "output_tokens": 8, "tpot_ms": tpot, "server": server,
+                "tpot_ms_trials": [tpot, tpot * 1.01, tpot * 0.99]}
+    # The knob helps on kind a and not on b; pooled across kinds it would read as one effect.
+    effects = tuning.knob_effects([rec("a", {}, 10), rec("a", {"int4_sym": False}, 8),
+                                   rec("b", {}, 20), rec("b", {"int4_sym": False}, 21)])
+    assert dict(zip(effects["server"], effects["speedup"])) == {"a": 1.25, "b": round(20 / 21, 3)}
+    text = tuning.verdict_text(tuning.verdicts(effects))
+    assert "int4_sym=false on a" in text and "int4_sym=false on b" in text

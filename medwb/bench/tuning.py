@@ -55,18 +55,22 @@ def knob_effects(records: list[dict]):
     ok = [r for r in records if r.get("record_type") == "variant" and not r.get("error") and r.get("tpot_ms")]
     groups: dict[tuple, list[dict]] = {}
     for r in ok:
-        key = (r.get("base_variant"), r["input_tokens"], r["output_tokens"], knobs.written(r.get("knobs") or {}))
+        # A cluster run measured each variant on every server kind: a knob is read against its
+        # default on the same kind only.
+        key = (r.get("server") or "", r.get("base_variant"), r["input_tokens"], r["output_tokens"],
+               knobs.written(r.get("knobs") or {}))
         groups.setdefault(key, []).append(r)
     rows = []
-    for (base, n_in, n_out, setting), tuned in groups.items():
-        default = groups.get((base, n_in, n_out, ""))
+    for (server, base, n_in, n_out, setting), tuned in groups.items():
+        default = groups.get((server, base, n_in, n_out, ""))
         if not setting or not default:
             continue
         t, d = _trials(tuned), _trials(default)
         mt, md = statistics.median(t), statistics.median(d)
         p = float(mannwhitneyu(t, d, alternative="two-sided").pvalue) if len(t) > 1 and len(d) > 1 else None
         first, first_d = tuned[0], default[0]
-        row = {"base_variant": base, "knobs": setting, "tokens": f"{n_in}-{n_out}",
+        row = {**({"server": server} if server else {}), "base_variant": base, "knobs": setting,
+               "tokens": f"{n_in}-{n_out}",
                "trials": len(t), "default_trials": len(d),
                "tpot_ms": round(mt, 2), "default_tpot_ms": round(md, 2), "speedup": round(md / mt, 3),
                "p_value": None if p is None else round(p, 4),
@@ -98,16 +102,19 @@ def verdicts(effects):
     if effects is None or len(effects) == 0:
         return pd.DataFrame(columns=cols)
     out = []
-    for (base, setting), g in effects.groupby(["base_variant", "knobs"], sort=False):
+    by = (["server"] if "server" in effects else []) + ["base_variant", "knobs"]
+    for key, g in effects.groupby(by, sort=False):
+        *server, base, setting = key
         s = list(g["speedup"])
         mean = math.exp(sum(math.log(x) for x in s) / len(s))
         each = [_pair_verdict(x, p) for x, p in zip(g["speedup"], g["p_value"])]
         verdict = each[0] if len(set(each)) == 1 else "mixed" if {"faster", "slower"} <= set(each) else "cannot tell"
-        out.append({"base_variant": base, "knobs": setting, "pairs": len(s), "speedup": round(mean, 3),
+        out.append({**({"server": server[0]} if server else {}),
+                    "base_variant": base, "knobs": setting, "pairs": len(s), "speedup": round(mean, 3),
                     "verdict": verdict,
                     "per_pair": ", ".join(f"{t}: {x:.2f}x (p={p})" for t, x, p in
                                           zip(g["tokens"], g["speedup"], g["p_value"]))})
-    return pd.DataFrame(out, columns=cols)
+    return pd.DataFrame(out, columns=(["server"] if "server" in effects else []) + cols)
 
 
 def verdict_text(table) -> str:
@@ -118,6 +125,7 @@ def verdict_text(table) -> str:
                 "`medwb bench --config configs/tune-tinyllama-1.1b.yaml`.")
     lines = []
     for _, r in table.sort_values("speedup", ascending=False).iterrows():
-        lines.append(f"{r['base_variant']} with {r['knobs']}: {r['verdict']} "
+        on = f" on {r['server']}" if "server" in r else ""
+        lines.append(f"{r['base_variant']} with {r['knobs']}{on}: {r['verdict']} "
                      f"({r['speedup']:.3f}x its default's speed; {r['per_pair']})")
     return "\n".join(lines)

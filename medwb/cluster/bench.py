@@ -135,7 +135,7 @@ def run(cfg: dict, address: str, run_dir=None, log=print, progress: bool = True)
             job, tracker)
         pending[ref] = (kind, v, rnd)
     write_progress(run_dir, pending, {}, found)  # this driver's, from its start
-    bar = tqdm(total=len(todo), desc="bench (cluster)", unit="task", disable=not progress)
+    bar = tqdm(total=len(pending), desc="bench (cluster)", unit="task", disable=not progress)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
         attempts = ray.get(tracker.snapshot.remote())
