@@ -16,7 +16,7 @@ from medwb.cluster import nodes as cluster_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 MEDWB = [sys.executable, "-m", "medwb.cli"]
-VARIANTS = "pytorch:fp32,pytorch:bf16,openvino-genai:int8/bf16"
+VARIANTS = "pytorch:fp32,openvino-genai:int8/bf16"  # the reference and a converted artifact
 
 
 def test_ray_is_imported_only_inside_medwb_cluster_and_that_only_lazily():
@@ -39,8 +39,10 @@ def test_ray_is_imported_only_inside_medwb_cluster_and_that_only_lazily():
 
 
 def test_a_local_bench_and_eval_import_no_ray(tmp_path):
+    (tmp_path / "small.yaml").write_text("bandwidth_mb: 64\n", encoding="utf-8")
     code = ("import sys; from medwb import cli\n"
             f"assert cli.main(['bench', '--variants', 'pytorch:fp32', '--token-pairs', '8-4', '--trials', '1', "
+            f"'--config', {str(tmp_path / 'small.yaml')!r}, "
             f"'--quality-cases', '0', '--run-dir', {str(tmp_path / 'b')!r}, '--no-progress']) == 0\n"
             "from medwb.eval import run\n"
             "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))\n")
@@ -128,7 +130,7 @@ def test_the_matrix_survives_lost_nodes_and_a_killed_driver(cluster, tmp_path):
     cluster.remove_node(a2)
     out = finish(proc)
     first = {e["key"]: e for e in results(run_dir)}
-    assert len(first) == 3 and all("error" not in e["result"] for e in first.values()), out[-3000:]
+    assert len(first) == 2 and all("error" not in e["result"] for e in first.values()), out[-3000:]
     retried = [e for e in first.values() if len(e["attempts"]) > 1]
     assert retried and retried[0]["attempts"][0]["node_id"] == a2.node_id, first
     assert retried[0]["node"]["node_id"] == a1.node_id and "attempt 2" in out
@@ -138,7 +140,7 @@ def test_the_matrix_survives_lost_nodes_and_a_killed_driver(cluster, tmp_path):
     #    that kind dies mid-task: what it ran, and what waited, end as error records.
     b1 = add(cluster, "test-b")
     proc = driver(address, run_dir, config)
-    wait_until(proc, lambda: len(results(run_dir)) > 3 and probes(), "a first result, then a probe running")
+    wait_until(proc, lambda: len(results(run_dir)) > 2 and probes(), "a first result, then a probe running")
     orphans = probes()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -151,7 +153,7 @@ def test_the_matrix_survives_lost_nodes_and_a_killed_driver(cluster, tmp_path):
     cluster.remove_node(b1)
     out = finish(proc)
     latest = {e["key"]: e for e in results(run_dir)}
-    assert len(latest) == 6, out[-3000:]  # every variant of both kinds ended with a record
+    assert len(latest) == 4, out[-3000:]  # every variant of both kinds ended with a record
     lost = [e for e in latest.values() if "error" in e["result"]]
     assert lost and all("no node of server kind test-b" in e["result"]["error"] for e in lost), lost
     assert [r for r in results(run_dir) if r["key"] in first] == list(first.values())  # not measured again
@@ -163,12 +165,12 @@ def test_the_matrix_survives_lost_nodes_and_a_killed_driver(cluster, tmp_path):
     final = {e["key"]: e for e in every}
     assert sorted(final) == sorted(f"{k}|{v}|0" for k in ("test-a", "test-b") for v in VARIANTS.split(","))
     assert all("error" not in e["result"] for e in final.values()), out[-3000:]
-    assert len(every) == 6 + len(lost)
+    assert len(every) == 4 + len(lost)
 
     # 4. The records: node, CPU model and flags, bandwidth per record; both server kinds.
     records = [json.loads(x) for x in (run_dir / "records" / "bench.jsonl").read_text().splitlines()]
     variant_records = [r for r in records if r.get("record_type") == "variant"]
-    assert len(variant_records) == 6 and not any(r.get("error") for r in variant_records)
+    assert len(variant_records) == 4 and not any(r.get("error") for r in variant_records)
     for r in variant_records:
         assert r["server"] in ("test-a", "test-b") and r["node"] and r["node_ip"] == "127.0.0.1"
         assert r["cpu"]["model"] and isinstance(r["cpu"]["flags"], list) and r["bandwidth_read_gb_s"] > 0
