@@ -49,17 +49,6 @@ def read_results(run_dir: Path) -> dict[str, dict]:
     return out
 
 
-def append_result(run_dir: Path, entry: dict) -> None:
-    path = Path(run_dir) / RESULTS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from medwb.eval.run import _end_with_newline
-    _end_with_newline(path)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _plan(cfg: dict, identity: str) -> dict:
     return json.loads(json.dumps({"config": cfg, "model_identity": identity}, default=str))
 
@@ -119,9 +108,7 @@ def run(cfg: dict, address: str, run_dir=None, log=print, progress: bool = True)
     log(f"cluster {address}: {len(found)} server kind(s) "
         + "; ".join(f"{k} ({len(f['nodes'])} node(s), {f['cpus']} CPUs)" for k, f in sorted(found.items()))
         + f"; {len(matrix)} timing tasks, {len(matrix) - len(todo)} already in {run_dir}")
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    tracker = tasks.Tracker.options(  # on the head: it lives as long as the cluster does
-        scheduling_strategy=NodeAffinitySchedulingStrategy(nodes.head_node_id(), soft=False)).remote()
+    tracker = nodes.start_tracker()
     rebuild = lambda: _quietly(lambda: write_records(run_dir, cfg, checked, cases, address))  # noqa: E731
     rebuild()  # before any task: the driver's own start-up must not overlap a timing
     pending = {}
@@ -143,8 +130,8 @@ def run(cfg: dict, address: str, run_dir=None, log=print, progress: bool = True)
             kind, v, rnd = pending.pop(ref)
             try:
                 out = ray.get(ref)
-            except ray.exceptions.RayError as e:  # its node or worker died more often than Ray retries
-                out = {"result": {"error": f"lost: {type(e).__name__}: {str(e).splitlines()[0][:200]}"}}
+            except ray.exceptions.RayError as e:
+                out = {"result": {"error": nodes.lost(e)}}
             _finish(run_dir, kind, v, rnd, out, attempts, log)
             bar.update()
         alive = nodes.kinds()
@@ -170,7 +157,7 @@ def _finish(run_dir: Path, kind: str, v: dict, rnd: int, out: dict, attempts: di
     key = task_key(kind, v, rnd)
     entry = {"key": key, "server": kind, "variant": v, "round": rnd, "finished": now(),
              "attempts": attempts.get(key, []), **out}
-    append_result(run_dir, entry)
+    nodes.append_jsonl(Path(run_dir) / RESULTS, [entry])
     if "error" in out["result"]:
         log(f"{label(v)} on {kind} failed: {out['result']['error']}")
         return

@@ -10,9 +10,7 @@ Each cached answer notes the node and CPU that gave it.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 
 from medwb.backends.variants import label
@@ -32,7 +30,6 @@ def answer_all(work: list[tuple[dict, Path, list[dict]]], cfg: dict, address: st
     """``work``: (variant, its answer cache, the asks it misses). Returns variant -> error."""
     from tqdm.auto import tqdm
 
-    from medwb.eval.run import _end_with_newline
     ray = nodes.connect(address)
     from medwb.cluster import tasks
     found = nodes.require_kinds(address)
@@ -40,42 +37,33 @@ def answer_all(work: list[tuple[dict, Path, list[dict]]], cfg: dict, address: st
     slots = sum(len(k["nodes"]) * max(1, k["cpus"] // threads) for k in found.values())
     identity = nodes.model_identity(cfg["model_dir"])
     shipped = {k: cfg[k] for k in ("model", "threads", "kernel_build", "timeout_s", "artifacts_dir")}
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    tracker = tasks.Tracker.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(nodes.head_node_id(), soft=False)).remote()
-    pending, left = {}, {}
+    tracker = nodes.start_tracker()
+    pending = {}
     for v, cache, missing in work:
         size = shard_size(len(missing), slots)
-        left[label(v)] = len(missing)
         for i in range(0, len(missing), size):
             job = {"key": f"{label(v)}|{i}", "variant": v, "cfg": shipped, "model_identity": identity,
                    "asks": missing[i:i + size]}
-            pending[tasks.answer.options(num_cpus=threads).remote(job, tracker)] = (v, cache, len(job["asks"]))
+            pending[tasks.answer.options(num_cpus=threads).remote(job, tracker)] = (v, cache)
     log(f"cluster {address}: {len(pending)} shards over {slots} slot(s) of {threads} thread(s) "
         f"on {sum(len(k['nodes']) for k in found.values())} node(s)")
-    bar = tqdm(total=sum(left.values()), desc="eval (cluster)", unit="sample", disable=not progress)
+    bar = tqdm(total=sum(len(missing) for _, _, missing in work), desc="eval (cluster)", unit="sample", disable=not progress)
     errors: dict[str, str] = {}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
         for ref in ready:
-            v, cache, n = pending.pop(ref)
+            v, cache = pending.pop(ref)
             try:
                 out = ray.get(ref)
             except ray.exceptions.RayError as e:
-                out = {"answers": [], "error": f"lost: {type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            _end_with_newline(cache)
-            with open(cache, "a", encoding="utf-8") as f:  # kept the moment they arrive
-                for a in out["answers"]:
-                    f.write(json.dumps({**a, "node": out["node"]["node_id"][:16], "node_ip": out["node"]["ip"],
-                                        "cpu": out["node"]["cpu"]}, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+                out = {"answers": [], "error": nodes.lost(e)}
+            nodes.append_jsonl(cache, [{**a, "node": out["node"]["node_id"][:16], "node_ip": out["node"]["ip"],
+                                        "cpu": out["node"]["cpu"]} for a in out["answers"]])
             if out.get("error"):
                 errors[label(v)] = errors.get(label(v)) or f"{out['error']} (on {out.get('node', {}).get('ip')})"
             bar.update(len(out["answers"]))
         if pending and not nodes.kinds():  # nothing left to run the shards on
-            for ref, (v, _, _) in pending.items():
+            for ref, (v, _) in pending.items():
                 ray.cancel(ref, force=True)
                 errors.setdefault(label(v), "no MedWB node is left in the cluster")
             pending.clear()
