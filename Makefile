@@ -32,7 +32,7 @@ LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-m
 	-c requirements/constraints.txt --no-emit-package torchvision \
 	$(if $(wildcard $(FIND_LINKS)),--find-links $(FIND_LINKS))
 
-.PHONY: setup cluster run test app browser demo-model demo-model-rebuild lab clean-envs lock bundle
+.PHONY: setup cluster run test test-fast lint app browser demo-model demo-model-rebuild lab clean-envs lock bundle
 .DEFAULT_GOAL := run
 
 setup: $(MAIN)/.medwb-ready $(BIGDL)/.medwb-ready $(LLAMACPP)/.medwb-ready
@@ -90,6 +90,7 @@ lock: $(UV)
 	$(UV) pip compile requirements/bigdl.txt $(LOCK_FLAGS) -o requirements/bigdl.lock
 	$(UV) pip compile requirements/llamacpp.txt $(LOCK_FLAGS) -o requirements/llamacpp.lock
 	$(UV) pip compile requirements/cluster.txt $(LOCK_FLAGS) -c requirements/main.lock -o requirements/cluster.lock
+	$(UV) pip compile requirements/lint.txt $(LOCK_FLAGS) -o requirements/lint.lock
 
 $(UV):
 	test -x $(VENVS)/tools/bin/python || $(PYTHON) -m venv $(VENVS)/tools
@@ -98,8 +99,23 @@ $(UV):
 run: setup
 	$(MAIN)/bin/medwb run
 
-test: setup browser cluster
+# The whole suite (CI's command): the linter first, then every test.
+test: setup browser cluster lint
 	$(MAIN)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The edit loop: every test not marked slow (under 3 minutes on 2 cores once set up).
+test-fast: setup lint
+	$(MAIN)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ruff (requirements/lint.lock, hashed) in its own small environment; the rules are in pyproject.toml.
+LINT := $(VENVS)/lint
+lint: $(LINT)/.medwb-ready
+	$(LINT)/bin/ruff check medwb tests
+
+$(LINT)/.medwb-ready: requirements/lint.lock
+	test -x $(LINT)/bin/python || $(PYTHON) -m venv $(LINT)
+	$(OFFLINE) $(LINT)/bin/$(PIP) $(SOURCE) --require-hashes --no-deps -r requirements/lint.lock 2>&1 | $(QUIET)
+	touch $@
 
 # The app's browser test drives Debian's chromium through Playwright (never Playwright's own
 # browser download) and screenshots Chinese text (a CJK font). Installed once when missing

@@ -16,7 +16,8 @@ from medwb.errors import MedwbError
 def cmd_demo_model(args) -> int:
     from medwb.models import demo_model
     if args.rebuild:
-        path = demo_model.rebuild(out=args.out, force=args.force)
+        from medwb.eval import demo_build
+        path = demo_build.rebuild(out=args.out, force=args.force)
     elif args.force and not args.out:
         raise MedwbError("--force replaces what --out names, or retrains with --rebuild: "
                          "give one of them")
@@ -113,13 +114,14 @@ def cmd_overhead(args) -> int:
 def cmd_bench(args) -> int:
     from medwb.backends.variants import parse_variants
     from medwb.bench import config
+    from medwb import jobs
     from medwb.bench import run as bench
     cfg = config.load_config(
         args.config, model=args.model, trials=args.trials, threads=args.threads,
         quality_cases=args.quality_cases, timeout_s=args.timeout, concurrent=args.concurrent, rounds=args.rounds,
         variants=parse_variants(args.variants) if args.variants else None,
         token_pairs=config.parse_token_pairs(args.token_pairs) if args.token_pairs else None)
-    records = bench.run(cfg, args.run_dir, progress=not args.no_progress, cluster=args.cluster or "")
+    records = jobs.bench(cfg, args.run_dir, progress=not args.no_progress, cluster=args.cluster or "")
     import pandas as pd
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(bench.table(records).to_string(index=False))
@@ -137,11 +139,12 @@ def cmd_bench(args) -> int:
 
 def cmd_eval(args) -> int:
     from medwb.eval import report
+    from medwb import jobs
     from medwb.eval import run as evaluation
     if args.rescore:
         result = evaluation.rescore(args.rescore)
     else:
-        result = evaluation.run(model=args.model, eval_file=args.eval_file, variants=args.variants,
+        result = jobs.evaluate(model=args.model, eval_file=args.eval_file, variants=args.variants,
                                 limit=args.limit, threads=args.threads, task_map=args.task_map,
                                 bootstrap=args.bootstrap, timeout_s=args.timeout, cluster=args.cluster,
                                 run_dir=args.run_dir, progress=not args.no_progress)
@@ -247,6 +250,12 @@ def cmd_compare_runs(args) -> int:
     return 1 if result["outputs_differ"] else 0
 
 
+def _records_command(p: argparse.ArgumentParser, func) -> None:
+    """A command that writes records: its --run-dir, and what runs it."""
+    p.add_argument("--run-dir", help="folder for records (default: a new runs/<timestamp>)")
+    p.set_defaults(func=func)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's errors as every other bad input: one line naming the option, status 2
     (argparse prints the whole usage first). Subcommands inherit the class."""
@@ -301,8 +310,7 @@ def parser() -> argparse.ArgumentParser:
     al.add_argument("--doctors", default="1,5,10", help="comma-separated numbers of doctors at once")
     al.add_argument("--rounds", type=int, default=3, help="rounds per doctor")
     al.add_argument("--think-s", type=float, default=2.0, help="mean pause between a doctor's rounds, seconds")
-    al.add_argument("--run-dir", help="folder for records (default: a new runs/<timestamp>)")
-    al.set_defaults(func=cmd_app_load)
+    _records_command(al, cmd_app_load)
 
     o = sub.add_parser("overhead", help="what the apps' worker path adds to calling a backend directly",
                        description="Same records and tokens through medwb's app worker and through the backend "
@@ -312,8 +320,7 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--cases", type=int, default=8, help="held-out diagnosis records")
     o.add_argument("--max-new-tokens", type=int, default=200)
     o.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    o.add_argument("--run-dir", help="folder for records (default: a new runs/<timestamp>)")
-    o.set_defaults(func=cmd_overhead)
+    _records_command(o, cmd_overhead)
 
     b = sub.add_parser("bench", help="benchmark a matrix of variants, each in a fresh process",
                        description="Benchmark variants (backend:precision) of one model; records go to "

@@ -24,6 +24,30 @@ def sha256_file(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def model_identity(folder, content: bool = False) -> str:
+    """The one identity of a model folder (its files, ``*.lock`` left out), 16 hex digits.
+
+    ``content=False``: every file's name and size plus ``config.json``'s bytes: cheap (no
+    gigabytes read), and it changes when the weights are rebuilt or replaced; the feedback
+    store and the cluster's "same model on this node?" check use it.
+    ``content=True``: names and every byte: the evaluation's answer cache, where a checkpoint
+    changed in place must never reuse old answers."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".lock")):
+        name = path.relative_to(folder).as_posix()
+        if content:
+            h.update(name.encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        else:
+            h.update(f"{name}:{path.stat().st_size}\n".encode())
+            if path.name == "config.json":
+                h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 NOTEBOOKS_DIR = REPO_DIR / "notebooks"
 VENVS_DIR = REPO_DIR / ".venvs"
 

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from medwb import jsonl
+from medwb.clock import now
 from medwb.errors import MedwbError
 from medwb.paths import REPO_DIR, write_json_atomic
 
@@ -46,7 +48,6 @@ def collect(parameters: dict | None = None, kind: str = "run") -> dict:
     """The manifest of a run starting now."""
     from medwb import sysinfo
     from medwb.models import demo_model
-    from medwb.bench import records
 
     status = _git("status", "--porcelain", "--untracked-files=no")
     try:
@@ -56,7 +57,7 @@ def collect(parameters: dict | None = None, kind: str = "run") -> dict:
         model = {"error": str(e)}
     cpu = sysinfo.cpu()
     return {
-        "kind": kind, "created": records.now(),
+        "kind": kind, "created": now(),
         "git": {"commit": _git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None},
         "lock_files": {name: _sha256(REPO_DIR / name) for name in LOCK_FILES},
         "cpu": {"model": cpu.get("model"), "vendor": cpu.get("vendor"), "logical_cores": cpu.get("logical_cores"),
@@ -85,12 +86,11 @@ def _read_manifest(run: Path) -> dict:
 
 def outputs(run: Path) -> dict[str, dict]:
     """key -> record, for every record under ``run`` that carries an ``output_md5``."""
-    from medwb.bench.records import read_records
 
     found: dict[str, dict] = {}
     for path in sorted(run.rglob("*.jsonl")):
         seen: dict[str, int] = {}
-        for rec in read_records(path):
+        for rec in jsonl.read(path):
             if not rec.get("output_md5"):
                 continue
             ident = " ".join(f"{k}={rec[k]}" for k in IDENTITY if rec.get(k) is not None)

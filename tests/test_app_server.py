@@ -19,6 +19,8 @@ from medwb.apps.diagnosis.app import DiagnosisApp
 from medwb.apps.diagnosis import record as diagnosis
 from medwb.tasks import prompts
 
+pytestmark = pytest.mark.slow  # loads or converts models, runs notebooks or servers
+
 CASE = "h010001"
 OV_MODELS = ["openvino-genai:int8/f32", "openvino-genai:int4/f32"]
 CHROMIUM = "/usr/bin/chromium"
@@ -253,7 +255,7 @@ def test_the_diagnosis_page_in_chromium(server):
 def test_the_load_benchmark_answers_every_request_and_stores_every_action(tmp_path, demo_model_dir):
     """Not a timing test: the figures are recorded (README), only completeness is asserted."""
     from medwb.bench import app_load
-    from medwb.bench.records import read_records
+    from medwb.jsonl import read as read_records
     config = tmp_path / "app.yaml"
     config.write_text("models: [openvino-genai:int8/f32, openvino-genai:int4/f32]\n"
                       "max_new_tokens: {diagnosis: 24}\n", encoding="utf-8")

@@ -2,7 +2,7 @@
 number or a file, given something wrong. Each must answer with one line that names the
 parameter (and says what to do), exit status 2, and leave the folders as they were.
 
-The README's "Bad input" table is this table. Commands run in-process (cli.main), so the
+docs/reliability-and-privacy.md's "Bad input" table is this table. Commands run in-process (cli.main), so the
 whole table takes seconds: nothing here may reach a model.
 """
 import json
@@ -115,8 +115,8 @@ def _nb02(tmp, **bad):
 
 
 def _nb03(tmp, **bad):
-    from medwb.bench import run as bench
-    return bench.run_or_load(**{"config_file": "", "records_from": "", "run_dir": str(tmp), "model": "demo",
+    from medwb import jobs
+    return jobs.bench_or_load(**{"config_file": "", "records_from": "", "run_dir": str(tmp), "model": "demo",
                                 "variants": ["pytorch:fp32"], "token_pairs": [[8, 4]], "trials": 1,
                                 "quality_cases": 0, "threads": 0, **bad})
 
@@ -134,8 +134,8 @@ def _app(kind, tmp, **bad):
 
 
 def _nb06(tmp, **bad):
-    from medwb.eval import run as evaluation
-    return evaluation.run(**{"model": "demo", "eval_file": "", "variants": "pytorch:fp32", "limit": 1,
+    from medwb import jobs
+    return jobs.evaluate(**{"model": "demo", "eval_file": "", "variants": "pytorch:fp32", "limit": 1,
                              "task_map": "", "threads": 0, "bootstrap": 1000, "run_dir": str(tmp), **bad})
 
 
@@ -253,12 +253,12 @@ def test_bad_input_is_one_line_naming_the_parameter_status_2_and_nothing_written
     assert _tree(inputs) == before  # nothing half-written, nothing new
 
 
-def test_the_table_is_long_enough_and_in_the_readme():
+def test_the_table_is_long_enough_and_in_the_docs():
     assert len(CASES) >= 30
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Bad input", 1)[1].split("\n## ", 1)[0]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "reliability-and-privacy.md").read_text(encoding="utf-8")
+    section = page.split("### Bad input", 1)[1].split("\n## ", 1)[0]
     missing = [c[0] for c in CASES + NOTEBOOK_CASES if f"| {c[0]} |" not in section]
-    assert missing == [], f"add these rows to the README's bad-input table: {missing}"
+    assert missing == [], f"add these rows to docs/reliability-and-privacy.md's bad-input table: {missing}"
 
 
 READ_ONLY_CHECK = """

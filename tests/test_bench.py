@@ -11,8 +11,10 @@ from medwb import runner
 from medwb.backends.variants import parse_variants
 from medwb.bench import config
 from medwb.errors import MedwbError
-from medwb.bench.records import read_records
+from medwb.jsonl import read as read_records
 
+
+pytestmark = pytest.mark.slow  # loads or converts models, runs notebooks or servers
 
 def _bench_cli(*args, timeout=1200):
     return subprocess.run([sys.executable, "-m", "medwb", "bench", "--no-progress", *args],

@@ -16,6 +16,8 @@ INT8_MIN_PREFIX_AGREEMENT = 0.6
 INT8_MIN_LOGIT_COSINE = 0.999
 
 
+pytestmark = pytest.mark.slow  # loads or converts models, runs notebooks or servers
+
 def test_sym_int8_agrees_with_fp32_and_low_bit_round_trip_is_exact(demo_model_dir, tmp_path):
     code = f"""
 import json, medwb
@@ -139,7 +141,7 @@ def test_notebook_runs_headless_and_writes_every_artifact(tmp_path, demo_model_d
     assert (out_dir / "bigdl_llm_llama_q8_0.bin").stat().st_size > 0
     for lb in ("sym_int4", "sym_int8"):
         assert (out_dir / f"low_bit_{lb}" / "config.json").exists()
-    records = [json.loads(l) for l in (tmp_path / "records" / "bigdl.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "records" / "bigdl.jsonl").read_text().splitlines()]
     assert not [r for r in records if r.get("error")]
     cli = [r for r in records if r["route"] == "bigdl-cli"]
     assert {r["precision"] for r in cli} == {"int4", "int8"} and all(r["text"] for r in cli)

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from medwb import bundle, cli, doctor
+
+pytestmark = pytest.mark.slow  # loads or converts models, runs notebooks or servers
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,6 +14,8 @@ import pytest
 
 from medwb.cluster import nodes as cluster_nodes
 
+pytestmark = pytest.mark.slow  # loads or converts models, runs notebooks or servers
+
 REPO = Path(__file__).resolve().parents[1]
 MEDWB = [sys.executable, "-m", "medwb.cli"]
 VARIANTS = "pytorch:fp32,openvino-genai:int8/bf16"  # the reference and a converted artifact

@@ -2,7 +2,7 @@
 import pytest
 
 from medwb.tasks import corpus, prompts
-from medwb.quality import workflow as evaluate
+from medwb.tasks import workflow as evaluate
 from medwb.errors import MedwbError
 
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from medwb.tasks import corpus, prompts
+from medwb.eval import demo_build
 from medwb.models import demo_model
 from medwb.tasks import evalset
 from medwb.backends.pytorch import PyTorchBackend
@@ -35,9 +36,10 @@ def test_pytorch_bin_holds_the_same_weights_as_safetensors(demo_model_dir):
     assert all(torch.equal(st[k], pt[k]) for k in st)
 
 
+@pytest.mark.slow
 def test_quality_meets_the_targets_on_heldout_cases(demo_model_dir):
     """Re-measured here (greedy FP32, both held-out sets), not read from the manifest."""
-    q = demo_model.evaluate_model(demo_model_dir, progress=False)
+    q = demo_build.evaluate_model(demo_model_dir, progress=False)
     print(demo_model.format_quality(q))
     assert demo_model.gate(q, demo_model.RECIPE["targets"]) == []
     assert q["discharge_nonempty_sections_rate"] >= 0.9  # the discharge workflow's parse (issue 14)
@@ -46,16 +48,18 @@ def test_quality_meets_the_targets_on_heldout_cases(demo_model_dir):
     assert q["varied"]["diagnosis_top3_rate"] >= 0.5 and q["varied"]["discharge_sections_rate"] >= 0.5
 
 
+@pytest.mark.slow
 def test_evaluation_tasks_are_learned_but_not_perfect(demo_model_dir):
     """The bundled evaluation set, scored by the official rules (greedy FP32), re-measured:
     every task above its floor (learned at all), and the set as a whole not solved."""
     continued = demo_model.RECIPE["continued"]
-    tasks = demo_model.evaluate_tasks(demo_model_dir, continued["max_new_tokens"])
+    tasks = demo_build.evaluate_tasks(demo_model_dir, continued["max_new_tokens"])
     print({t: round(r["score"], 3) for t, r in tasks.items()})
-    assert demo_model.task_gate(tasks, continued["task_floors"]) == []
+    assert demo_build.task_gate(tasks, continued["task_floors"]) == []
     assert min(r["score"] for r in tasks.values()) < 0.95  # something left to lose when quantizing
 
 
+@pytest.mark.slow
 def test_bigdl_env_loads_the_model_and_agrees_with_main_env(demo_model_dir):
     """transformers 4.31 in the bigdl env must give the same greedy tokens as 5.x here."""
     record = corpus.load_records("diagnosis", limit=1)[0]
@@ -146,9 +150,10 @@ TINY["continued"].update(steps=3, tasks={t: 2 for t in TINY["continued"]["tasks"
                          max_new_tokens={t: 4 for t in TINY["continued"]["max_new_tokens"]})
 
 
+@pytest.mark.slow
 def test_the_quality_gate_refuses_an_undertrained_model_and_keeps_nothing(empty_cache):
     with pytest.raises(MedwbError) as err:
-        demo_model.rebuild(TINY, progress=False, log=lambda *_: None)
+        demo_build.rebuild(TINY, progress=False, log=lambda *_: None)
     message = str(err.value)
     assert "failed its quality gate" in message and "target 90%" in message
     assert "steps/s" in message and "load average" in message  # figures to act on
@@ -156,11 +161,12 @@ def test_the_quality_gate_refuses_an_undertrained_model_and_keeps_nothing(empty_
     assert [p.name for p in builds.iterdir() if not p.name.endswith(".lock")] == []
 
 
+@pytest.mark.slow
 def test_a_rebuild_that_passes_is_kept_verified_and_reused(empty_cache):
     passing = copy.deepcopy(TINY)
     passing["targets"] = {}  # a tiny model passes an empty gate: this checks the plumbing
     passing["continued"]["task_floors"] = {}
-    path = demo_model.rebuild(passing, progress=False, log=lambda *_: None)
+    path = demo_build.rebuild(passing, progress=False, log=lambda *_: None)
     assert demo_model.verify(path) is None
     manifest = demo_model.read_manifest(path)
     assert manifest["training"]["steps"] == 3 and manifest["data_hash"] == demo_model.data_hash(passing)
@@ -169,11 +175,12 @@ def test_a_rebuild_that_passes_is_kept_verified_and_reused(empty_cache):
     assert manifest["stage1"]["data_hash"] == first and demo_model.verify(demo_model.builds_dir() / first) is None
     assert set(manifest["quality"]["tasks"]) == set(evalset.TASKS)
     logs = []
-    assert demo_model.rebuild(passing, progress=False, log=logs.append) == path
+    assert demo_build.rebuild(passing, progress=False, log=logs.append) == path
     assert "reusing" in logs[0]
     assert demo_model.source(passing, log=logs.append) == path  # a local rebuild wins over a stale shipped one
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_for_a_fixed_thread_count():
     import random
 

@@ -13,7 +13,8 @@ from medwb.apps import feedback, simulate, usage_report
 from medwb.apps.discharge import app as discharge_app, fitting_study, record
 from medwb.apps.discharge.app import DischargeApp
 from medwb.errors import MedwbError
-from medwb.quality import usage, workflow
+from medwb.quality import usage
+from medwb.tasks import workflow
 
 OV_MODELS = ["openvino-genai:int8/f32", "openvino-genai:int4/f32"]
 RECORD = "h000000"
@@ -256,6 +257,7 @@ def test_simulate_refuses_a_real_database_and_bad_days(tmp_path, capsys):
 
 # ------------------------------------------------------------------ notebooks 05 and 07
 
+@pytest.mark.slow
 def test_notebooks_05_and_07_run_headless_and_the_store_holds_every_event(tmp_path, demo_model_dir, capsys):
     """Open -> drafts stream -> sections and flags -> back-fill whole and one section -> like,
     dislike, copy, report -> save unchanged, edit and save -> regenerate; a long record; bad

@@ -9,6 +9,7 @@ import numpy as np
 import papermill as pm
 import pytest
 
+from medwb import jsonl
 from medwb.eval import guard, report, scoring
 from medwb.eval import run as evaluation
 from medwb.tasks import evalset
@@ -22,6 +23,7 @@ def _cli(*args, **kw):
                           cwd=REPO, timeout=600, **kw)
 
 
+@pytest.mark.slow
 def test_a_crash_loses_only_unfinished_samples_and_a_rerun_resumes_then_needs_no_model(
         tmp_path, demo_model_dir, monkeypatch):
     params = dict(variants="pytorch:fp32", limit=1, threads=1, bootstrap=200,
@@ -59,7 +61,7 @@ def test_a_half_written_cache_line_is_asked_again(tmp_path):
     cache = tmp_path / "c.jsonl"
     cache.write_text('{"key": "a", "output": "x"}\n{"key": "b", "outp', encoding="utf-8")
     assert set(evaluation.read_cache(cache)) == {"a"}
-    evaluation._end_with_newline(cache)
+    jsonl.end_with_newline(cache)
     with open(cache, "a", encoding="utf-8") as f:
         f.write('{"key": "b", "output": "y"}\n')
     assert evaluation.read_cache(cache)["b"]["output"] == "y"
@@ -143,6 +145,7 @@ def test_bad_parameters_are_refused_before_anything_runs(args, expected, tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_notebook_evaluates_fp32_and_a_low_bit_variant_of_each_route(tmp_path, demo_model_dir):
     pm.execute_notebook(str(NB), str(tmp_path / NB.name), kernel_name="medwb-main", cwd=str(tmp_path),
                         progress_bar=False, parameters={

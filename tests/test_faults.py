@@ -21,6 +21,8 @@ from conftest import REPO, isolated, outside_connections
 
 # A process writing to the feedback store as an app does: a round, one answer left running,
 # then doctor actions, printing each action's id only after its transaction committed.
+pytestmark = pytest.mark.slow  # loads or converts models, runs notebooks or servers
+
 WRITER = r"""
 import sys
 from medwb.apps import feedback

@@ -52,7 +52,7 @@ def test_invented_dose_drug_date_and_diagnosis_are_flagged_exactly():
 
 
 def test_discharge_sections_are_parsed_in_any_order_and_with_heading_variants():
-    from medwb.quality import workflow
+    from medwb.tasks import workflow
     draft = ("【出院情况】患者无腹痛。\n1. 出院诊断: 异位妊娠\n住院经过：行腹腔镜手术。\n"
              "出院建议：\n1. 每周复查血β-hCG。\n2. 禁盆浴1个月。\n入院情况：\n")
     sections = workflow.parse_sections(draft)

@@ -10,8 +10,10 @@ import pytest
 from medwb.backends import llamacpp
 from medwb.backends.toolchain import llamacpp_setup
 from medwb.bench import report
-from medwb.bench.records import read_records
+from medwb.jsonl import read as read_records
 
+
+pytestmark = pytest.mark.slow  # loads or converts models, runs notebooks or servers
 
 def _bench(tmp_path, variants, env=None, pairs=(16, 8), quality_cases=1):
     run = tmp_path / "run"

@@ -8,6 +8,8 @@ import pytest
 from medwb import runner
 from medwb.envs import KERNELS
 
+pytestmark = pytest.mark.slow  # loads or converts models, runs notebooks or servers
+
 NOTEBOOKS = runner.discover()
 
 

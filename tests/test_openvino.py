@@ -9,13 +9,15 @@ import pytest
 from medwb import runner
 from medwb.tasks import corpus, prompts
 from medwb.backends.toolchain import openvino_export as oe
-from medwb.bench import records
+from medwb import jsonl
 from medwb.backends.openvino import OptimumOVBackend
 from medwb.backends.openvino_genai import GenAIBackend
 from medwb.backends.pytorch import PyTorchBackend
 from medwb.errors import MedwbError
 
 # INT4 is signed when medwb's default is symmetric (medwb.backends.openvino's tuned knobs).
+pytestmark = pytest.mark.slow  # loads or converts models, runs notebooks or servers
+
 EXPECTED_WEIGHTS = {"fp16": "f16", "int8": "u8", "int4": "i4" if oe.INT4_DEFAULTS["int4_sym"] else "u4"}
 # Stated rate: int8 weights at f32 precision vs FP32 PyTorch, 8 prompts x 32 tokens, exactly
 # equal. Measured 7/8 and 8/8 on the stage-1 demo model, 5/8 on the shipped stage-2 model
@@ -152,7 +154,7 @@ def test_notebook_runs_headless_rebuilds_a_partial_ir_and_writes_records(tmp_pat
         assert (out_dir / wf / "openvino_tokenizer.xml").exists() and (out_dir / wf / "openvino_detokenizer.xml").exists()
         assert "optimum-cli export openvino" in text and f"--weight-format {wf}" in text
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temp folders left
-    recs = records.read_records(tmp_path / "records" / "openvino.jsonl")
+    recs = jsonl.read(tmp_path / "records" / "openvino.jsonl")
     assert not [r for r in recs if r.get("error")]
     measured = [r for r in recs if r.get("experiment") != "stateful-vs-stateless" and r["backend"] == "openvino"]
     assert {(r["weight_format"], r["route"]) for r in measured} == {

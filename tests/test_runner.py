@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import nbformat
+import pytest
 
 from conftest import isolated, outside_connections
 from medwb import runner
@@ -31,6 +32,7 @@ SHARED = ["00_environment_check.ipynb", "04_differential_diagnosis.ipynb", "05_d
 SMALL = ["fit_study_records=2", "simulate_days=3", "max_new_tokens=64"]
 
 
+@pytest.mark.slow
 def test_main_job_runs_the_notebooks_into_one_run_folder(tmp_path, demo_model_dir):
     notebooks = [str(runner.NOTEBOOKS_DIR / name) for name in SHARED]
     # Privacy (the faults issue): inside a loopback-only network namespace, every Python

@@ -399,6 +399,27 @@ class ClinicalApp:
         self.say(f"已报错 reported: {card.name} · {category}")
 
     # ================================================================ reporting
+    def demo_review(self, none_finished: str, error_option: int, error_detail: str, on_second=None) -> str:
+        """The scripted demo's review, as a doctor does it through the buttons: view every
+        finished answer, back-fill the first (``on_second`` acts on another one next), like the
+        first, dislike another, copy the last and report an error on it."""
+        ok = [c for c in self.cards if c.status == "ok"]
+        if not ok:
+            raise MedwbError(none_finished)
+        for card in ok:
+            card.view_button.click()
+        ok[0].backfill_button.click()
+        second = ok[1 % len(ok)]
+        if on_second is not None:
+            on_second(second)
+        ok[0].like_button.click()
+        second.dislike_button.click()
+        ok[-1].copy_button.click()
+        ok[-1].error_category.value = ok[-1].error_category.options[error_option]
+        ok[-1].error_detail.value = error_detail
+        ok[-1].report_button.click()
+        return self.status_text
+
     def summary(self):
         """Per model: like rate, adoption (back-fill) rate, error reports, latency; written
         to feedback_summary.csv in the run folder as well (one file for both workflows)."""

@@ -22,7 +22,6 @@ types into an error report is kept: it is the report.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import hmac
 import json
@@ -32,6 +31,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from medwb.clock import now
 from medwb.errors import MedwbError
 
 SCHEMA_VERSION = 4
@@ -169,7 +169,7 @@ def writer_alive(writer: str | None) -> bool:
 
 
 def now_ms() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    return now("milliseconds")
 
 
 def text_hash(text: str) -> str:

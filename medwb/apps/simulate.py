@@ -140,7 +140,7 @@ def _act(app, rng, card, quality: float, day: int, clock: Clock, flags: int, bac
 
 
 def _diagnosis_visit(app, rng, case_id, truth, vocab, day, clock) -> None:
-    from medwb.quality import workflow
+    from medwb.tasks import workflow
     app.load_case(case_id)
     clock.advance(rng.uniform(30, 300))
     app.generate()

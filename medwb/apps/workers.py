@@ -14,7 +14,6 @@ cancelled / error, the full text, first-token and total time).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from medwb.errors import MedwbError
+from medwb.paths import model_identity
 
 # Two workers may need the same artifact (e.g. one IR under optimum and genai): building
 # them one at a time keeps two exports from writing the same cache folder.
@@ -88,21 +88,10 @@ def thread_env(threads: int, spec: dict | None = None) -> dict:
 
 
 def load_spec(spec: dict, path: Path, threads: int) -> dict:
-    """What a model process loads (``_load``): the backend at its precision from ``path``."""
+    """What a model process loads (``load_model``): the backend at its precision from ``path``."""
     from medwb.backends import registry
     return {"backend": spec["backend"], "precision": spec["precision"], "model_path": str(path),
             "threads": threads, "kernel_build": "match" if registry.get(spec["backend"]).kernel_builds else ""}
-
-
-def fingerprint(folder: Path) -> str:
-    """The model's identity for the feedback store: config plus the names and sizes of its
-    files (cheap, and changes when the weights are rebuilt or replaced)."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(folder)}:{f.stat().st_size}\n".encode())
-        if f.name == "config.json":
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def resolve_artifact(spec: dict, log=lambda *_: None) -> Path:
@@ -196,7 +185,7 @@ class ModelWorker:
                 path = resolve_artifact(self.spec)
                 self._reserve_memory(path)
             python = envs.require(entry.env)
-            self.info.update(model_path=str(path), fingerprint=fingerprint(path), python=str(python))
+            self.info.update(model_path=str(path), fingerprint=model_identity(path), python=str(python))
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / (self.label.replace("/", "_").replace(":", "_").replace("@", "_") + ".log")
             self.info["log"] = str(log_path)
@@ -391,7 +380,7 @@ def serve() -> int:
 
     spec = json.loads(sys.stdin.readline())
     try:
-        backend, info = _load(spec)
+        backend, info = load_model(spec)
     except Exception as e:  # noqa: BLE001
         emit("error", message=str(e) if isinstance(e, MedwbError) else f"{type(e).__name__}: {e}")
         return 1
@@ -415,18 +404,15 @@ def serve() -> int:
     return 0
 
 
-def _load(spec: dict):
-    import medwb  # noqa: F401  (offline switches before any library import)
-    from medwb.backends.toolchain import bigdl_kernels
+def load_model(spec: dict):
+    """In the model process: the backend (``medwb.backends.loader``) and what the page shows
+    of it (load time, context length, description, pid)."""
+    from medwb.backends.loader import load_in_child
     from medwb.paths import model_config
-    from medwb.backends import registry
-    if spec.get("kernel_build") == "match":
-        bigdl_kernels.use_build(bigdl_kernels.matching_build())
-    started = time.perf_counter()
-    backend = registry.get(spec["backend"]).load(spec)
+    loaded = load_in_child(spec)
     context = int(model_config(spec["model_path"]).get("max_position_embeddings") or 2048)
-    return backend, {"load_s": round(time.perf_counter() - started, 2), "context": context,
-                     "describe": backend.describe(), "pid": os.getpid()}
+    return loaded.runtime, {"load_s": round(loaded.import_s + loaded.load_s, 2), "context": context,
+                            "describe": loaded.runtime.describe(), "pid": os.getpid()}
 
 
 def _run_job(backend, context: int, req: dict, cancelled: set, emit) -> dict:

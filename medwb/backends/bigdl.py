@@ -18,6 +18,7 @@ from medwb.backends.registry import Backend, register
 from medwb.backends.toolchain.bigdl_kernels import BUILDS
 from medwb.errors import MedwbError
 from medwb.paths import atomic_dir, check_model_dir, linear_input_dims, model_config
+from medwb.backends.protocol import ProbeSpec, Variant
 
 # Measured with bigdl-llm 2.4.0 on CPU (see the stack notes): these load and generate.
 CPU_LOW_BITS = ("sym_int4", "asym_int4", "sym_int5", "sym_int8")
@@ -178,12 +179,12 @@ class BigDL(Backend):
     kv_bytes = 4  # bigdl keeps the KV cache in FP32 on CPU
     knobs = KNOBS
 
-    def process_env(self, spec: dict) -> dict:
+    def process_env(self, spec: ProbeSpec) -> dict:
         from medwb import envs
         return init_env(knobs.value(self, spec, "bigdl_init"), envs.python_of(self.env),
                         spec.get("threads") or os.cpu_count() or 1)
 
-    def load(self, spec: dict) -> BigDLBackend:
+    def load(self, spec: ProbeSpec) -> BigDLBackend:
         return BigDLBackend.load(spec["model_path"], spec["precision"], spec.get("threads"))
 
     def precision_problem(self, precision, where: str) -> str | None:
@@ -193,7 +194,7 @@ class BigDL(Backend):
             return str(e)
         return None
 
-    def prepare(self, model_dir: Path, variant: dict, root: Path, cfg: dict, log=print) -> dict:
+    def prepare(self, model_dir: Path, variant: Variant, root: Path, cfg: dict, log=print) -> dict:
         # Loaded from a save_low_bit folder, as a deployment would (no FP32-sized peak).
         from medwb import envs
         from medwb.paths import dir_size_bytes

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from medwb.backends.bigdl import KNOBS
 from medwb.backends.registry import Backend, register
+from medwb.backends.protocol import ProbeResult, ProbeSpec, Variant
 
 FAMILY = "llama"  # the demo model's family; other families convert but are not wired here
 
@@ -33,14 +34,14 @@ class BigDLCli(Backend):
         why = cli_route_problems(model_dir, FAMILY)
         return [f"this model cannot take the llm-cli route: {'; '.join(why)}"] if why else []
 
-    def prepare(self, model_dir: Path, variant: dict, root: Path, cfg: dict, log=print) -> dict:
+    def prepare(self, model_dir: Path, variant: Variant, root: Path, cfg: dict, log=print) -> dict:
         # Converted inside the probe: llm-convert needs the bigdl environment.
         return {"path": model_dir, "spec": {"native_dir": str(root / "bigdl-cli")}}
 
     def kernels_label(self, kernel_build: str | None) -> str | None:
         return f"llm-cli {kernel_build} build"
 
-    def probe(self, spec: dict) -> dict:
+    def probe(self, spec: ProbeSpec) -> ProbeResult:
         """llm-cli on the native file, converted first if it is not there yet.
 
         Times are llm-cli's own (llama.cpp) timings, which exclude loading: first token =
@@ -50,7 +51,7 @@ class BigDLCli(Backend):
         from medwb import sysinfo
         from medwb.backends.pytorch import load_tokenizer
         from medwb.backends.toolchain import llm_cli
-        from medwb.bench.measure import exact_length
+        from medwb.backends.measure import exact_length
         precision = spec["precision"]
         native = Path(spec["native_dir"]) / f"bigdl_llm_{FAMILY}_{'q4_0' if precision == 'int4' else 'q8_0'}.bin"
         result: dict = {"describe": {"backend": self.name, "precision": precision, "model_dir": spec["model_path"],

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 import yaml
+from medwb.backends.protocol import ProbeSpec, Variant
 
 KINDS = ("export", "load", "process")
 
@@ -63,7 +64,7 @@ def names(entries) -> set[str]:
     return {n for e in entries for n in declared(e)}
 
 
-def problems(entry, variant: dict, where: str) -> list[str]:
+def problems(entry, variant: Variant, where: str) -> list[str]:
     """What is wrong with the knobs a variant sets, each naming ``where``."""
     knobs, out = declared(entry), []
     for name in sorted(set(variant) - {"backend", "precision", "weights"}):
@@ -79,31 +80,31 @@ def problems(entry, variant: dict, where: str) -> list[str]:
     return out
 
 
-def unknown(entry, variant: dict) -> list[str]:
+def unknown(entry, variant: Variant) -> list[str]:
     return sorted(set(variant) - {"backend", "precision", "weights"} - set(declared(entry)))
 
 
-def value(entry, spec: dict, name: str):
+def value(entry, spec: ProbeSpec, name: str):
     """The knob's value for this variant or probe spec: its own, else the default."""
     knob = declared(entry)[name]
     v = spec.get(name)
     return knob.default if v is None else v
 
 
-def settings(entry, spec: dict, kind: str) -> dict:
+def settings(entry, spec: ProbeSpec, kind: str) -> dict:
     """Every knob of ``kind`` that applies to the spec's weights, defaults filled in."""
     return {n: value(entry, spec, n) for n, k in declared(entry).items()
             if k.kind == kind and (not k.weights or spec.get("weights") in k.weights)}
 
 
-def effective(entry, variant: dict) -> dict:
+def effective(entry, variant: Variant) -> dict:
     """Every knob that applies to the variant, its own value or the default (threads aside:
     the run decides it)."""
     return {n: value(entry, variant, n) for n, k in declared(entry).items()
             if n != "threads" and (not k.weights or variant.get("weights") in k.weights)}
 
 
-def set_in(variant: dict) -> dict:
+def set_in(variant: Variant) -> dict:
     """The knobs a variant sets itself, in name order."""
     return {k: variant[k] for k in sorted(variant) if k not in ("backend", "precision", "weights")
             and variant[k] is not None}
@@ -114,7 +115,7 @@ def written(knobs: dict) -> str:
     return " ".join(f"{k}={_text(v)}" for k, v in knobs.items())
 
 
-def suffix(variant: dict) -> str:
+def suffix(variant: Variant) -> str:
     """``[int4_group_size=64 int4_sym=true]`` for the knobs a variant sets; "" for none."""
     knobs = set_in(variant)
     return f"[{written(knobs)}]" if knobs else ""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from medwb.backends.registry import Backend, register
 from medwb.errors import MedwbError
+from medwb.backends.protocol import ProbeSpec, StreamResult, TimedRun, Variant
 
 ENV = "llamacpp"
 
@@ -70,7 +71,7 @@ class LlamaCppBackend:
     def generate_ids(self, input_ids: list[int], max_new_tokens: int, force_length: bool = False) -> list[int]:
         return list(self._tokens(input_ids, max_new_tokens, force_length))
 
-    def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
+    def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> TimedRun:
         start = time.perf_counter()
         ids, times = [], []
         for token in self._tokens(input_ids, max_new_tokens, force_length=True):
@@ -80,7 +81,7 @@ class LlamaCppBackend:
         return {"ttft_ms": (times[0] - start) * 1e3 if times else None, "tpot_ms": tpot,
                 "n_new_tokens": len(ids), "output_ids": ids, "timing": "timestamps per token (llama-cpp-python generate)"}
 
-    def stream(self, input_ids: list[int], max_new_tokens: int, on_text) -> dict:
+    def stream(self, input_ids: list[int], max_new_tokens: int, on_text) -> StreamResult:
         """Text to ``on_text`` as it is decoded (True stops it). Bytes are joined before
         decoding: a byte-level token can end inside a UTF-8 character."""
         import codecs
@@ -138,10 +139,10 @@ class LlamaCpp(Backend):
     kv_bytes = 2  # llama.cpp keeps an F16 KV cache by default
     peer = True
 
-    def load(self, spec: dict):
+    def load(self, spec: ProbeSpec):
         return LlamaCppBackend.load(spec["model_path"], spec["precision"], spec.get("threads"))
 
-    def prepare(self, model_dir: Path, variant: dict, root: Path, cfg: dict, log=print) -> dict:
+    def prepare(self, model_dir: Path, variant: Variant, root: Path, cfg: dict, log=print) -> dict:
         """F32 GGUF once per model (llama.cpp's converter, main env), then the precision
         (llama.cpp's quantizer, llamacpp env); both reused."""
         from medwb import envs

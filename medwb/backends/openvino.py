@@ -15,6 +15,7 @@ from medwb.backends.registry import Backend, register
 from medwb.errors import MedwbError
 from medwb.backends.toolchain import openvino_export as oe
 from medwb.backends.toolchain.openvino_export import check_ir_dir
+from medwb.backends.protocol import ProbeSpec, Variant
 
 PRECISIONS = ("f32", "bf16")
 # KV_CACHE_PRECISION values the CPU plugin takes (unset: the plugin's default).
@@ -83,7 +84,7 @@ def cpu_properties(inference_precision: str, kv_cache_precision: str | None, thr
     return props
 
 
-def load_properties(entry, spec: dict) -> dict:
+def load_properties(entry, spec: ProbeSpec) -> dict:
     """A probe spec's properties: its load knobs, defaults filled in."""
     tuned = knobs.settings(entry, spec, "load")
     return cpu_properties(spec["precision"], tuned.get("kv_cache_precision"), spec.get("threads") or os.cpu_count() or 1,
@@ -203,11 +204,11 @@ class OpenVINOOptimum(Backend):
         from medwb.backends.toolchain.openvino_export import WEIGHT_FORMATS
         return WEIGHT_FORMATS
 
-    def load(self, spec: dict):
+    def load(self, spec: ProbeSpec):
         return OptimumOVBackend.load(spec["model_path"], spec["precision"], threads=spec.get("threads"),
                                      props=load_properties(self, spec))
 
-    def knob_problems(self, variant: dict, model_dir: Path) -> list[str]:
+    def knob_problems(self, variant: Variant, model_dir: Path) -> list[str]:
         group = variant.get("int4_group_size")
         try:
             oe.check_group_size(model_dir, group) if group else None
@@ -215,7 +216,7 @@ class OpenVINOOptimum(Backend):
             return [str(e)]
         return []
 
-    def prepare(self, model_dir: Path, variant: dict, root: Path, cfg: dict, log=print) -> dict:
+    def prepare(self, model_dir: Path, variant: Variant, root: Path, cfg: dict, log=print) -> dict:
         # One IR per weight format and export settings, exported once in a fresh process and
         # shared by both runtimes.
         import json

@@ -14,6 +14,7 @@ from medwb.backends.openvino import OpenVINOOptimum, cpu_properties, load_proper
 from medwb.backends.registry import register
 from medwb.errors import MedwbError
 from medwb.backends.toolchain.openvino_export import check_ir_dir
+from medwb.backends.protocol import ProbeSpec, StreamResult, TimedRun
 
 
 def _greedy_config(max_new_tokens: int, force_length: bool):
@@ -79,7 +80,7 @@ class GenAIBackend:
     def generate_ids(self, input_ids: list[int], max_new_tokens: int, force_length: bool = False) -> list[int]:
         return [int(t) for t in self._run_ids(input_ids, max_new_tokens, force_length).tokens[0]]
 
-    def stream(self, input_ids: list[int], max_new_tokens: int, on_text) -> dict:
+    def stream(self, input_ids: list[int], max_new_tokens: int, on_text) -> StreamResult:
         """As PyTorchBackend.stream: text chunks to ``on_text``, which returns True to stop.
         The first-token time is the pipeline's own."""
         import openvino_genai as og
@@ -94,7 +95,7 @@ class GenAIBackend:
         return {"text": None if stopped else self.decode(tokens), "n_new_tokens": len(tokens),
                 "ttft_ms": float(res.perf_metrics.get_ttft().mean), "stopped": stopped}
 
-    def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
+    def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> TimedRun:
         """Timed by the pipeline's own perf metrics (no Python callback per token)."""
         res = self._run_ids(input_ids, max_new_tokens, force_length=True)
         pm = res.perf_metrics
@@ -128,6 +129,6 @@ class OpenVINOGenAI(OpenVINOOptimum):
     name, route = "openvino-genai", "openvino-genai"
     imports = ("openvino", "openvino_genai")
 
-    def load(self, spec: dict):
+    def load(self, spec: ProbeSpec):
         return GenAIBackend.load(spec["model_path"], spec["precision"], threads=spec.get("threads"),
                                  props=load_properties(self, spec))

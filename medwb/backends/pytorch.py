@@ -6,6 +6,7 @@ from pathlib import Path
 
 from medwb.backends.registry import Backend, register
 from medwb.paths import check_model_dir
+from medwb.backends.protocol import ProbeSpec, StreamResult, TimedRun
 
 
 def dtype_kwarg(dtype) -> dict:
@@ -85,7 +86,7 @@ class PyTorchBackend:
                                       streamer=streamer, **extra)
         return out[0, len(input_ids):].tolist()
 
-    def stream(self, input_ids: list[int], max_new_tokens: int, on_text) -> dict:
+    def stream(self, input_ids: list[int], max_new_tokens: int, on_text) -> StreamResult:
         """Greedy generation that hands decoded text to ``on_text(chunk)`` as it comes (the
         app's cards); ``on_text`` returning True stops it. Returns the text, the number of
         new tokens, the first-token time and whether it was stopped."""
@@ -120,9 +121,9 @@ class PyTorchBackend:
                 "ttft_ms": (streamer.first_token_at - started) * 1e3 if streamer.first_token_at else None,
                 "stopped": ids is None}
 
-    def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
+    def timed_generate(self, input_ids: list[int], max_new_tokens: int) -> TimedRun:
         """First-token and per-token latency of one forced-length greedy run."""
-        from medwb.bench.measure import TimingStreamer
+        from medwb.backends.measure import TimingStreamer
         streamer = TimingStreamer()
         streamer.begin()
         ids = self.generate_ids(input_ids, max_new_tokens, force_length=True, streamer=streamer)
@@ -157,7 +158,7 @@ class PyTorch(Backend):
     def weight_bits(self, variant: dict) -> int:
         return 32 if variant["precision"] == "fp32" else 16
 
-    def load(self, spec: dict) -> PyTorchBackend:
+    def load(self, spec: ProbeSpec) -> PyTorchBackend:
         dtype = {"fp32": "float32", "bf16": "bfloat16"}[spec["precision"]]
         return PyTorchBackend.load(spec["model_path"], dtype, spec.get("threads"))
 

@@ -1,27 +1,15 @@
 """The backend registry: the one place that knows which backends exist.
 
 A backend is one file in this folder holding two things: the runtime class that loads and
-runs a model (the *runtime protocol* below), and a :class:`Backend` entry registered with
+runs a model (``medwb.backends.protocol.Runtime``), and a :class:`Backend` entry registered with
 ``@register`` that tells the rest of medwb what it needs to know without importing any
 heavy library: its name, the environment that runs it, the precisions it takes, how its
 artifact is made, and the bytes per KV-cache element. Adding a backend is one new file plus
 its module name in ``MODULES``; nothing outside ``medwb/backends`` compares backend names.
 
-Runtime protocol (what ``Backend.load`` returns; medwb.bench.probe, the routes and the app
-workers call exactly these):
-
-- ``encode(prompt) -> list[int]`` and ``decode(ids) -> str``;
-- ``generate_ids(ids, max_new_tokens, force_length=False) -> list[int]``: greedy new
-  tokens (``force_length`` ignores EOS, for speed runs);
-- ``timed_generate(ids, max_new_tokens) -> dict``: ttft_ms, tpot_ms, n_new_tokens,
-  output_ids and how it was timed, for one forced-length greedy run;
-- ``stream(ids, max_new_tokens, on_text) -> dict``: text handed out as it is decoded
-  (``on_text`` returning True stops it): text, n_new_tokens, ttft_ms, stopped;
-- ``last_token_logits(ids) -> list[float] | None`` (None: the backend hides logits);
-- ``describe() -> dict``: backend, precision, model_dir, threads and library versions.
-
-Optional: ``save_low_bit(out_dir)``, ``compiled_properties()``, ``runtime_layer_types()``,
-``kernels()`` (the kernels that really ran, read after inference).
+The runtime protocol (what ``Backend.load`` returns) and the typed request, result and
+record are in ``medwb.backends.protocol``, with "how to add a backend"; the child process
+loads a backend through ``medwb.backends.loader``.
 """
 from __future__ import annotations
 
@@ -30,6 +18,7 @@ import re
 from pathlib import Path
 
 from medwb.errors import MedwbError
+from medwb.backends.protocol import ProbeResult, ProbeSpec, Runtime, Variant
 
 # The backend files, in the order they are listed to users.
 MODULES = ("pytorch", "bigdl", "bigdl_cli", "openvino", "openvino_genai", "llamacpp")
@@ -60,7 +49,7 @@ class Backend:
     knobs: dict = {}          # name -> medwb.backends.knobs.Knob: the settings a variant may tune
                               # (``threads`` is every backend's)
 
-    def load(self, spec: dict):
+    def load(self, spec: ProbeSpec) -> Runtime:
         """The runtime object for ``spec`` (model_path, precision, threads and the ``load``
         knobs, read with medwb.backends.knobs.value so that defaults apply)."""
         raise NotImplementedError
@@ -75,17 +64,17 @@ class Backend:
         """Why this checkpoint cannot take this backend (empty: it can)."""
         return []
 
-    def prepare(self, model_dir: Path, variant: dict, root: Path, cfg: dict, log=print) -> dict:
+    def prepare(self, model_dir: Path, variant: Variant, root: Path, cfg: dict, log=print) -> dict:
         """The artifact the variant loads: {"path", "bytes", optional extra probe "spec"
         keys}, or {"error"}. Built once under ``root`` (the artifacts folder of this model)."""
         from medwb.paths import checkpoint_bytes
         return {"path": model_dir, "bytes": checkpoint_bytes(model_dir)}
 
-    def knob_problems(self, variant: dict, model_dir: Path) -> list[str]:
+    def knob_problems(self, variant: Variant, model_dir: Path) -> list[str]:
         """Why the knobs a variant sets cannot apply to this checkpoint (values already checked)."""
         return []
 
-    def process_env(self, spec: dict) -> dict:
+    def process_env(self, spec: ProbeSpec) -> dict:
         """Variables to add to the environment of the process that loads ``spec`` (its
         ``process`` knobs); set before the process starts, as LD_PRELOAD must be."""
         return {}
@@ -94,7 +83,7 @@ class Backend:
         """``path`` when it is an already-built artifact this backend loads as it is."""
         return None
 
-    def probe(self, spec: dict) -> dict | None:
+    def probe(self, spec: ProbeSpec) -> ProbeResult | None:
         """A whole probe result when this backend measures itself (a one-shot native tool);
         None: medwb.bench.probe measures the runtime object."""
         return None
@@ -103,7 +92,7 @@ class Backend:
         """The record's ``kernels`` field when it is known without running (bigdl builds)."""
         return None
 
-    def weight_bits(self, variant: dict) -> int | None:
+    def weight_bits(self, variant: Variant) -> int | None:
         """Bits per weight of the variant's main layers (4, 8, 16, 32), to compare variants
         at the same bits; None when it cannot be told."""
         m = re.search(r"(\d+)", variant.get("weights") or variant.get("precision") or "")
@@ -138,5 +127,5 @@ def get(name, where: str = "backend") -> Backend:
     return registry[name]
 
 
-def is_reference(variant: dict) -> bool:
+def is_reference(variant: Variant) -> bool:
     return all(variant.get(k) == v for k, v in REFERENCE.items()) and not variant.get("weights")

@@ -15,19 +15,20 @@ from pathlib import Path
 from medwb.backends import knobs, registry
 from medwb.errors import MedwbError
 from medwb.paths import cache_dir, check_model_dir
+from medwb.backends.protocol import Variant
 
 
-def label(v: dict) -> str:
+def label(v: Variant) -> str:
     weights = f"{v['weights']}/" if v.get("weights") else ""
     return f"{v['backend']}:{weights}{v['precision']}{knobs.suffix(v)}"
 
 
-def base_label(v: dict) -> str:
+def base_label(v: Variant) -> str:
     """The label without knobs: the variant a tuning run compares each knob against."""
     return label({k: v.get(k) for k in ("backend", "weights", "precision")})
 
 
-def parse_variants(text: str) -> list[dict]:
+def parse_variants(text: str) -> list[Variant]:
     """``pytorch:fp32,openvino-genai:int4/bf16[int4_sym=true],bigdl:sym_int4`` -> variant dicts."""
     out = []
     for item in filter(None, (s.strip() for s in re.split(r",(?![^\[]*\])", text))):
@@ -46,8 +47,11 @@ def resolve_model(model: str) -> Path:
         from medwb.models import demo_model
         return demo_model.ensure()
     if model.startswith("shape:"):
+        from medwb.backends.toolchain import llm_cli
         from medwb.models import random_weights
-        return random_weights.ensure(model.split(":", 1)[1])
+        name = model.split(":", 1)[1]
+        # pytorch_model.bin too when llm-convert can take the shape (it reads only .bin).
+        return random_weights.ensure(name, with_bin=llm_cli.takes_shape(random_weights.SHAPES.get(name, {})))
     return check_model_dir(model, "model")
 
 
@@ -91,7 +95,7 @@ def artifacts_dir(model_dir: Path, root: str = "") -> Path:
     return (Path(root) if root else cache_dir() / "bench") / key
 
 
-def prepare(model_dir: Path, variants: list[dict], cfg: dict, log=print) -> dict[str, dict]:
+def prepare(model_dir: Path, variants: list[Variant], cfg: dict, log=print) -> dict[str, dict]:
     """Per variant label: the artifact it loads ({"path", "bytes", ...}), made once, in a
     fresh process where a conversion needs one; a failure becomes that variant's
     {"error"} and the others carry on."""

@@ -60,7 +60,7 @@ def parse_token_pairs(text: str) -> list[list[int]]:
     try:
         return [[int(a), int(b)] for a, b in (p.split("-") for p in text.split(",") if p.strip())]
     except ValueError:
-        raise MedwbError(f"token pairs {text!r}: write them as INPUT-OUTPUT, comma separated, e.g. 32-64,512-128")
+        raise MedwbError(f"token pairs {text!r}: write them as INPUT-OUTPUT, comma separated, e.g. 32-64,512-128") from None
 
 
 def validate(cfg: dict) -> dict:

@@ -40,11 +40,11 @@ def _records(n: int) -> list[dict]:
 def direct(spec: dict) -> dict:
     """In the backend's env: load as a worker does, then fit and stream each record."""
     from medwb.apps import fitting
-    from medwb.apps.workers import _load
-    backend, info = _load(spec)
+    from medwb.apps.workers import load_model
+    backend, info = load_model(spec)
     workflow = fitting.fitter("diagnosis")
     runs = []
-    for i, fields in enumerate([spec["records"][0]] + spec["records"]):  # the first: an untimed warm-up
+    for fields in [spec["records"][0]] + spec["records"]:  # the first: an untimed warm-up
         started = time.perf_counter()
         _, ids, _ = workflow.fit_prompt(fields, backend.encode, info["context"], spec["max_new_tokens"],
                                         spec["template"])

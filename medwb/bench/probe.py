@@ -18,7 +18,6 @@ side-by-side measurement: {dir, n}, see ``barrier``).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import statistics
@@ -27,29 +26,24 @@ import tempfile
 import time
 
 from medwb.backends import registry
-from medwb.bench import measure
+from medwb.backends import measure
 from medwb.paths import dir_size_bytes
+from medwb.backends.protocol import ProbeResult, ProbeSpec
 
-def probe(spec: dict) -> dict:
-    import medwb  # noqa: F401  (offline switches before any HF/OpenVINO import)
+def probe(spec: ProbeSpec) -> ProbeResult:
+    from medwb import sysinfo
+    from medwb.backends.loader import load_in_child
     from medwb.backends.toolchain import bigdl_kernels
 
     entry = registry.get(spec["backend"])
     measured_itself = entry.probe(spec)
     if measured_itself is not None:
         return measured_itself
-    if spec.get("kernel_build"):
-        bigdl_kernels.use_build(spec["kernel_build"])
-    from medwb import sysinfo
     load = sysinfo.machine_load()  # our parent (the notebook or bench) is left out
-    started = time.perf_counter()
-    for module in entry.imports:
-        importlib.import_module(module)
-    import_s = time.perf_counter() - started
-    rss_before = measure.current_rss_mb()
-    started = time.perf_counter()
-    backend = entry.load(spec)
-    result = {"load_s": round(time.perf_counter() - started, 3), "import_s": round(import_s, 3),
+    before: list[float] = []  # the memory once imports are done, before the model loads
+    loaded = load_in_child(spec, after_imports=lambda: before.append(measure.current_rss_mb()))
+    backend, rss_before = loaded.runtime, before[0]
+    result = {"load_s": round(loaded.load_s, 3), "import_s": round(loaded.import_s, 3),
               "process_env": {k: os.environ.get(k) for k in ("LD_PRELOAD", "OMP_NUM_THREADS", "MALLOC_CONF")},
               "rss_mb_before_load": round(rss_before, 1),
               "peak_rss_mb_load": round(measure.peak_rss_mb(), 1), "describe": backend.describe(),
@@ -124,7 +118,7 @@ def timed(backend, ids: list[int], n_new: int, trials: int) -> dict:
             "output_md5": hashlib.md5(text.encode("utf-8")).hexdigest()}
 
 
-def run_probe(spec: dict, python: str | None = None, timeout: float = 900, env: dict | None = None) -> dict:
+def run_probe(spec: ProbeSpec, python: str | None = None, timeout: float = 900, env: dict | None = None) -> ProbeResult:
     """One variant in a fresh interpreter (``python``: this one by default); ``env``: variables
     added to its environment (the backend's process knobs). A failure or a timeout becomes
     the result's ``error`` field instead of an exception."""

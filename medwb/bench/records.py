@@ -2,29 +2,18 @@
 one per measured variant, read by the comparison notebook."""
 from __future__ import annotations
 
-import datetime as _dt
-import json
 from pathlib import Path
 
-from medwb.paths import write_text_atomic
+from medwb import jsonl
+from medwb.clock import now
+from medwb.backends.protocol import ProbeResult, Record
 
 
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_records(records: list[dict], run_dir, name: str) -> Path | None:
+def write_records(records: list[Record], run_dir, name: str) -> Path | None:
     """The whole file is written under a temp name, then renamed (never half-written)."""
     if not run_dir:
         return None
-    path = Path(run_dir) / "records" / f"{name}.jsonl"
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    return path
-
-
-def read_records(path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return jsonl.write(Path(run_dir) / "records" / f"{name}.jsonl", records)
 
 
 # Result fields of medwb.bench.probe copied into a record as they are.
@@ -35,8 +24,8 @@ _MEASURED = ("load_s", "import_s", "rss_mb_before_load", "peak_rss_mb_load", "pe
 _VERSIONS = ("torch", "transformers", "bigdl_llm", "openvino", "optimum_intel", "openvino_genai")
 
 
-def variant_record(backend: str, route: str, precision: str, result: dict, reference: dict | None,
-                   **extra) -> dict:
+def variant_record(backend: str, route: str, precision: str, result: ProbeResult, reference: ProbeResult | None,
+                   **extra) -> Record:
     """One variant's record from a probe result; a failed probe gives a record with its error."""
     from medwb.quality.agreement import agreement
     rec = {"record_type": "variant", "backend": backend, "route": route, "precision": precision,

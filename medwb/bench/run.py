@@ -27,17 +27,19 @@ import time
 from pathlib import Path
 
 from medwb import envs
-from medwb.backends import knobs, registry, variants
+from medwb.backends import knobs, registry
 from medwb.backends.variants import base_label, label, prepare
 from medwb.bench import bandwidth
-from medwb.bench.config import load_config, validate
+from medwb.bench.config import validate
 from medwb.bench.probe import against_reference, run_probe
-from medwb.bench.records import table as records_table, now, read_records, variant_record, write_records
-from medwb.errors import MedwbError
+from medwb import jsonl
+from medwb.bench.records import table as records_table, variant_record, write_records
+from medwb.clock import now
 from medwb.models import random_weights
 from medwb.paths import model_config, write_text_atomic
-from medwb.quality.workflow import score_outputs
+from medwb.tasks.workflow import score_outputs
 from medwb.tasks.corpus import heldout_prompts
+from medwb.backends.protocol import ProbeResult, ProbeSpec, Record, Variant
 
 
 # ---------------------------------------------------------------- quality
@@ -60,7 +62,7 @@ def quality_cases(n: int) -> list[dict]:
 _KV_TYPE_BYTES = {"float32": 4, "f32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "f16": 2, "uint8_t": 1, "u8": 1}
 
 
-def _kv_bytes(v: dict, result: dict) -> float:
+def _kv_bytes(v: Variant, result: ProbeResult) -> float:
     """Bytes per KV-cache element: what the compiled model reports, else the backend's."""
     kv = (result.get("compiled_properties") or {}).get("KV_CACHE_PRECISION", "")
     m = re.search(r"'(\w+)'", kv)
@@ -69,7 +71,8 @@ def _kv_bytes(v: dict, result: dict) -> float:
     return registry.get(v["backend"]).kv_element_bytes(v["precision"])
 
 
-def _records_for(v: dict, art: dict, result: dict, reference: dict | None, cases: list[dict], ctx: dict) -> list[dict]:
+def records_for(v: Variant, art: dict, result: ProbeResult, reference: ProbeResult | None, cases: list[dict],
+                ctx: dict) -> list[Record]:
     """One record per token pair (or one error record)."""
     cfg_model = model_config(ctx["model_dir"])
     base = {"variant": label(v), "base_variant": base_label(v), "knobs": knobs.set_in(v),
@@ -126,16 +129,12 @@ def _records_for(v: dict, art: dict, result: dict, reference: dict | None, cases
     return records
 
 
-def run(cfg: dict, run_dir=None, log=print, progress: bool = True, cluster: str = "") -> list[dict]:
+def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[Record]:
     """Validate, measure bandwidth, prepare artifacts, then every variant in a fresh process.
     ``run_dir`` empty: a new ``runs/<timestamp>``, made only once the config is valid.
     Records are rewritten after every variant (JSON lines and CSV), so a run cut short
-    keeps what it measured. ``cluster`` (HOST:PORT of a Ray head): the same matrix on every
-    server kind of that cluster (``medwb.cluster.bench``); Ray is imported only then."""
-    if cluster:
-        from medwb.cluster import bench as cluster_bench
-        from medwb.cluster.nodes import check_address
-        return cluster_bench.run(cfg, check_address(cluster), run_dir, log=log, progress=progress)
+    keeps what it measured. On a Ray cluster the same matrix is ``medwb.cluster.bench.run``
+    (``medwb.jobs.bench`` chooses)."""
     from tqdm.auto import tqdm
 
     from medwb import runner, sysinfo
@@ -174,14 +173,14 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True, cluster: str 
     bar = tqdm(total=len(cfg["variants"]) * cfg["rounds"], desc="bench", unit="variant", disable=not progress)
     current = {"round": 0}  # quality is answered in the first round only
 
-    def measure(v: dict, reference: dict | None) -> tuple[list[dict], dict]:
+    def measure(v: Variant, reference: ProbeResult | None) -> tuple[list[Record], ProbeResult]:
         bar.set_postfix_str(label(v))
         art, started = arts[label(v)], time.perf_counter()
         spec = probe_spec(v, art, cfg, threads, pair_prompt, [] if current["round"] else cases, matching)
         result, side = measure_variant(v, art, spec, cfg, threads)
         if v is ref and "error" not in result:
             reference = result  # its own row: agreement left out, ROUGE-L vs itself
-        new = _records_for(v, art, result, reference, cases, ctx)
+        new = records_for(v, art, result, reference, cases, ctx)
         attach_side(new, side)
         for r in new:
             r["wall_s"] = round(time.perf_counter() - started, 1)
@@ -215,8 +214,8 @@ def matching_kernel_build(cfg: dict) -> str | None:
               "write_result(bigdl_kernels.matching_build())"])
 
 
-def probe_spec(v: dict, art: dict, cfg: dict, threads: int, pair_prompt: str, cases: list[dict],
-               matching: str | None) -> dict:
+def probe_spec(v: Variant, art: dict, cfg: dict, threads: int, pair_prompt: str, cases: list[dict],
+               matching: str | None) -> ProbeSpec:
     """What one variant's probe is asked: the variant's own knobs (the backend fills in the
     defaults), its artifact, the token pairs, and the quality cases (none: speed only)."""
     entry = registry.get(v["backend"])
@@ -230,7 +229,7 @@ def probe_spec(v: dict, art: dict, cfg: dict, threads: int, pair_prompt: str, ca
             "logits": False, **art.get("spec", {})}
 
 
-def measure_variant(v: dict, art: dict, spec: dict, cfg: dict, threads: int) -> tuple[dict, list | dict | None]:
+def measure_variant(v: Variant, art: dict, spec: ProbeSpec, cfg: dict, threads: int) -> tuple[ProbeResult, list | dict | None]:
     """The probe's result in a fresh process (or the artifact's error), and, with
     ``concurrent`` > 1, the side-by-side measurement (None when not asked)."""
     entry = registry.get(v["backend"])
@@ -242,7 +241,7 @@ def measure_variant(v: dict, art: dict, spec: dict, cfg: dict, threads: int) -> 
     return result, side
 
 
-def attach_side(records: list[dict], side) -> None:
+def attach_side(records: list[Record], side) -> None:
     """The side-by-side figures into each token pair's record (one dict: its error)."""
     if side is None:
         return
@@ -250,7 +249,7 @@ def attach_side(records: list[dict], side) -> None:
         rec["concurrent"] = side[i] if isinstance(side, list) else side
 
 
-def side_by_side(v: dict, spec: dict, n: int, threads: int, timeout_s: int) -> list[dict] | dict:
+def side_by_side(v: Variant, spec: ProbeSpec, n: int, threads: int, timeout_s: int) -> list[dict] | dict:
     """``n`` copies of one variant in separate processes, decoding each token pair at the
     same time (a barrier before each pair), the cores shared out as the app's workers do:
     per pair, every copy's next-token latency and the aggregate tokens/s. A dict with
@@ -273,7 +272,7 @@ def side_by_side(v: dict, spec: dict, n: int, threads: int, timeout_s: int) -> l
     if failed:
         return {"n": n, "threads_each": each, "error": failed[0]}
     out = []
-    for i, pair in enumerate(results[0]["pairs"]):
+    for i in range(len(results[0]["pairs"])):
         tpots = [r["pairs"][i]["tpot_ms"] for r in results]
         out.append({"n": n, "threads_each": each, "tpot_ms_each": tpots, "tpot_ms_max": max(tpots),
                     "tpot_ms_median": round(statistics.median(tpots), 4),
@@ -284,7 +283,7 @@ def side_by_side(v: dict, spec: dict, n: int, threads: int, timeout_s: int) -> l
     return out
 
 
-def write(records: list[dict], run_dir) -> dict[str, Path]:
+def write(records: list[Record], run_dir) -> dict[str, Path]:
     """``records/bench.jsonl`` (every field) and ``records/bench.csv`` (flat), both atomic."""
     run_dir = Path(run_dir)
     jsonl = write_records(records, run_dir, "bench")
@@ -314,8 +313,8 @@ def flat(r: dict) -> dict:
     return out
 
 
-def load(run_dir) -> list[dict]:
-    return read_records(Path(run_dir) / "records" / "bench.jsonl")
+def load(run_dir) -> list[Record]:
+    return jsonl.read(Path(run_dir) / "records" / "bench.jsonl")
 
 
 TABLE_COLUMNS = ["server", "variant", "round", "tokens", "load_s", "ttft_ms", "tpot_ms", "tok_s", "floor_ms", "pct_of_limit",
@@ -330,19 +329,3 @@ def table(records: list[dict]):
     servers = any(r.get("server") for r in records)  # a cluster run: one row per server kind too
     return records_table(records, [c for c in TABLE_COLUMNS
                                    if (c != "round" or rounds) and (c != "server" or servers)])
-
-
-def run_or_load(config_file="", records_from="", run_dir="", log=print, cluster: str = "", **overrides) -> list[dict]:
-    """Notebook 03's entry: load the records of an earlier run folder, or run the benchmark
-    (config file, then the notebook's parameters; empty parameters keep the config's), on
-    this machine or, with ``cluster``, on a Ray cluster's servers."""
-    if records_from:
-        if not (Path(records_from) / "records" / "bench.jsonl").exists():
-            raise MedwbError(f"records_from '{records_from}' has no records/bench.jsonl: give a run folder "
-                             "written by `medwb bench` or notebook 03, or leave it empty to run now")
-        return load(records_from)
-    if isinstance(overrides.get("variants"), list) and overrides["variants"] and \
-            isinstance(overrides["variants"][0], str):
-        overrides["variants"] = variants.parse_variants(",".join(overrides["variants"]))
-    overrides = {k: v for k, v in overrides.items() if v not in ("", [], None)}
-    return run(load_config(config_file or None, **overrides), run_dir, log=log, cluster=cluster)

@@ -16,11 +16,13 @@ import os
 import sys
 from pathlib import Path
 
+from medwb import jsonl
 from medwb.backends import registry
 from medwb.backends.variants import label
 from medwb.bench.config import validate
-from medwb.bench.records import now
+from medwb.clock import now
 from medwb.cluster import nodes
+from medwb.paths import model_identity
 from medwb.errors import MedwbError
 
 RESULTS = Path("cluster") / "results.jsonl"
@@ -89,7 +91,7 @@ def run(cfg: dict, address: str, run_dir=None, log=print, progress: bool = True)
     if run_dir:
         from medwb.paths import check_writable_dir
         check_writable_dir(run_dir, "--run-dir")
-    identity = nodes.model_identity(checked["model_dir"])
+    identity = model_identity(checked["model_dir"])
     plan = _plan(cfg, identity)
     check_resume(run_dir, plan)
     ray = nodes.connect(address)
@@ -108,7 +110,7 @@ def run(cfg: dict, address: str, run_dir=None, log=print, progress: bool = True)
     log(f"cluster {address}: {len(found)} server kind(s) "
         + "; ".join(f"{k} ({len(f['nodes'])} node(s), {f['cpus']} CPUs)" for k, f in sorted(found.items()))
         + f"; {len(matrix)} timing tasks, {len(matrix) - len(todo)} already in {run_dir}")
-    tracker = nodes.start_tracker()
+    tracker = tasks.start_tracker()
     rebuild = lambda: _quietly(lambda: write_records(run_dir, cfg, checked, cases, address))  # noqa: E731
     rebuild()  # before any task: the driver's own start-up must not overlap a timing
     pending = {}
@@ -157,7 +159,7 @@ def _finish(run_dir: Path, kind: str, v: dict, rnd: int, out: dict, attempts: di
     key = task_key(kind, v, rnd)
     entry = {"key": key, "server": kind, "variant": v, "round": rnd, "finished": now(),
              "attempts": attempts.get(key, []), **out}
-    nodes.append_jsonl(Path(run_dir) / RESULTS, [entry])
+    jsonl.append(Path(run_dir) / RESULTS, [entry])
     if "error" in out["result"]:
         log(f"{label(v)} on {kind} failed: {out['result']['error']}")
         return
@@ -184,7 +186,7 @@ def write_progress(run_dir: Path, pending: dict, attempts: dict, alive: dict) ->
 
 def write_records(run_dir: Path, cfg: dict, checked: dict, cases: list[dict], address: str) -> list[dict]:
     """Every record again from the results so far, in the matrix's order; written atomically."""
-    from medwb.bench.run import _records_for, attach_side, write
+    from medwb.bench.run import attach_side, records_for, write
     results = read_results(run_dir)
     servers: dict[str, dict] = {}
     for e in results.values():
@@ -214,7 +216,7 @@ def write_records(run_dir: Path, cfg: dict, checked: dict, cases: list[dict], ad
                        "bandwidth": node.get("bandwidth") or {"read_gb_s": None},
                        "cpu": node.get("cpu") or servers.get(kind, {}).get("cpu"), "run_id": Path(run_dir).name}
                 own = e["result"] if v is ref and rnd == 0 and "error" not in e["result"] else reference
-                new = _records_for(v, e.get("art") or {}, e["result"], own, cases if rnd == 0 else [], ctx)
+                new = records_for(v, e.get("art") or {}, e["result"], own, cases if rnd == 0 else [], ctx)
                 attach_side(new, e.get("side"))
                 for r in new:
                     r.update(server=kind, node=node.get("node_id"), node_ip=node.get("ip"),

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from medwb import jsonl
 from medwb.backends.variants import label
 from medwb.cluster import nodes
+from medwb.paths import model_identity
 
 # Samples per shard: enough to pay for loading the model in a fresh process, few enough
 # that every slot of the cluster gets work (about two shards per slot).
@@ -35,9 +37,9 @@ def answer_all(work: list[tuple[dict, Path, list[dict]]], cfg: dict, address: st
     found = nodes.require_kinds(address)
     threads = cfg["threads"]
     slots = sum(len(k["nodes"]) * max(1, k["cpus"] // threads) for k in found.values())
-    identity = nodes.model_identity(cfg["model_dir"])
+    identity = model_identity(cfg["model_dir"])
     shipped = {k: cfg[k] for k in ("model", "threads", "kernel_build", "timeout_s", "artifacts_dir")}
-    tracker = nodes.start_tracker()
+    tracker = tasks.start_tracker()
     pending = {}
     for v, cache, missing in work:
         size = shard_size(len(missing), slots)
@@ -57,7 +59,7 @@ def answer_all(work: list[tuple[dict, Path, list[dict]]], cfg: dict, address: st
                 out = ray.get(ref)
             except ray.exceptions.RayError as e:
                 out = {"answers": [], "error": nodes.lost(e)}
-            nodes.append_jsonl(cache, [{**a, "node": out["node"]["node_id"][:16], "node_ip": out["node"]["ip"],
+            jsonl.append(cache, [{**a, "node": out["node"]["node_id"][:16], "node_ip": out["node"]["ip"],
                                         "cpu": out["node"]["cpu"]} for a in out["answers"]])
             if out.get("error"):
                 errors[label(v)] = errors.get(label(v)) or f"{out['error']} (on {out.get('node', {}).get('ip')})"

@@ -181,44 +181,9 @@ def node_info(run_id: str, threads: int, bandwidth_mb: int) -> dict:
             "memory_total_gib": cpu["memory_total_gib"], "bandwidth": bw}
 
 
-def model_identity(model_dir) -> str:
-    """A cheap identity of a model folder (config and every file's name and size), so a node
-    holding another model at the same path is caught without reading gigabytes."""
-    import hashlib
-    h = hashlib.sha256()
-    folder = Path(model_dir)
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.endswith(".lock"):
-            h.update(f"{p.name}:{p.stat().st_size}\n".encode())
-    cfg = folder / "config.json"
-    if cfg.exists():
-        h.update(cfg.read_bytes())
-    return h.hexdigest()[:16]
-
-
 # ---------------------------------------------------------------- the drivers' shared steps
-def start_tracker():
-    """The attempt tracker (``tasks.Tracker``), on the head: it lives as long as the cluster does."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from medwb.cluster import tasks
-    return tasks.Tracker.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id(), soft=False)).remote()
-
-
 def lost(e: Exception) -> str:
     """A task Ray gave up on (its node or worker died more often than Ray retries), in one line."""
     return f"lost: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
-def append_jsonl(path: Path, rows: list[dict]) -> None:
-    """Rows appended as JSON lines, flushed and synced: kept the moment a result arrives (a
-    crash can cut only the line being written, which the readers skip)."""
-    from medwb.eval.run import _end_with_newline
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _end_with_newline(path)
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import ray
 
-from medwb.bench.records import now
+from medwb.clock import now
 from medwb.cluster import nodes
+from medwb.paths import model_identity
 from medwb.errors import MedwbError
 
 # Ray retries a task whose node or worker process died (not one that returned an error),
@@ -52,7 +53,7 @@ def _threads(asked: int) -> int:
 def _model_here(model: str, identity: str) -> Path:
     from medwb.backends.variants import resolve_model
     model_dir = resolve_model(model)
-    if nodes.model_identity(model_dir) != identity:
+    if model_identity(model_dir) != identity:
         raise MedwbError(f"node {ray.util.get_node_ip_address()} has another model at {model_dir} (its files differ "
                          "from the driver's): copy the same checkpoint to every server, or use shared storage")
     return model_dir
@@ -68,6 +69,14 @@ def _prepare(model_dir: Path, v: dict, cfg: dict, log) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / ".medwb-prepare.lock")):
         return prepare(model_dir, [v], cfg, log)[label(v)]
+
+
+def start_tracker():
+    """The attempt tracker (``Tracker``), on the head: it lives as long as the cluster does."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return Tracker.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(nodes.head_node_id(), soft=False)).remote()
 
 
 @ray.remote(max_retries=RETRIES)

@@ -30,12 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from medwb import jsonl
+from medwb.clock import now
 from medwb import envs
 from medwb.backends import knobs, registry
 from medwb.backends.variants import label, parse_variants, prepare, resolve_model, variant_problems
 from medwb.errors import MedwbError, check_count
 from medwb.eval import dataset, scoring
-from medwb.paths import REPO_DIR, cache_dir, write_json_atomic, write_text_atomic
+from medwb.paths import REPO_DIR, cache_dir, model_identity, write_json_atomic
 
 # The compare matrix's variants that answer prompts: FP32, one low-bit variant of each
 # route and runtime (bf16 PyTorch and the OpenVINO f32 IR add little to an accuracy check).
@@ -108,15 +110,9 @@ def samples_path(out_dir: Path, variant_label: str) -> Path:
 
 
 def model_fingerprint(model_dir: Path) -> str:
-    """Hash of the model's files (config, tokenizer, weights), so a changed checkpoint in
-    the same folder never reuses old answers."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).iterdir() if p.is_file() and not p.name.endswith(".lock")):
-        h.update(path.name.encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    """The answer cache's model key: every byte of the model's files, so a checkpoint changed
+    in the same folder never reuses old answers."""
+    return model_identity(model_dir, content=True)
 
 
 def cache_path(model_fp: str, v: dict, threads: int, kernel_build: str, root: str = "") -> Path:
@@ -135,27 +131,7 @@ def cache_path(model_fp: str, v: dict, threads: int, kernel_build: str, root: st
 
 def read_cache(path: Path) -> dict[str, dict]:
     """key -> answer; a line cut off by a crash is ignored (its sample is asked again)."""
-    found: dict[str, dict] = {}
-    if not path.exists():
-        return found
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and "key" in rec and "output" in rec:
-                found[rec["key"]] = rec
-    return found
-
-
-def _end_with_newline(path: Path) -> None:
-    """A crash can leave a half line: start the next append on a line of its own."""
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
+    return {rec["key"]: rec for rec in jsonl.read_tolerant(path) if "key" in rec and "output" in rec}
 
 
 # ---------------------------------------------------------------- answering
@@ -164,7 +140,7 @@ def answer_missing(v: dict, art: dict, asks: list[dict], cache: Path, cfg: dict,
     from medwb import child
     entry = registry.get(v["backend"])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    _end_with_newline(cache)
+    jsonl.end_with_newline(cache)
     spec = {**knobs.set_in(v), "backend": v["backend"], "model_path": str(art.get("path")),
             "precision": v["precision"], "weights": v.get("weights"), "threads": v.get("threads", cfg["threads"]),
             "kernel_build": v.get("kernel_build", cfg["kernel_build"]) if entry.kernel_builds else None,
@@ -193,9 +169,14 @@ def answer_missing(v: dict, art: dict, asks: list[dict], cache: Path, cfg: dict,
 
 
 # ---------------------------------------------------------------- the run
-def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True, **overrides) -> dict:
+def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True, answer_remote=None,
+        **overrides) -> dict:
     """Evaluate every variant; write ``<run_dir>/eval/`` (per-sample logs, scores, report).
-    Returns {"scores": DataFrame, "verdicts": {...}, "dir": Path, ...}."""
+    Returns {"scores": DataFrame, "verdicts": {...}, "dir": Path, ...}.
+
+    ``answer_remote(work, cfg, log, progress) -> {variant: error}`` answers the missing
+    samples elsewhere (``work``: (variant, its answer cache, the asks it misses)); a cluster
+    run (``cfg["cluster"]``) needs one: ``medwb.jobs.evaluate`` passes the Ray cluster's."""
     from tqdm.auto import tqdm
 
     from medwb import runner, sysinfo
@@ -231,9 +212,11 @@ def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True,
             log(f"{label(v)}: all {len(asks)} answers cached (no model loaded)")
         work.append((v, cache, missing))
     if cfg["cluster"] and any(missing for _, _, missing in work):  # every variant's shards at once
-        from medwb.cluster.evaluation import answer_all
+        if answer_remote is None:
+            raise MedwbError(f"cluster {cfg['cluster']}: evaluate through medwb.jobs.evaluate (or `medwb eval "
+                             "--cluster`), which connects to the cluster")
         started = time.perf_counter()
-        errors.update(answer_all([w for w in work if w[2]], cfg, cfg["cluster"], log, progress))
+        errors.update(answer_remote([w for w in work if w[2]], cfg, log, progress))
         timing["cluster"] = round(time.perf_counter() - started, 1)
     for v, cache, missing in work:
         name = label(v)
@@ -267,7 +250,6 @@ def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True,
 def summarize(result: dict, out_dir: Path) -> dict:
     """Per variant: overall score, its interval and the guard's verdict (what notebook 03's
     recommendation reads as its quality axis)."""
-    from medwb.bench.records import now
     overall = result["scores"][result["scores"].task == "overall"]
     variants = {}
     for r in overall.itertuples():
@@ -314,9 +296,7 @@ def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log
             rows[name].append(row)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rs in rows.items():
-        write_text_atomic(samples_path(out_dir, name), "".join(
-            json.dumps({k: v for k, v in r.items() if k != "_stats"}, ensure_ascii=False, default=str) + "\n"
-            for r in rs))
+        jsonl.write(samples_path(out_dir, name), ({k: v for k, v in r.items() if k != "_stats"} for r in rs))
     reference = next((label(v) for v in cfg["variants"] if registry.is_reference(v)), None)
     scores, verdicts = guard.evaluate(rows, specs, reference=reference, errors=errors,
                                       resamples=cfg["bootstrap"], seed=0)
@@ -351,9 +331,7 @@ def rescore(run_dir, log=print) -> dict:
         path = samples_path(run_dir / "eval", name)
         logged = {}
         if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                r = json.loads(line)
-                logged[r["sample_id"]] = r
+            logged = {r["sample_id"]: r for r in jsonl.read(path)}
         predictions[name] = [{"output": logged[s.sample_id]["output"], "n_new_tokens": logged[s.sample_id].get(
             "n_new_tokens"), "seconds": logged[s.sample_id].get("seconds")}
             if logged.get(s.sample_id, {}).get("answered") else None for s in samples]
@@ -378,9 +356,6 @@ def check_config(cfg: dict, need_model: bool = True) -> dict:
     if isinstance(cfg["task_map"], str):
         cfg["task_map"] = parse_task_map(cfg["task_map"])
     check_count("threads", cfg["threads"], 0, "0: all cores")
-    if cfg.get("cluster"):
-        from medwb.cluster.nodes import check_address  # no Ray import: only the address's form
-        cfg["cluster"] = check_address(cfg["cluster"])
     # On a cluster, 0 means one thread per shard: shards then pack one per core of every node.
     cfg["threads"] = cfg["threads"] or (1 if cfg.get("cluster") else os.cpu_count() or 1)
     cfg["data"] = dataset.load(cfg["eval_file"] or evalset.EVAL_FILE, task_map=cfg["task_map"] or None)

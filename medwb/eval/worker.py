@@ -17,53 +17,41 @@ import os
 import sys
 import time
 
-from medwb.backends import registry
+from medwb import jsonl
+from medwb.backends.protocol import ProbeSpec
 
 # Part of the answer cache's key: bump it when a change alters the text a backend returns
 # for the same prompt (decoding, the repair of llm-cli's output), so old answers are not reused.
 ANSWERS_VERSION = 2
 
 
-def _append(f, record: dict) -> None:
-    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def answer(spec: dict) -> dict:
-    import medwb  # noqa: F401  (offline switches before any HF/OpenVINO import)
-    from medwb.backends.toolchain import bigdl_kernels
-
-    entry = registry.get(spec["backend"])
-    kernel_build = spec.get("kernel_build")
-    if entry.kernel_builds and kernel_build == "match":
-        kernel_build = bigdl_kernels.matching_build()
-    if entry.kernel_builds and kernel_build:
-        bigdl_kernels.use_build(kernel_build)
-    spec = {**spec, "kernel_build": kernel_build if entry.kernel_builds else None}
-    started = time.perf_counter()
-    runtime = entry.load(spec) if entry.serves else None
-    load_s = time.perf_counter() - started
+def answer(spec: ProbeSpec) -> dict:
+    from medwb.backends.loader import load_in_child, prepare_child
+    entry, kernel_build = prepare_child(spec)
+    runtime, load_s = None, 0.0
+    if entry.serves:  # a one-shot tool (llm-cli) is run per prompt below instead
+        loaded = load_in_child(spec)
+        runtime, load_s = loaded.runtime, loaded.import_s + loaded.load_s
+    spec = {**spec, "kernel_build": kernel_build}
     done = 0
     # Fault injection for the tests: die after this many answers, as a crash would.
     fail_after = int(os.environ.get("MEDWB_FAULT_EVAL_AFTER", "-1"))
-    with open(spec["out"], "a", encoding="utf-8") as f:
-        for sample in spec["samples"]:
-            if done == fail_after:
-                raise RuntimeError(f"injected fault after {done} answers (MEDWB_FAULT_EVAL_AFTER)")
-            t0 = time.perf_counter()
-            if runtime is not None:
-                ids = runtime.generate_ids(runtime.encode(sample["prompt"]), sample["max_new_tokens"])
-                text, n_new = runtime.decode(ids), len(ids)
-            else:  # a one-shot tool (llm-cli): it runs itself, one prompt per call
-                result = entry.probe({**spec, "prompts": [sample["prompt"]],
-                                      "prompt_budgets": [sample["max_new_tokens"]]})
-                if "error" in result:
-                    raise RuntimeError(result["error"])
-                text, n_new = result["texts"][0], len(result["output_ids"][0])
-            _append(f, {"key": sample["key"], "output": text, "n_new_tokens": n_new,
-                        "seconds": round(time.perf_counter() - t0, 3)})
-            done += 1
+    for sample in spec["samples"]:
+        if done == fail_after:
+            raise RuntimeError(f"injected fault after {done} answers (MEDWB_FAULT_EVAL_AFTER)")
+        t0 = time.perf_counter()
+        if runtime is not None:
+            ids = runtime.generate_ids(runtime.encode(sample["prompt"]), sample["max_new_tokens"])
+            text, n_new = runtime.decode(ids), len(ids)
+        else:  # a one-shot tool (llm-cli): it runs itself, one prompt per call
+            result = entry.probe({**spec, "prompts": [sample["prompt"]],
+                                  "prompt_budgets": [sample["max_new_tokens"]]})
+            if "error" in result:
+                raise RuntimeError(result["error"])
+            text, n_new = result["texts"][0], len(result["output_ids"][0])
+        jsonl.append(spec["out"], [{"key": sample["key"], "output": text, "n_new_tokens": n_new,
+                                    "seconds": round(time.perf_counter() - t0, 3)}])
+        done += 1
     return {"answered": done, "load_s": round(load_s, 3),
             "describe": runtime.describe() if runtime is not None else {"backend": entry.name},
             "kernel_build": kernel_build}

@@ -21,20 +21,15 @@ data is never taken for this one.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
-import platform
 import shutil
-import sys
-import time
 from functools import lru_cache
 from pathlib import Path
 
 from medwb.tasks import corpus, prompts
-from medwb.quality import workflow
 from medwb.errors import MedwbError
-from medwb.paths import DATA_DIR, atomic_dir, cache_dir, write_json_atomic
+from medwb.paths import DATA_DIR, atomic_dir, cache_dir, sha256_file, write_json_atomic
 
 SHIPPED_DIR = DATA_DIR / "demo-model"
 MANIFEST = "medwb_manifest.json"
@@ -199,11 +194,6 @@ def data_hash(recipe: dict = RECIPE) -> str:
     return _data_hash(json.dumps(recipe, sort_keys=True))
 
 
-def _sha256(path: Path) -> str:
-    from medwb.paths import sha256_file
-    return sha256_file(path)
-
-
 def read_manifest(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / MANIFEST).read_text(encoding="utf-8"))
 
@@ -229,7 +219,7 @@ def verify(model_dir: Path, derived: bool = True) -> str | None:
         path = Path(model_dir) / name
         if not path.exists():
             return f"{name} is missing"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"{name} does not match its checksum"
     return None
 
@@ -299,9 +289,9 @@ def _derive(src: Path, path: Path) -> None:
         state = {k: v.contiguous() for k, v in load_file(tmp / "model.safetensors").items()}
         torch.save(state, tmp / "pytorch_model.bin")
         manifest = read_manifest(src)
-        manifest["derived"] = {name: _sha256(tmp / name) for name in DERIVED_FILES}
+        manifest["derived"] = {name: sha256_file(tmp / name) for name in DERIVED_FILES}
         manifest["derived_from"] = str(src)
-        if verify_copy := [n for n in SHIPPED_FILES if _sha256(tmp / n) != manifest["files"][n]]:
+        if verify_copy := [n for n in SHIPPED_FILES if sha256_file(tmp / n) != manifest["files"][n]]:
             raise MedwbError(f"copying the demo model changed {', '.join(verify_copy)}: disk problem?")
         write_json_atomic(tmp / MANIFEST, manifest)
 
@@ -309,10 +299,10 @@ def _derive(src: Path, path: Path) -> None:
 def export(out_dir: Path, force: bool = False, recipe: dict = RECIPE, log=print) -> Path:
     """Copy the loadable demo model (with ``pytorch_model.bin``) to ``out_dir`` atomically."""
     src = ensure(recipe=recipe, log=log)
-    return _copy_model(src, out_dir, force, MODEL_FILES, "--out")
+    return copy_model(src, out_dir, force, MODEL_FILES, "--out")
 
 
-def _copy_model(src: Path, out_dir, force: bool, names, parameter: str) -> Path:
+def copy_model(src: Path, out_dir, force: bool, names, parameter: str) -> Path:
     from medwb.paths import check_writable_dir
     out_dir = check_writable_dir(Path(out_dir).expanduser().resolve(), parameter)
     if out_dir == Path(src).resolve():
@@ -338,249 +328,10 @@ def _copy_model(src: Path, out_dir, force: bool, names, parameter: str) -> Path:
     return out_dir
 
 
-# --- building ---------------------------------------------------------------------------
-def _example(tokenizer, prompt_text: str, answer: str, label: bool = False):
-    """A training example; for diagnosis the first answer line (初步诊断：X) is the key,
-    for a label task (``label``) the whole answer."""
-    from medwb.models.training import Example
-
-    prompt_ids = tokenizer(prompt_text)["input_ids"]  # starts with <s>
-    answer_ids = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    key = 0
-    if label:
-        key = len(answer_ids)
-    elif answer.startswith(prompts.PRIMARY_HEADING):
-        # Lines are separate pre-tokens, so the first line's tokens prefix the answer's.
-        key = len(tokenizer(answer.split("\n", 1)[0], add_special_tokens=False)["input_ids"])
-    return Example(prompt_ids, answer_ids, key)
-
-
-def rebuild(recipe: dict = RECIPE, out=None, force: bool = False, progress: bool = True,
-            log=print) -> Path:
-    """Train the recipe on this machine into ``<cache>/demo-model-builds/<data hash>/``
-    (reused when a verified build exists, unless ``force``); with ``out``, also copy the
-    committed files there (``data/demo-model`` ships it). Raises when the quality gate
-    refuses the model: nothing is kept then."""
-    from filelock import FileLock
-
-    path = builds_dir() / data_hash(recipe)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.exists() and not force and verify(path) is None:
-            log(f"reusing the build at {path} (pass --force to train again)")
-        else:
-            build(path, recipe, progress=progress, log=log)
-    if out:
-        _copy_model(path, out, True, SHIPPED_FILES, "--out")
-        log(f"copied to {out}")
-    return path
-
-
 def gate(quality: dict, targets: dict) -> list[str]:
     """The targets ``quality`` misses, as 'label: measured (target)' strings."""
     return [f"{TARGET_LABELS.get(k, k)}: {quality.get(k, 0):.1%} (target {t:.0%})"
             for k, t in targets.items() if quality.get(k, 0) < t]
-
-
-def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print) -> dict:
-    """Generate the corpus, train tokenizer and model, evaluate, gate, write ``out_dir``."""
-    if "continued" in recipe:
-        return build_continued(out_dir, recipe, progress=progress, log=log)
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from medwb import sysinfo
-    from medwb.models import tokenizer as tok_mod
-    from medwb.models import training
-
-    check_shape(recipe["model"])
-    started = time.perf_counter()
-    load_before = sysinfo.check_load(log=log)
-    texts = training_texts(recipe)
-    train_cases, heldout = training_cases(recipe)
-    log(f"corpus: {len(train_cases)} training cases "
-        f"({sum(bool(c.style) for c in train_cases)} in the varied style), {len(heldout)} held-out "
-        f"cases ({len(corpus.load_knowledge())} diseases), disjoint by case signature")
-    tk = recipe["tokenizer"]
-    tok_texts = [p + a for p, a in texts]
-    tok_texts += [prompts.render_chat([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])]
-    raw_tok = tok_mod.train_tokenizer(tok_texts, tk["vocab_size"], tk["min_frequency"])
-
-    with atomic_dir(out_dir, overwrite=True) as tmp:
-        tok_mod.save_tokenizer(raw_tok, tmp, recipe["model"]["max_position_embeddings"])
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(tmp)
-        examples = [_example(tokenizer, p, a) for p, a in texts]
-        n_tokens = sum(e.length for e in examples)
-        log(f"tokenizer: {len(tokenizer)} tokens; {len(examples)} training examples, "
-            f"{n_tokens} tokens (mean {n_tokens / len(examples):.0f}, longest "
-            f"{max(e.length for e in examples)} per example)")
-
-        m = recipe["model"]
-        config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=False,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id, hidden_act="silu", **m)
-        torch.manual_seed(recipe["train"]["seed"])
-        model = LlamaForCausalLM(config)
-        tr = recipe["train"]
-        if tr["zero_init_residual"]:
-            with torch.no_grad():
-                for layer in model.model.layers:
-                    layer.self_attn.o_proj.weight.zero_()
-                    layer.mlp.down_proj.weight.zero_()
-        bf16 = tr["bf16_autocast"] and _cpu_has_bf16()
-        kwargs = dict(lr=tr["lr"], warmup_steps=tr["warmup_steps"], weight_decay=tr["weight_decay"],
-                      batch_tokens=tr["batch_tokens"], seed=tr["seed"], pad_id=tokenizer.pad_token_id,
-                      bf16_autocast=bf16, loss_on_prompt=tr["loss_on_prompt"], key_weight=tr["key_weight"])
-        calibration = []
-        if tr["steps"] >= 200:  # worth ~30 s only for a real build
-            calibration = training.contention(model, examples, thread_counts=sorted({1, 2, tr["threads"]}),
-                                              **kwargs)
-            for row in calibration:
-                log(f"step rate with {row['threads']} thread(s): {row['alone_steps_per_s']}/s alone, "
-                    f"{row['busy_core_steps_per_s']}/s beside one busy process ({row['slowdown']}x slower)")
-        train_log = training.train(model, examples, steps=tr["steps"], threads=tr["threads"],
-                                   progress=progress, **kwargs)
-        train_log["bf16_autocast_used"] = bf16
-        save_checkpoint(model, tmp)
-
-        quality = evaluate_model(tmp, recipe["eval"], progress=progress)
-        load_after = sysinfo.machine_load()
-        failed = gate(quality, recipe.get("targets", {}))
-        _refuse(failed, train_log, tr["threads"], load_before, load_after, "train.steps")
-        manifest = _manifest(recipe, tmp, model, quality, train_log, calibration, started, load_before,
-                             load_after)
-        write_json_atomic(tmp / MANIFEST, manifest)
-    log(f"demo model written to {out_dir} in {manifest['build_seconds']:.0f} s "
-        f"({manifest['parameters'] / 1e6:.2f} M parameters)")
-    log(format_quality(quality, recipe.get("targets", {})))
-    return manifest
-
-
-def stage1_model(recipe: dict = RECIPE, progress: bool = True, log=print) -> Path:
-    """A verified model built from ``stage1(recipe)``: the shipped one or a local build
-    when their data hash matches, else trained now (the ~80-minute stage)."""
-    first = stage1(recipe)
-    wanted = data_hash(first)
-    for candidate in (SHIPPED_DIR, builds_dir() / wanted):
-        if verify(candidate, derived=False) is None and read_manifest(candidate).get("data_hash") == wanted:
-            return candidate
-    log(f"no stage-1 build with data hash {wanted}: training it first")
-    return rebuild(first, progress=progress, log=log)
-
-
-def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print) -> dict:
-    """Stage 2: continue a verified stage-1 model on the evaluation tasks (with the
-    workflows replayed), evaluate, gate, write ``out_dir``."""
-    import torch
-    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from medwb import sysinfo
-    from medwb.models import training
-
-    started = time.perf_counter()
-    base = stage1_model(recipe, progress=progress, log=log)
-    base_manifest = read_manifest(base)
-    load_before = sysinfo.check_load(log=log)
-    c, tr = recipe["continued"], recipe["train"]
-    texts = continued_texts(recipe)
-    with atomic_dir(out_dir, overwrite=True) as tmp:
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            shutil.copyfile(base / name, tmp / name)  # stage 2 keeps stage 1's tokenizer
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(tmp)
-        examples = [_example(tokenizer, p, a, label=t in LABEL_TASKS) for t, p, a in texts]
-        n_tokens = sum(e.length for e in examples)
-        log(f"continued training from {base} (data hash {base_manifest['data_hash']}): "
-            f"{len(examples)} examples, {n_tokens} tokens, {c['steps']} steps")
-        model = LlamaForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
-        bf16 = tr["bf16_autocast"] and _cpu_has_bf16()
-        kwargs = dict(lr=c["lr"], warmup_steps=c["warmup_steps"], weight_decay=tr["weight_decay"],
-                      batch_tokens=tr["batch_tokens"], seed=tr["seed"], pad_id=tokenizer.pad_token_id,
-                      bf16_autocast=bf16, loss_on_prompt=tr["loss_on_prompt"], key_weight=tr["key_weight"])
-        calibration = []
-        if c["steps"] >= 200:
-            calibration = training.contention(model, examples, thread_counts=sorted({1, 2, tr["threads"]}),
-                                              **kwargs)
-        train_log = training.train(model, examples, steps=c["steps"], threads=tr["threads"],
-                                   progress=progress, **kwargs)
-        train_log["bf16_autocast_used"] = bf16
-        save_checkpoint(model, tmp)
-
-        quality = evaluate_model(tmp, recipe["eval"], progress=progress)
-        quality["tasks"] = evaluate_tasks(tmp, c["max_new_tokens"])
-        load_after = sysinfo.machine_load()
-        failed = gate(quality, recipe.get("targets", {})) + task_gate(quality["tasks"], c["task_floors"])
-        _refuse(failed, train_log, tr["threads"], load_before, load_after, "continued.steps")
-        manifest = _manifest(recipe, tmp, model, quality, train_log, calibration, started, load_before,
-                             load_after, stage1={k: base_manifest.get(k) for k in (
-                                 "data_hash", "files", "quality", "training", "contention", "built_at",
-                                 "build_seconds", "cpu")})
-        write_json_atomic(tmp / MANIFEST, manifest)
-    log(f"demo model written to {out_dir} in {manifest['build_seconds']:.0f} s")
-    log(format_quality(quality, recipe.get("targets", {})))
-    return manifest
-
-
-def task_gate(scores: dict, floors: dict) -> list[str]:
-    """The evaluation tasks whose main metric is below its floor."""
-    return [f"{task}: {scores.get(task, {}).get('score') or 0:.3f} (floor {floor:.2f})"
-            for task, floor in floors.items() if (scores.get(task, {}).get("score") or 0) < floor]
-
-
-def evaluate_tasks(model_dir: Path, max_new_tokens: dict, batch_size: int = 24) -> dict:
-    """Greedy FP32 on the bundled evaluation set, scored by the official rules: per task
-    its main metric (``score``), the metric's name and the parse failures."""
-    from medwb.backends.pytorch import PyTorchBackend
-    from medwb.eval import dataset, scoring
-    from medwb.tasks import evalset
-
-    backend = PyTorchBackend.load(model_dir, "float32")
-    result = {}
-    for task, samples in dataset.load(evalset.EVAL_FILE).by_task().items():
-        chat = [prompts.render_chat([{"role": "user", "content": s.input}]) for s in samples]
-        outputs = backend.generate(chat, max_new_tokens=max_new_tokens[task], batch_size=batch_size)
-        spec = scoring.task_spec(task)
-        scored = scoring.score_task(spec, [s.target for s in samples], outputs,
-                                    [s.answer_choices for s in samples])
-        result[task] = {"score": scored["score"], "metric": spec.metric, "n": len(samples),
-                        "parse_failures": scored["parse_failures"], "example": outputs[0]}
-    return result
-
-
-def _refuse(failed: list[str], train_log: dict, threads: int, load_before: dict, load_after: dict,
-            steps_key: str) -> None:
-    """Raise with the figures to act on when the gate refused the model."""
-    if failed:
-        raise MedwbError(
-            "the demo model failed its quality gate, so it was not kept: " + "; ".join(failed)
-            + f". Trained {train_log['steps']} steps at {train_log['steps_per_s']} steps/s on "
-            f"{threads} thread(s) (load average {load_before['loadavg_1m']} before, "
-            f"{load_after['loadavg_1m']} after, on {load_before['cores']} cores). The step count is "
-            f"fixed, so a busy machine makes it slower, not worse: raise {steps_key} in the recipe, "
-            "or check the knowledge-table edit that changed the data")
-
-
-def _manifest(recipe, tmp: Path, model, quality, train_log, calibration, started, load_before, load_after,
-              **extra) -> dict:
-    import torch
-
-    from medwb import sysinfo
-    return {
-        "name": recipe["name"], "data_hash": data_hash(recipe), "recipe": recipe,
-        "files": {name: _sha256(tmp / name) for name in SHIPPED_FILES},
-        "derived": {n: _sha256(tmp / n) for n in DERIVED_FILES},
-        "quality": quality, "training": train_log, "contention": calibration, **extra,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "build_seconds": round(time.perf_counter() - started, 1),
-        "machine_load": {"before": load_before, "after": load_after},
-        "cpu": sysinfo.cpu().get("model"), "python": sys.version.split()[0],
-        "machine": platform.machine(), "torch": torch.__version__,
-    }
-
-
-def _cpu_has_bf16() -> bool:
-    from medwb.sysinfo import cpu_flags
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def save_checkpoint(model, out_dir: Path, with_bin: bool = True) -> None:
@@ -599,43 +350,6 @@ def save_checkpoint(model, out_dir: Path, with_bin: bool = True) -> None:
     cfg["torch_dtype"] = "float32"
     cfg.setdefault("pretraining_tp", 1)
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
-
-
-# --- quality ----------------------------------------------------------------------------
-def evaluate_cases(backend, cases, max_new_tokens: dict, batch_size: int = 24) -> dict:
-    """Greedy outputs of ``backend`` on ``cases``: diagnosis primary and top-3 hit rates,
-    discharge section completeness, and grounding of both (medwb.quality.grounding)."""
-    result = {"n_cases": len(cases)}
-    for task in corpus.TASKS:
-        inputs = [corpus.task_prompt(c, task) for c in cases]
-        chat = [prompts.render_chat([{"role": "user", "content": x}]) for x in inputs]
-        outputs = backend.generate(chat, max_new_tokens=max_new_tokens[task], batch_size=batch_size)
-        scores = (workflow.diagnosis_scores(outputs, [c.disease for c in cases], inputs) if task == "diagnosis"
-                  else workflow.discharge_scores(outputs, inputs))
-        result.update({f"{task}_{k}": v for k, v in scores.items()})
-        result[f"{task}_example"] = outputs[0]
-    return result
-
-
-def evaluate_model(model_dir: Path, eval_cfg: dict | None = None, progress: bool = True) -> dict:
-    """Greedy FP32 on both shipped held-out sets: the standard set's figures at the top
-    level (the quality gate), the varied set's under ``varied``."""
-    from medwb.backends.pytorch import PyTorchBackend
-
-    eval_cfg = eval_cfg or RECIPE["eval"]
-    backend = PyTorchBackend.load(model_dir, "float32")
-    t0 = time.perf_counter()
-    result = {}
-    for name in corpus.HELDOUT_SETS:
-        cases = corpus.heldout_cases(name)
-        cases = cases[:eval_cfg["cases"]] if eval_cfg.get("cases") else cases
-        figures = evaluate_cases(backend, cases, eval_cfg["max_new_tokens"])
-        if name == "standard":
-            result.update(figures)
-        else:
-            result[name] = figures
-    result["eval_seconds"] = round(time.perf_counter() - t0, 1)
-    return result
 
 
 def format_quality(q: dict, targets: dict | None = None) -> str:

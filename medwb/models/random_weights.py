@@ -51,19 +51,15 @@ def is_speed_only(model_dir) -> bool:
         return False
 
 
-def ensure(name: str, with_bin: bool | None = None, log=print) -> Path:
+def ensure(name: str, with_bin: bool = False, log=print) -> Path:
     """The checkpoint of shape ``name``, built on first use (FP32 safetensors; plus
-    pytorch_model.bin when llm-convert can take the shape)."""
+    pytorch_model.bin with ``with_bin``: the caller knows whether a converter needs it)."""
     if name not in SHAPES:
         raise MedwbError(f"model shape {name!r} is unknown; use one of {', '.join(SHAPES)}")
     out = cache_dir() / "shapes" / name
     if (out / "medwb_shape.json").exists():
         return out
     config = SHAPES[name]
-    from medwb.backends.toolchain.llm_cli import LLAMA_CLI_LAYERS
-    cli_ok = config["num_hidden_layers"] in LLAMA_CLI_LAYERS and \
-        config["num_key_value_heads"] == config["num_attention_heads"]
-    with_bin = cli_ok if with_bin is None else with_bin
     from medwb.sysinfo import check_ram
     check_ram(int(parameter_count(config) * 4 * (2 if with_bin else 1) * 1.2), f"building model shape {name!r}",
               "its FP32 weights" + (" twice (safetensors and .bin)" if with_bin else "") + ", +20%",

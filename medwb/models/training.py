@@ -159,7 +159,7 @@ def contention(model, examples, thread_counts=(1, 2), steps: int = 16, warmup: i
             try:
                 stamps: list[float] = []
                 kw = dict(train_kwargs, steps=warmup + steps, threads=threads, progress=False,
-                          on_step=lambda step, _m: stamps.append(time.perf_counter()))
+                          on_step=lambda step, _m, stamps=stamps: stamps.append(time.perf_counter()))
                 train(copy.deepcopy(model), examples, **kw)
             finally:
                 if busy is not None:

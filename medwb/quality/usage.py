@@ -19,7 +19,7 @@ def per_model(outputs, actions):
         mine = votes[votes.index.isin(ids)]
         per = counts[counts.index.isin(ids)]
 
-        def n(action):
+        def n(action, per=per):
             return int((per[action] > 0).sum()) if action in per else 0
         # Decode speed: the tokens after the first, over the time after the first.
         tok_s = ((ok.new_tokens - 1) / (ok.total_ms - ok.ttft_ms) * 1e3).where(ok.new_tokens > 1)

@@ -18,7 +18,8 @@ from medwb.backends.bigdl import check_low_bit
 from medwb.errors import MedwbError
 from medwb.paths import checkpoint_bytes, check_model_dir, check_writable_dir
 from medwb.bench.probe import against_reference, run_probe
-from medwb.bench.records import table as records_table, now, variant_record
+from medwb.bench.records import table as records_table, variant_record
+from medwb.clock import now
 
 
 def check_parameters(model_path, model_family: str, low_bits, out_dir, threads) -> dict:

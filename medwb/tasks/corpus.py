@@ -211,14 +211,6 @@ def diagnosis_vocabulary(diseases=None) -> list[str]:
     return sorted(names)
 
 
-def knowledge_digest(knowledge_dir: Path = KNOWLEDGE_DIR) -> str:
-    h = hashlib.sha256()
-    for path in knowledge_files(knowledge_dir):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
 # --- cases and records ---------------------------------------------------------------
 def _draw(rng: random.Random, options: tuple[str, ...], field: str) -> tuple[str, ...]:
     lo, hi = DRAW[field]

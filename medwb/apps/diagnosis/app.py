@@ -155,16 +155,5 @@ class DiagnosisApp(core.ClinicalApp):
             self.inputs["chief_complaint"].value = ""
             self.generate_button.click()
             return self.status_text
-        ok = [c for c in self.cards if c.status == "ok"]
-        if not ok:
-            raise MedwbError("no answer finished: run the 'generate' step first (and check the cards' errors)")
-        for card in ok:
-            card.view_button.click()
-        ok[0].backfill_button.click()
-        ok[0].like_button.click()
-        ok[1 % len(ok)].dislike_button.click()
-        ok[-1].copy_button.click()
-        ok[-1].error_category.value = ok[-1].error_category.options[1]
-        ok[-1].error_detail.value = "鉴别诊断遗漏了重要疾病"
-        ok[-1].report_button.click()
-        return self.status_text
+        return self.demo_review("no answer finished: run the 'generate' step first (and check the cards' errors)",
+                                error_option=1, error_detail="鉴别诊断遗漏了重要疾病")

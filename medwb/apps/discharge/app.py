@@ -221,22 +221,12 @@ class DischargeApp(core.ClinicalApp):
             self.source_editor.value = "病程记录：\n第1日，查房：病情平稳，继续目前治疗。\n出院医嘱：注意休息。"
             self.open_button.click()
             return self.status_text
-        ok = [c for c in self.cards if c.status == "ok"]
-        if not ok:
-            raise MedwbError("no draft finished: run the 'open' step first (and check the cards' errors)")
-        for card in ok:
-            card.view_button.click()
-        ok[0].backfill_button.click()
-        second = ok[1 % len(ok)]
-        second.section_picker.value = "出院医嘱"
-        second.section_button.click()
-        ok[0].like_button.click()
-        second.dislike_button.click()
-        ok[-1].copy_button.click()
-        ok[-1].error_category.value = ok[-1].error_category.options[0]
-        ok[-1].error_detail.value = "出院医嘱药物剂量与病历不符"
-        ok[-1].report_button.click()
-        return self.status_text
+        def backfill_one_section(card) -> None:
+            card.section_picker.value = "出院医嘱"
+            card.section_button.click()
+        return self.demo_review("no draft finished: run the 'open' step first (and check the cards' errors)",
+                                error_option=0, error_detail="出院医嘱药物剂量与病历不符",
+                                on_second=backfill_one_section)
 
 
 def long_record(record_id: str, days: int = 180) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from medwb.apps.discharge import record
 from medwb.errors import MedwbError
-from medwb.quality import workflow
+from medwb.tasks import workflow
 from medwb.quality.rouge import rouge_l_chars
 from medwb.tasks import corpus
 

@@ -15,7 +15,8 @@ import re
 from medwb.apps import fitting
 from medwb.apps.fitting import CUT_MARK
 from medwb.errors import MedwbError
-from medwb.quality import grounding, workflow
+from medwb.quality import grounding
+from medwb.tasks import workflow
 from medwb.tasks import corpus, prompts
 
 # Record parts in order: (field, heading). 一般情况 carries sex and age.

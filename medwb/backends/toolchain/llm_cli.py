@@ -25,6 +25,12 @@ PRECISIONS = {"llama": ("int4", "int8"), "gptneox": ("int4", "int8"), "starcoder
               "bloom": ("int4",), "chatglm": ("int4",)}
 # llm-cli's llama loader knows these depths only ("Unknown model size" otherwise).
 LLAMA_CLI_LAYERS = (26, 32, 40, 60, 80)
+
+
+def takes_shape(config: dict) -> bool:
+    """Whether llm-cli's llama loader takes a model of this config (depth, full multi-head)."""
+    return config.get("num_hidden_layers") in LLAMA_CLI_LAYERS and \
+        config.get("num_key_value_heads") == config.get("num_attention_heads")
 # llm-convert reads the whole FP32 pytorch_model.bin into memory and quantizes tensor by
 # tensor: an estimate, not a measurement (each conversion records its peak_rss_mb).
 CONVERT_RAM_FACTOR = 2.0
@@ -154,7 +160,7 @@ def export_sentencepiece_vocab(model_dir: Path, out_file: Path) -> Path:
 def _run(cmd: list[str], timeout: float, env=None, errors: str = "replace") -> subprocess.CompletedProcess:
     """Run a bigdl script with this env's scripts first on PATH; ``peak_rss_mb`` is set on
     the result (the command's own peak memory, measured from outside)."""
-    from medwb.bench.measure import run_tracking_peak_rss
+    from medwb.backends.measure import run_tracking_peak_rss
     path_env = {**os.environ, "PATH": f"{bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc, peak = run_tracking_peak_rss(cmd, timeout, env={**path_env, **(env or {})}, errors=errors)
     proc.peak_rss_mb = round(peak, 1)
