@@ -159,6 +159,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_fidelity(args) -> int:
+    from medwb.eval import fidelity
+    summary = fidelity.run(model=args.model or "demo", variants=args.variants or "", texts=args.texts or "",
+                           context=args.context, count=args.windows, threads=args.threads, run_dir=args.run_dir,
+                           decision_file=args.decision or "")
+    import pandas as pd
+    with pd.option_context("display.width", 220, "display.max_columns", 20, "display.max_colwidth", 120):
+        print(fidelity.table(summary).to_string(index=False))
+    print(f"per-token rows and summary: {summary['dir']}")
+    return 0
+
+
 def cmd_cluster(args) -> int:
     from medwb.cluster import start
     if args.action == "head":
@@ -248,6 +260,16 @@ def cmd_compare_runs(args) -> int:
     else:
         print(provenance.format_comparison(result))
     return 1 if result["outputs_differ"] else 0
+
+
+def _matrix_command(sub, name: str, help: str, description: str, model_help: str) -> argparse.ArgumentParser:
+    """A command over a model's variants: --model and --variants as the evaluation and the
+    fidelity measurement take them."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("--model", help=model_help)
+    p.add_argument("--variants", help="comma-separated backend:[weights/]precision (default: the benchmark's "
+                                      "default matrix, what notebook 03 compares)")
+    return p
 
 
 def _records_command(p: argparse.ArgumentParser, func) -> None:
@@ -349,17 +371,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
-    e = sub.add_parser("eval", help="accuracy of every variant on PromptCBLUE-format medical tasks, vs FP32",
-                       description="Every variant answers a PromptCBLUE-format file (default: the bundled "
-                                   "synthetic set, data/eval/medwb-eval-v1.jsonl), greedy, each in its own "
-                                   "process; scored by the official PromptCBLUE rules, with bootstrap "
-                                   "intervals and the paired difference to FP32. Answers are cached: a rerun "
-                                   "resumes, and the same run again loads no model.")
-    e.add_argument("--model", help="demo (default) or a local checkpoint folder")
+    e = _matrix_command(sub, "eval", "accuracy of every variant on PromptCBLUE-format medical tasks, vs FP32",
+                        "Every variant answers a PromptCBLUE-format file (default: the bundled "
+                        "synthetic set, data/eval/medwb-eval-v1.jsonl), greedy, each in its own "
+                        "process; scored by the official PromptCBLUE rules, with bootstrap "
+                        "intervals and the paired difference to FP32. Answers are cached: a rerun "
+                        "resumes, and the same run again loads no model.", "demo (default) or a local checkpoint folder")
     e.add_argument("--eval-file", help="PromptCBLUE-format JSON lines (input, target, answer_choices, "
                                        "task_type, task_dataset, sample_id)")
-    e.add_argument("--variants", help="comma-separated backend:[weights/]precision (default: FP32 and the "
-                                      "low-bit variants of both routes)")
     e.add_argument("--limit", type=int, help="samples per task, a seeded random sample of each (0: all)")
     e.add_argument("--threads", type=int, help="CPU threads (0: all cores)")
     e.add_argument("--task-map", help="score unknown task names as a known task or family: "
@@ -372,6 +391,23 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--rescore", metavar="RUN_DIR", help="score an earlier run's answers again, no model")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
+
+    fd = _matrix_command(sub, "fidelity", "each variant's next-token distributions against FP32 on the same token ids",
+                         "Teacher-forced comparison with PyTorch FP32 (as llama.cpp's --kl-divergence): "
+                         "mean KL divergence with its standard error and percentiles, same top token with "
+                         "its interval, RMS delta-p and the perplexity ratio, each variant in its own "
+                         "environment; judged against configs/decision.yaml. Cached per model, texts "
+                         "and variant; per-token rows go to <run>/fidelity/.",
+                         "demo (default), shape:<name> or a local checkpoint folder")
+    fd.add_argument("--texts", help="your own texts: .txt (blank-line separated) or .jsonl ({\"text\": ...}); "
+                                    "default: the bundled held-out clinical texts")
+    fd.add_argument("--windows", type=int, default=8, help="windows of --context tokens; the second half of each "
+                                                           "is scored (default 8)")
+    fd.add_argument("--context", type=int, default=0, help="tokens per window (0: 512, or the model's context if "
+                                                           "shorter)")
+    fd.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    fd.add_argument("--decision", help="thresholds file like configs/decision.yaml (default: that file)")
+    _records_command(fd, cmd_fidelity)
 
     cl = sub.add_parser("cluster", help="start or join a Ray cluster of the hospital's servers for bench/eval "
                                         "--cluster (Ray's ports must stay inside the intranet)",

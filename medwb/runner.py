@@ -19,12 +19,24 @@ from medwb.errors import MedwbError
 from medwb.paths import NOTEBOOKS_DIR, runs_dir, write_json_atomic
 
 
+# Notebooks that read another's results from the same run folder run after it: the
+# comparison's recommendation reads the evaluation's task scores of this run (#32).
+RUNS_AFTER = {"03_compare.ipynb": ("06_evaluate.ipynb",)}
+
+
 def discover(notebooks_dir: Path = NOTEBOOKS_DIR, pattern: str = "[0-9][0-9]_*.ipynb") -> list[Path]:
-    """Numbered notebooks in order; new ones join the main job by being added here."""
+    """Numbered notebooks in order, except that one listed in ``RUNS_AFTER`` waits for the
+    notebooks it reads; new ones join the main job by being added here."""
     found = sorted(Path(notebooks_dir).glob(pattern))
     if not found:
         raise MedwbError(f"no notebooks matching {pattern} in {notebooks_dir}")
-    return found
+    ordered: list[Path] = []
+    for nb in found:
+        for first in RUNS_AFTER.get(nb.name, ()):
+            ordered += [p for p in found if p.name == first and p not in ordered]
+        if nb not in ordered:
+            ordered.append(nb)
+    return ordered
 
 
 def new_run_dir(root: Path | None = None) -> Path:

@@ -84,10 +84,34 @@ def test_guard_pairs_the_difference_and_names_the_tasks_below(tmp_path):
     # macro-F1 over {妇科, 骨科}: 妇科 P=1 R=30/40 -> F1=0.857; 骨科 F1=0 -> macro 0.4286
     assert b.score == pytest.approx(0.428571, abs=1e-5) and b.kept == pytest.approx(0.428571, abs=1e-5)
     assert b.diff_high < 0  # beyond noise
-    assert verdicts["int4"].startswith("keeps < 95% of FP32 on: B 42.9% (beyond noise)")
+    # Overall -28.6 points, its whole interval below the 5% margin; task B beyond its own margin.
+    assert verdicts["int4"].startswith("loses accuracy: overall -28.6 points vs FP32")
+    assert "beyond the margin on B (-57.1 [" in verdicts["int4"]
+    assert guard.decision(verdicts["int4"]) == guard.LOSES
     assert verdicts["fp32"] == "reference (FP32)"
     paths = report.write(tmp_path, scores, verdicts)
-    assert "keeps &lt; 95%" in paths["html"].read_text(encoding="utf-8")
+    assert "loses accuracy" in paths["html"].read_text(encoding="utf-8")
+
+
+def test_the_guard_decides_keeps_loses_or_not_enough_samples_from_the_paired_interval():
+    """One two-label task, FP32 right on all: a variant wrong on 1 of 200 keeps accuracy (the
+    whole interval of the difference above -5%); wrong on 1 of 12 the interval spans the margin:
+    not enough samples, its own outcome, not a failure; wrong on 6 of 12 it loses."""
+    spec = scoring.task_spec("MedWB-QIC")
+    labels = ("妇科", "骨科")
+
+    def rows(n, wrong):
+        return [{"task": "A", "answered": True, "parse_failed": False,
+                 "_stats": (labels[i % 2], labels[(i + (i < wrong)) % 2])} for i in range(n)]
+
+    def decide(n, wrong):
+        _, verdicts = guard.evaluate({"fp32": rows(n, 0), "v": rows(n, wrong)}, {"A": spec}, reference="fp32",
+                                     resamples=400)
+        return guard.decision(verdicts["v"]), verdicts["v"]
+    assert decide(200, 1)[0] == guard.KEEPS
+    outcome, text = decide(12, 1)
+    assert outcome == guard.UNDECIDED and "evaluate more samples" in text
+    assert decide(12, 6)[0] == guard.LOSES
 
 
 @pytest.mark.parametrize("task", ["MedWB-QIC", "MedWB-STS", "MedWB-NER"])
@@ -196,3 +220,27 @@ def test_a_limited_run_samples_every_task_without_aliasing_its_order():
         assert all(len(v) == limit for v in by_task.values()) and set(by_task) == set(evalset.TASKS)
         if limit >= 6:  # the yes/no task alternates its labels: an evenly spaced cut saw one
             assert {s.target for s in by_task["MedWB-STS"]} == {"是的", "不是"}
+
+
+def test_rescore_of_perfect_answers_is_100_with_an_interval_that_holds_it(tmp_path):
+    """Every answer is the gold target: the rescored overall is 100 for both variants, every
+    interval holds its score (the report's plot used to refuse it), and the copy keeps FP32."""
+    cfg = evaluation.check_config({**evaluation.DEFAULTS, "variants": "pytorch:fp32,bigdl:sym_int4",
+                                   "limit": 4, "bootstrap": 200}, need_model=False)
+    samples = evaluation.select(cfg["data"], cfg["limit"])
+    asks = [{"key": f"k{i}"} for i in range(len(samples))]
+    perfect = [{"output": s.target} for s in samples]
+    out = tmp_path / "run" / "eval"
+    first = evaluation.score_run(samples, asks, {t: scoring.task_spec(t) for t in cfg["data"].tasks()},
+                                 {"pytorch:fp32": perfect, "bigdl:sym_int4": perfect}, {}, cfg, out)
+    (out / "run.json").write_text(json.dumps({"config": evaluation.public(cfg), "errors": {}}), encoding="utf-8")
+    proc = _cli("--rescore", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = evaluation.rescore(tmp_path / "run", log=lambda *_: None)
+    for result in (first, again):
+        scores = result["scores"]
+        overall = scores[scores.task == "overall"]
+        assert list(overall.score) == [pytest.approx(100.0, abs=1e-4)] * 2
+        assert ((scores.ci_low <= scores.score) & (scores.score <= scores.ci_high)).all()
+        assert result["summary"]["variants"]["bigdl:sym_int4"]["decision"] == "keeps"
+    assert (out / "scores.png").stat().st_size > 0

@@ -100,7 +100,26 @@ class LlamaCppBackend:
     def last_token_logits(self, input_ids: list[int]) -> list[float]:
         self.llm.reset()
         self.llm.eval(list(input_ids))
-        return [float(x) for x in self.llm.scores[self.llm.n_tokens - 1]]
+        return [float(x) for x in self._last_logits()]
+
+    def _last_logits(self):
+        """The last evaluated position's logits, read from the context: without
+        ``logits_all`` llama-cpp-python 0.3 no longer copies them into ``scores`` (zeros)."""
+        import llama_cpp
+        import numpy as np
+        n_vocab = self.llm.n_vocab()
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(n_vocab,)).astype(np.float32)
+
+    def sequence_logits(self, input_ids: list[int]):
+        """Logits at every position (teacher forcing), float32 [n, vocab]: one token per eval,
+        so the context built without ``logits_all`` still gives each position's row."""
+        import numpy as np
+        self.llm.reset()
+        rows = []
+        for token in input_ids:
+            self.llm.eval([token])
+            rows.append(self._last_logits())
+        return np.stack(rows)
 
     def kernels(self) -> str:
         """The ISA features this llama.cpp build uses (its system info, the ones set)."""

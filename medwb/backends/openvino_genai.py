@@ -128,6 +128,7 @@ class GenAIBackend:
 class OpenVINOGenAI(OpenVINOOptimum):
     name, route = "openvino-genai", "openvino-genai"
     imports = ("openvino", "openvino_genai")
+    logits_via = "openvino-optimum"  # LLMPipeline gives no logits: the same IR through optimum
 
     def load(self, spec: ProbeSpec):
         return GenAIBackend.load(spec["model_path"], spec["precision"], threads=spec.get("threads"),

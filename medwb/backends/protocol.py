@@ -125,7 +125,10 @@ class Runtime(Protocol):
     """What ``Backend.load`` returns; the probe, the eval worker, the routes and the app
     workers call exactly these. Optional extras (checked with ``hasattr``):
     ``save_low_bit(out_dir)``, ``compiled_properties()``, ``runtime_layer_types()``,
-    ``kernels()`` (the kernels that really ran, read after inference)."""
+    ``kernels()`` (the kernels that really ran, read after inference), and
+    ``sequence_logits(ids) -> ndarray [len(ids), vocab]`` (every position's logits, teacher
+    forced: what medwb.eval.fidelity compares with FP32; a backend without it says so in its
+    registry entry, ``logits_via`` or ``no_logits_reason``)."""
 
     def encode(self, prompt: str) -> list[int]: ...
 

@@ -136,6 +136,25 @@ class PyTorchBackend:
         with torch.inference_mode():
             return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].float().tolist()
 
+    def sequence_logits(self, input_ids: list[int]):
+        """Logits at every position of ``input_ids`` (teacher forcing), float32 [n, vocab]. A
+        runtime whose forward returns the last position only (bigdl's low-bit one) is fed one
+        token at a time through its KV cache instead: the same logits, more slowly."""
+        import numpy as np
+        import torch
+        ids = torch.tensor([input_ids])
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
+            if logits.shape[0] == len(input_ids):
+                return logits.float().numpy()
+            rows, past = [], None
+            for i, token in enumerate(input_ids):
+                out = self.model(input_ids=torch.tensor([[token]]), past_key_values=past, use_cache=True,
+                                 attention_mask=torch.ones(1, i + 1, dtype=torch.long))
+                past = out.past_key_values
+                rows.append(out.logits[0, -1].float().numpy())
+            return np.stack(rows)
+
     def kernels(self) -> str:
         import torch
         return f"torch {torch.backends.cpu.get_cpu_capability()} (oneDNN {torch.backends.mkldnn.is_available()})"

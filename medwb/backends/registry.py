@@ -46,6 +46,11 @@ class Backend:
     kv_bytes: dict | float = 2  # bytes per KV element when the run does not report it (per precision)
     peer = False              # True: what users would pick instead of the two routes (llama.cpp)
     measures_itself = False   # True: ``probe`` runs a one-shot native tool (no side-by-side timing)
+    # Fidelity to FP32 (medwb.eval.fidelity) needs logits at every position (the runtime's
+    # ``sequence_logits``). A backend without them names the backend that reads the same
+    # artifact and gives them (``logits_via``), or says why it cannot be measured.
+    logits_via = ""
+    no_logits_reason = ""
     knobs: dict = {}          # name -> medwb.backends.knobs.Knob: the settings a variant may tune
                               # (``threads`` is every backend's)
 

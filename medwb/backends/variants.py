@@ -15,7 +15,27 @@ from pathlib import Path
 from medwb.backends import knobs, registry
 from medwb.errors import MedwbError
 from medwb.paths import cache_dir, check_model_dir
-from medwb.backends.protocol import Variant
+from medwb.backends.protocol import ProbeSpec, Variant
+
+
+# The default matrix: every route at 16, 8 and 4 bits and the peer at 8 and 4, what the
+# benchmark times and the main job's evaluation scores (so the recommendation has task
+# evidence for every variant it ranks).
+DEFAULT_MATRIX: list[Variant] = [
+    {"backend": "pytorch", "precision": "fp32"},
+    {"backend": "pytorch", "precision": "bf16"},
+    {"backend": "bigdl", "precision": "sym_int4"},
+    {"backend": "bigdl", "precision": "sym_int8"},
+    {"backend": "bigdl-cli", "precision": "int4"},
+    {"backend": "openvino-optimum", "weights": "int8", "precision": "bf16"},
+    {"backend": "openvino-optimum", "weights": "int4", "precision": "bf16"},
+    {"backend": "openvino-genai", "weights": "fp16", "precision": "f32"},
+    {"backend": "openvino-genai", "weights": "int8", "precision": "bf16"},
+    {"backend": "openvino-genai", "weights": "int4", "precision": "bf16"},
+    # The peer users would pick instead, at the same bits as the routes' INT4 and INT8.
+    {"backend": "llama.cpp", "precision": "q4_0"},
+    {"backend": "llama.cpp", "precision": "q8_0"},
+]
 
 
 def label(v: Variant) -> str:
@@ -101,3 +121,15 @@ def prepare(model_dir: Path, variants: list[Variant], cfg: dict, log=print) -> d
     {"error"} and the others carry on."""
     root = artifacts_dir(model_dir, cfg.get("artifacts_dir", ""))
     return {label(v): registry.get(v["backend"]).prepare(Path(model_dir), v, root, cfg, log) for v in variants}
+
+
+def load_spec(v: Variant, art: dict, threads: int, kernel_build: str | None) -> ProbeSpec:
+    """What a child process needs to load variant ``v`` from its artifact ``art`` (``prepare``):
+    the variant's own knobs (the backend fills in the defaults), the artifact's path and extra
+    spec keys, threads, and bigdl's kernel build where it applies (the variant's own, else
+    ``kernel_build``: a build name, "match" or None)."""
+    entry = registry.get(v["backend"])
+    return {**knobs.set_in(v), "backend": v["backend"], "model_path": str(art.get("path")),
+            "precision": v["precision"], "weights": v.get("weights"), "threads": v.get("threads", threads),
+            "kernel_build": (v.get("kernel_build", kernel_build) or None) if entry.kernel_builds else None,
+            **art.get("spec", {})}

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import json
 
-from medwb.backends.variants import label, resolve_model, variant_problems
+from medwb.backends.variants import DEFAULT_MATRIX, label, resolve_model, variant_problems
 from medwb.errors import MedwbError
 from medwb.models import random_weights
 from medwb.paths import model_config, read_settings_file
 
-DEFAULT_VARIANTS = [
-    {"backend": "pytorch", "precision": "fp32"},
-    {"backend": "pytorch", "precision": "bf16"},
-    {"backend": "bigdl", "precision": "sym_int4"},
-    {"backend": "bigdl", "precision": "sym_int8"},
-    {"backend": "bigdl-cli", "precision": "int4"},
-    {"backend": "openvino-optimum", "weights": "int8", "precision": "bf16"},
-    {"backend": "openvino-optimum", "weights": "int4", "precision": "bf16"},
-    {"backend": "openvino-genai", "weights": "fp16", "precision": "f32"},
-    {"backend": "openvino-genai", "weights": "int8", "precision": "bf16"},
-    {"backend": "openvino-genai", "weights": "int4", "precision": "bf16"},
-    # The peer users would pick instead, at the same bits as the routes' INT4 and INT8.
-    {"backend": "llama.cpp", "precision": "q4_0"},
-    {"backend": "llama.cpp", "precision": "q8_0"},
-]
+# The default matrix is the backends' (the evaluation reads the same one).
+DEFAULT_VARIANTS = DEFAULT_MATRIX
 DEFAULT_CONFIG = {
     "model": "demo",            # "demo", "shape:<name>" (random weights, speed only) or a checkpoint folder
     "token_pairs": [[32, 64], [512, 128]],

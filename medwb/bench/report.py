@@ -20,6 +20,33 @@ def frame(records: list[dict]):
 
 # ---------------------------------------------------------------- plots
 
+def decision_plot(ranked):
+    """Speed against fidelity to FP32, one point per variant: next-token ms (x), mean KL
+    divergence from FP32 (y, log), the marker's area the peak memory, filled when the
+    variant is accurate enough; None without fidelity figures."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    if ranked is None or "kld" not in ranked or ranked["kld"].isna().all():
+        return None
+    df = ranked[ranked["kld"].notna()]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    size = 30 + 300 * df["peak_rss_MB"] / max(1.0, float(df["peak_rss_MB"].max()))
+    ok = df["accurate"].astype(bool)
+    ax.scatter(df["tpot_ms"][ok], np.maximum(df["kld"][ok], 1e-6), s=size[ok], label="accurate enough")
+    ax.scatter(df["tpot_ms"][~ok], np.maximum(df["kld"][~ok], 1e-6), s=size[~ok], facecolors="none",
+               edgecolors="tab:red", label="not (see evidence)")
+    for _, r in df.iterrows():
+        ax.annotate(r["variant"], (r["tpot_ms"], max(r["kld"], 1e-6)), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("next-token latency (ms/token, lower is better)")
+    ax.set_ylabel("mean KL divergence from FP32 (lower is closer)")
+    ax.set_title("speed, fidelity and memory (marker area: peak RSS)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plots(records: list[dict]) -> dict:
     """name -> matplotlib Figure: latency, memory and size, quality vs speed, % of limit."""
     import matplotlib.pyplot as plt
@@ -74,7 +101,7 @@ def plots(records: list[dict]) -> dict:
 # ---------------------------------------------------------------- recommendation
 
 def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: float, side_by_side: int = 3,
-              tokens: str | None = None, evaluation: dict | None = None):
+              tokens: str | None = None, evaluation: dict | None = None, fidelity: dict | None = None):
     """Variants ranked for a next-token latency target and a RAM budget.
 
     A variant qualifies when its next-token latency meets the target and ``side_by_side``
@@ -85,10 +112,15 @@ def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: floa
     ``side_by_side`` x the decode floor (``side_by_side_basis`` says which).
 
     Quality is a gate, not a score to maximise: FP32 always "wins" a similarity-to-FP32
-    axis, and small differences in task scores are noise. With an ``evaluation`` of this
-    model (``medwb.eval.run.latest_summary``: PromptCBLUE-format task scores), a variant is
-    accurate enough when the accuracy guard says it keeps >= 95% of FP32's score on every
-    task; without one, the proxy is ROUGE-L vs FP32 >= 0.9 on the few benchmark cases.
+    axis, and small differences in task scores are noise. Two kinds of evidence decide it
+    (``evidence`` says which one did, per variant):
+    - ``evaluation`` (``medwb.eval.run.latest_summary``): the task scores' non-inferiority
+      decision against FP32 (keeps, loses, or not enough samples to decide);
+    - ``fidelity`` (``medwb.eval.fidelity``): next-token distributions against FP32 on the
+      same token ids (KL divergence, same top token) against configs/decision.yaml's bar.
+    A variant is accurate enough when neither says it loses (task scores lose, fidelity
+    fails) and at least one says it keeps (non-inferior, or fidelity within the bar). With
+    neither, the proxy is ROUGE-L vs FP32 >= 0.9 on the few benchmark cases.
     Ranked: qualifies, accurate enough, then fastest next token.
     """
     import pandas as pd
@@ -112,19 +144,56 @@ def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: floa
     df["fits_side_by_side"] = df["fit_in_budget"] >= side_by_side
     df["qualifies"] = df["meets_latency"] & df["fits_side_by_side"]
     evaluated = (evaluation or {}).get("variants", {})
+    measured = (fidelity or {}).get("variants", {})
     df["task_score"] = [evaluated.get(v, {}).get("overall") for v in df["variant"]]
-    if evaluated:
-        df["accurate"] = [bool(evaluated.get(v, {}).get("keeps_accuracy")) for v in df["variant"]]
-        df["quality_basis"] = "task scores"
+    df["task_decision"] = [_task_decision(evaluated.get(v)) for v in df["variant"]]
+    df["fidelity"] = [(measured.get(v) or {}).get("verdict") for v in df["variant"]]
+    df["kld"] = [(measured.get(v) or {}).get("kld_mean") for v in df["variant"]]
+    df["same_top"] = [(measured.get(v) or {}).get("same_top") for v in df["variant"]]
+    if evaluated or measured:
+        judged = [_accuracy(t, f) for t, f in zip(df["task_decision"], df["fidelity"])]
+        df["accurate"] = [a for a, _ in judged]
+        df["evidence"] = [e for _, e in judged]
+        df["quality_basis"] = " + ".join(b for b, given in (("task scores", evaluated), ("fidelity", measured))
+                                         if given)
     else:
         df["accurate"] = df["rougeL_vs_fp32"].fillna(0) >= 0.9
         df["quality_basis"] = "ROUGE-L vs FP32 (proxy)"
     df = df.sort_values(["qualifies", "accurate", "tpot_ms"], ascending=[False, False, True])
     df.insert(0, "rank", range(1, len(df) + 1))
-    cols = ["rank"] + (["server"] if "server" in df else []) + ["variant", "qualifies", "accurate", "tpot_ms", "tpot_side_by_side", "side_by_side_basis", "ttft_ms",
-            "peak_rss_MB", "fit_in_budget", "task_score", "rougeL_vs_fp32", "dx_top3", "dc_complete", "kernels",
-            "quality_basis"]
+    if "evidence" not in df:
+        df["evidence"] = ["ROUGE-L vs FP32 >= 0.9" if a else "ROUGE-L vs FP32 < 0.9" for a in df["accurate"]]
+    cols = ["rank"] + (["server"] if "server" in df else []) + [
+        "variant", "qualifies", "accurate", "evidence", "tpot_ms", "tpot_side_by_side", "side_by_side_basis",
+        "ttft_ms", "peak_rss_MB", "fit_in_budget", "task_score", "task_decision", "fidelity", "kld", "same_top",
+        "rougeL_vs_fp32", "dx_top3", "dc_complete", "kernels", "quality_basis"]
     return df[cols].reset_index(drop=True)
+
+
+def _task_decision(summary: dict | None) -> str | None:
+    """The evaluation's decision for one variant (an older summary without one: its
+    ``keeps_accuracy``, a "no" then read as undecided, since that guard was a point ratio)."""
+    if not summary:
+        return None
+    if "decision" in summary:
+        return summary["decision"]
+    return "keeps" if summary.get("keeps_accuracy") else "undecided"
+
+
+def _accuracy(task: str | None, fidelity: str | None) -> tuple[bool, str]:
+    """(accurate enough, the evidence in words) from the two decisions."""
+    said = {None: "not evaluated", "keeps": "keep FP32's accuracy", "loses": "lose accuracy",
+            "undecided": "not enough samples to decide", "reference": "the reference"}
+    task_words = f"task scores: {said.get(task, task)}"
+    fid_words = {None: "fidelity: not measured", "passes": "fidelity within the bar", "fails": "fidelity fails the bar",
+                 "reference": "fidelity: the reference"}.get(fidelity, f"fidelity: {fidelity}")
+    if task == "reference" or fidelity == "reference":
+        return True, "the FP32 reference"
+    if task == "loses" or fidelity == "fails":
+        return False, f"{task_words}; {fid_words}"
+    if task == "keeps" or fidelity == "passes":
+        return True, f"{task_words}; {fid_words}"
+    return False, f"not enough evidence ({task_words}; {fid_words})"
 
 
 def _is_peer(variant_label: str) -> bool:
@@ -148,7 +217,7 @@ def check_targets(latency_target_ms, ram_budget_gb, side_by_side) -> None:
 
 
 def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, side_by_side: int = 3,
-                        evaluation: dict | None = None) -> str:
+                        evaluation: dict | None = None, fidelity: dict | None = None) -> str:
     if ranked is None or len(ranked) == 0:
         return "No variant produced measurements; see the errors in the records."
     fastest = ranked.sort_values("tpot_ms").iloc[0]
@@ -165,7 +234,11 @@ def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, 
                      f"{side_by_side} models side by side, deploy {best['variant']}{peer}{where}: "
                      f"{best['tpot_ms']:.2f} ms/token "
                      f"alone ({side_by_decode(best, side_by_side)}), {best['peak_rss_MB']:.0f} MB each, "
-                     f"{int(best['fit_in_budget'])} fit{q}.")
+                     f"{int(best['fit_in_budget'])} fit{q}; accuracy: {best['evidence']}.")
+        faster = ranked[ranked["qualifies"] & ~ranked["accurate"] & (ranked["tpot_ms"] < best["tpot_ms"])]
+        if len(faster):  # say why each faster variant was passed over (FP32 included: why it wins)
+            lines.append("Faster but not chosen: " + "; ".join(
+                f"{r['variant']} ({r['tpot_ms']:.2f} ms/token): {r['evidence']}" for _, r in faster.iterrows()) + ".")
     elif len(ranked[ranked["qualifies"]]):
         lines.append("Variants meet the latency and memory targets, but none keeps the accuracy "
                      "(see the quality basis): do not deploy a low-bit variant on speed alone.")
@@ -173,18 +246,22 @@ def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, 
         lines.append(f"No variant meets {latency_target_ms:g} ms/token with {side_by_side} copies in "
                      f"{ram_budget_gb:g} GB: relax the target, add RAM, or use a smaller model.")
     if evaluation:
-        lines.append(f"Quality: task scores and the accuracy guard of the evaluation in {evaluation['run']} "
-                     f"({evaluation['created']}; notebook 06); a variant not evaluated there counts as not "
-                     "accurate.")
-    else:
-        lines.append("Quality: no task evaluation of this model yet, so ROUGE-L against FP32 on a few "
-                     "cases stands in for it (it cannot say whether FP32 itself is right): run notebook 06 "
-                     "(`medwb eval`), then this cell again.")
+        lines.append(f"Task scores: the evaluation from {evaluation.get('source') or evaluation['run']} "
+                     f"({evaluation['created']}; notebook 06), decided by non-inferiority with a "
+                     f"{evaluation.get('margin', 0.05):.0%} margin; a variant not evaluated there has no task evidence.")
+    if fidelity:
+        lines.append(f"Fidelity: next-token distributions against FP32 on {fidelity.get('windows')} x "
+                     f"{fidelity.get('scored_per_window')} tokens of {fidelity.get('texts')}, measured in "
+                     f"{fidelity.get('source', 'this run')} (bars: configs/decision.yaml).")
+    if not evaluation and not fidelity:
+        lines.append("Quality: no task evaluation or fidelity measurement of this model yet, so ROUGE-L against "
+                     "FP32 on a few cases stands in for it (it cannot say whether FP32 itself is right): run "
+                     "notebook 06 (`medwb eval`) and `medwb fidelity`, then this cell again.")
     return " ".join(lines)
 
 
 def servers(records: list[dict], latency_target_ms: float, ram_budget_gb: float, side_by_side: int = 3,
-            tokens: str | None = None, evaluation: dict | None = None):
+            tokens: str | None = None, evaluation: dict | None = None, fidelity: dict | None = None):
     """A cluster run's server kinds side by side: each one's CPU, cores, bandwidth, fastest
     variant and its own recommendation (``recommend`` on that kind's records alone). Empty
     for a run on one machine."""
@@ -193,7 +270,7 @@ def servers(records: list[dict], latency_target_ms: float, ram_budget_gb: float,
     rows = []
     for server in sorted({r["server"] for r in records if r.get("server")}):
         own = [r for r in records if r.get("server") == server]
-        ranked = recommend(own, latency_target_ms, ram_budget_gb, side_by_side, tokens, evaluation)
+        ranked = recommend(own, latency_target_ms, ram_budget_gb, side_by_side, tokens, evaluation, fidelity)
         s = info.get(server, {})
         row = {"server": server, "cpu": (s.get("cpu") or {}).get("model"), "cores": s.get("cpus"),
                "nodes": len(s.get("nodes", [])), "read_GB_s": (s.get("bandwidth") or {}).get("read_gb_s"),
@@ -318,7 +395,7 @@ def write_html(records: list[dict], run_dir, ranked, recommendation: str, figs: 
         servers=jinja2.utils.markupsafe.Markup(by_server.to_html(index=False, na_rep=""))
         if by_server is not None and len(by_server) else "", servers_note=servers_note,
         table=jinja2.utils.markupsafe.Markup(frame(records).to_html(index=False, na_rep="")),
-        images=[(name.replace("_", " "), png_base64(fig)) for name, fig in figs.items()])
+        images=[(name.replace("_", " "), png_base64(fig)) for name, fig in figs.items() if fig is not None])
     path = Path(run_dir) / "report.html"
     write_text_atomic(path, html)
     return path

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from medwb import envs
 from medwb.backends import knobs, registry
-from medwb.backends.variants import base_label, label, prepare
+from medwb.backends.variants import base_label, label, load_spec, prepare
 from medwb.bench import bandwidth
 from medwb.bench.config import validate
 from medwb.bench.probe import against_reference, run_probe
@@ -218,13 +218,11 @@ def probe_spec(v: Variant, art: dict, cfg: dict, threads: int, pair_prompt: str,
                matching: str | None) -> ProbeSpec:
     """What one variant's probe is asked: the variant's own knobs (the backend fills in the
     defaults), its artifact, the token pairs, and the quality cases (none: speed only)."""
-    entry = registry.get(v["backend"])
-    kb = cfg.get("kernel_build") or None
-    build = v.get("kernel_build", kb) if entry.kernel_builds else None
-    return {**knobs.set_in(v), "backend": v["backend"], "model_path": str(art.get("path")),
-            "precision": v["precision"], "weights": v.get("weights"), "threads": v.get("threads", threads),
-            "kernel_build": (matching if build == "match" else build) or None,
-            "token_pairs": cfg["token_pairs"], "pair_prompt": pair_prompt, "trials": cfg["trials"],
+    spec = load_spec(v, art, threads, cfg.get("kernel_build") or None)
+    if spec["kernel_build"] == "match":
+        spec["kernel_build"] = matching
+    # The artifact's own spec keys stay last, as load_spec leaves them.
+    return {**spec, "token_pairs": cfg["token_pairs"], "pair_prompt": pair_prompt, "trials": cfg["trials"],
             "prompts": [c["prompt"] for c in cases], "prompt_budgets": [c["budget"] for c in cases],
             "logits": False, **art.get("spec", {})}
 

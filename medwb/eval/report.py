@@ -81,7 +81,9 @@ def plot(scores, path: Path | None = None):
         mine = shown[shown.variant == v].set_index("task").reindex(tasks)
         x = np.arange(len(tasks)) + k * width
         y = mine.score.to_numpy(dtype=float)
-        err = np.vstack([y - mine.ci_low.to_numpy(dtype=float), mine.ci_high.to_numpy(dtype=float) - y])
+        # The guard's intervals hold their score; the clip keeps float rounding out of matplotlib's check.
+        err = np.clip(np.vstack([y - mine.ci_low.to_numpy(dtype=float), mine.ci_high.to_numpy(dtype=float) - y]),
+                      0, None)
         ax.bar(x, y, width, yerr=err, capsize=2, label=v)
     ax.set_xticks(np.arange(len(tasks)) + width * (len(variants) - 1) / 2)
     ax.set_xticklabels(tasks, rotation=20, ha="right")

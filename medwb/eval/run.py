@@ -34,22 +34,25 @@ from medwb import jsonl
 from medwb.clock import now
 from medwb import envs
 from medwb.backends import knobs, registry
-from medwb.backends.variants import label, parse_variants, prepare, resolve_model, variant_problems
+from medwb.backends.variants import (DEFAULT_MATRIX, label, load_spec, parse_variants, prepare, resolve_model,
+                                    variant_problems)
 from medwb.errors import MedwbError, check_count
-from medwb.eval import dataset, scoring
-from medwb.paths import REPO_DIR, cache_dir, model_identity, write_json_atomic
+from medwb.eval import dataset, guard, scoring
+from medwb.paths import REPO_DIR, cache_dir, model_identity, runs_dir, write_json_atomic
+from medwb.tasks import evalset
 
 # The compare matrix's variants that answer prompts: FP32, one low-bit variant of each
 # route and runtime (bf16 PyTorch and the OpenVINO f32 IR add little to an accuracy check).
-DEFAULT_VARIANTS = ("pytorch:fp32,bigdl:sym_int4,bigdl:sym_int8,bigdl-cli:int4,openvino-optimum:int8/bf16,"
-                    "openvino-optimum:int4/bf16,openvino-genai:int8/bf16,openvino-genai:int4/bf16")
+# The benchmark's default matrix: what notebook 03 compares is what gets task evidence.
+DEFAULT_VARIANTS = ",".join(label(v) for v in DEFAULT_MATRIX)
 # Greedy budgets per task family (new tokens); a task's own entry wins.
 MAX_NEW_TOKENS = {"ner": 96, "spo": 128, "normalization": 32, "event": 128, "attr": 96, "causal": 128,
                   "cls_macro": 16, "cls_weighted": 16, "report": 320, "free_text": 128,
                   "diagnosis": 200, "sections": 560}
 DEFAULTS = {"model": "demo", "eval_file": "", "variants": DEFAULT_VARIANTS, "limit": 0, "threads": 0,
             "task_map": {}, "timeout_s": 3600, "kernel_build": "match", "bootstrap": 1000,
-            "artifacts_dir": "", "max_new_tokens": {}, "answers_cache": "", "cluster": ""}
+            "artifacts_dir": "", "max_new_tokens": {}, "answers_cache": "", "cluster": "",
+            "margin": guard.MARGIN}
 
 
 # ---------------------------------------------------------------- the samples
@@ -141,11 +144,7 @@ def answer_missing(v: dict, art: dict, asks: list[dict], cache: Path, cfg: dict,
     entry = registry.get(v["backend"])
     cache.parent.mkdir(parents=True, exist_ok=True)
     jsonl.end_with_newline(cache)
-    spec = {**knobs.set_in(v), "backend": v["backend"], "model_path": str(art.get("path")),
-            "precision": v["precision"], "weights": v.get("weights"), "threads": v.get("threads", cfg["threads"]),
-            "kernel_build": v.get("kernel_build", cfg["kernel_build"]) if entry.kernel_builds else None,
-            "out": str(cache),
-            "samples": asks, **art.get("spec", {})}
+    spec = {**load_spec(v, art, cfg["threads"], cfg["kernel_build"]), "out": str(cache), "samples": asks}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
         json.dump(spec, f, ensure_ascii=False)
     command = [str(envs.python_of(entry.env)), "-m", "medwb.eval.worker", f.name]
@@ -180,7 +179,7 @@ def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True,
     from tqdm.auto import tqdm
 
     from medwb import runner, sysinfo
-    cfg = check_config({**DEFAULTS, **(cfg or {}), **{k: v for k, v in overrides.items() if v is not None}})
+    cfg = check_config({**DEFAULTS, **(cfg or {}), **{k: v for k, v in overrides.items() if v not in (None, "")}})
     model_dir, data = cfg["model_dir"], cfg["data"]
     samples = select(data, cfg["limit"])
     specs = {t: scoring.task_spec(t, cfg["task_map"]) for t in data.tasks()}
@@ -238,48 +237,93 @@ def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True,
             log(f"{name} failed: {errors[name]}")
         timing.setdefault(name, round(time.perf_counter() - started, 1))
         predictions[name] = [have.get(a["key"]) for a in asks]
-    result = score_run(samples, asks, specs, predictions, errors, cfg, out_dir, log=log)
+    result = score_run(samples, asks, specs, predictions, errors, cfg, out_dir, log=log, model_fp=fp)
     result.update(timing=timing, machine_load=load, cpu=sysinfo.cpu().get("model"), model_fingerprint=fp)
     write_json_atomic(out_dir / "run.json", {"config": public(cfg), "errors": errors, "timing": timing,
                                              "machine_load": load, "cpu": result["cpu"],
                                              "model_fingerprint": fp})
-    write_json_atomic(Path(cfg["answers_cache"] or cache_dir() / "eval") / fp / "latest.json", result["summary"])
+    if _is_main_runs_folder(Path(run_dir)):  # a test's or another program's folder is never "the latest"
+        write_json_atomic(Path(cfg["answers_cache"] or cache_dir() / "eval") / fp / "latest.json", result["summary"])
     return result
 
 
-def summarize(result: dict, out_dir: Path) -> dict:
-    """Per variant: overall score, its interval and the guard's verdict (what notebook 03's
-    recommendation reads as its quality axis)."""
+def _is_main_runs_folder(run_dir: Path) -> bool:
+    """A run folder of this workbench's runs/ (the main job's, or `medwb eval`'s own)."""
+    try:
+        return Path(run_dir).resolve().parent == runs_dir().resolve()
+    except OSError:
+        return False
+
+
+def summarize(result: dict, out_dir: Path, identity: dict | None = None) -> dict:
+    """Per variant: overall score, its interval, the guard's decision and verdict (what
+    notebook 03's recommendation reads as its quality axis); ``identity``: what was evaluated
+    (model, evaluation set, limit), so a reader reuses it only for the same question."""
+    from medwb.eval import guard
     overall = result["scores"][result["scores"].task == "overall"]
     variants = {}
     for r in overall.itertuples():
+        verdict = result["verdicts"].get(r.variant, "")
+        outcome = guard.decision(verdict)
         variants[r.variant] = {"overall": None if r.score != r.score else round(float(r.score), 2),
                                "ci": None if r.score != r.score else [round(float(r.ci_low), 2),
                                                                         round(float(r.ci_high), 2)],
-                               "verdict": result["verdicts"].get(r.variant, ""),
-                               "keeps_accuracy": result["verdicts"].get(r.variant, "").startswith(
-                                   ("keeps >=", "reference"))}
-    return {"created": now(), "run": str(out_dir.parent), "variants": variants}
+                               "verdict": verdict, "decision": outcome,
+                               "keeps_accuracy": outcome in (guard.KEEPS, guard.REFERENCE)}
+    return {"created": now(), "run": str(out_dir.parent), "variants": variants, **(identity or {})}
 
 
-def latest_summary(model: str = "demo", eval_from: str = "", answers_cache: str = "") -> dict | None:
-    """The evaluation summary of ``eval_from`` (a run folder), else the latest evaluation of
-    this model on this machine (any run), else None."""
-    if eval_from:
-        path = Path(eval_from) / "eval" / "summary.json"
-        if not path.exists():
-            raise MedwbError(f"eval_from '{eval_from}' has no eval/summary.json: give a run folder written "
-                             "by `medwb eval` or notebook 06, or leave it empty")
-        return json.loads(path.read_text(encoding="utf-8"))
+def latest_summary(model: str = "demo", eval_from: str = "", answers_cache: str = "",
+                   run_dir: str = "") -> dict | None:
+    """The evaluation the recommendation reads, with where it came from (``source``):
+    ``eval_from`` (a run folder) when given; else this run's own (``run_dir``: the main job
+    evaluates before it compares); else the latest evaluation of this model (same files,
+    same bundled evaluation set) by a run in runs/, never a test's or another program's
+    folder; else None. An evaluation of another model is refused or skipped, never used."""
     if model.startswith("shape:"):  # random weights: nothing to evaluate
+        if eval_from:
+            raise MedwbError(f"eval_from '{eval_from}': model {model} has random weights, so no task "
+                             "evaluation applies to it: leave eval_from empty")
         return None
-    latest = Path(answers_cache or cache_dir() / "eval") / model_fingerprint(resolve_model(model)) / "latest.json"
-    return json.loads(latest.read_text(encoding="utf-8")) if latest.exists() else None
+    fp = model_fingerprint(resolve_model(model))
+    if eval_from:
+        summary = _read_summary(Path(eval_from) / "eval" / "summary.json", "eval_from")
+        if summary.get("model_fingerprint") not in (None, fp):
+            raise MedwbError(f"eval_from '{eval_from}' evaluated another model (fingerprint "
+                             f"{summary['model_fingerprint']}, this one {fp}): give a run folder of this model")
+        return {**summary, "source": f"eval_from {eval_from}"}
+    own = Path(run_dir) / "eval" / "summary.json" if run_dir else None
+    if own and own.exists():
+        summary = _read_summary(own, "run_dir")
+        if summary.get("model_fingerprint") == fp:
+            return {**summary, "source": f"this run ({run_dir})"}
+    latest = Path(answers_cache or cache_dir() / "eval") / fp / "latest.json"
+    if not latest.exists():
+        return None
+    summary = json.loads(latest.read_text(encoding="utf-8"))
+    folder = Path(summary.get("run", ""))
+    if summary.get("model_fingerprint") != fp or summary.get("eval_file_sha256") != _sha(evalset.EVAL_FILE) \
+            or not _is_main_runs_folder(folder) or not (folder / "eval" / "summary.json").exists():
+        return None
+    return {**summary, "source": f"an earlier evaluation of this model ({folder}, {summary.get('created')}; "
+                                 f"{summary.get('limit') or 'all'} samples per task)"}
 
 
-def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log=print) -> dict:
+def _read_summary(path: Path, parameter: str) -> dict:
+    if not path.exists():
+        raise MedwbError(f"{parameter} '{path.parent.parent}' has no eval/summary.json: give a run folder "
+                         "written by `medwb eval` or notebook 06, or leave it empty")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _sha(path) -> str | None:
+    from medwb.paths import sha256_file
+    return sha256_file(path) if Path(path).exists() else None
+
+
+def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log=print, model_fp: str | None = None) -> dict:
     """Per-sample logs, scores, the guard and the report, from answers already made."""
-    from medwb.eval import guard, report
+    from medwb.eval import report
     rows: dict[str, list[dict]] = {}
     for name, answers in predictions.items():
         rows[name] = []
@@ -298,7 +342,7 @@ def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log
     for name, rs in rows.items():
         jsonl.write(samples_path(out_dir, name), ({k: v for k, v in r.items() if k != "_stats"} for r in rs))
     reference = next((label(v) for v in cfg["variants"] if registry.is_reference(v)), None)
-    scores, verdicts = guard.evaluate(rows, specs, reference=reference, errors=errors,
+    scores, verdicts = guard.evaluate(rows, specs, reference=reference, errors=errors, margin=cfg["margin"],
                                       resamples=cfg["bootstrap"], seed=0)
     from medwb import sysinfo
     paths = report.write(out_dir, scores, verdicts, errors=errors, meta={
@@ -307,7 +351,10 @@ def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log
     log(report.summary(scores, verdicts))
     result = {"scores": scores, "verdicts": verdicts, "dir": out_dir, "paths": paths, "errors": errors,
               "rows": rows}
-    result["summary"] = summarize(result, out_dir)
+    result["summary"] = summarize(result, out_dir, identity={
+        "model_fingerprint": model_fp, "eval_file": str(cfg["data"].path),
+        "eval_file_sha256": _sha(cfg["data"].path), "limit": cfg["limit"], "task_map": cfg["task_map"],
+        "margin": cfg["margin"]})
     write_json_atomic(out_dir / "summary.json", result["summary"])
     return result
 
@@ -337,13 +384,13 @@ def rescore(run_dir, log=print) -> dict:
             if logged.get(s.sample_id, {}).get("answered") else None for s in samples]
         hashes.update({s.sample_id: logged[s.sample_id]["prompt_hash"] for s in samples if s.sample_id in logged})
     asks = [{"key": hashes.get(s.sample_id)} for s in samples]
-    return score_run(samples, asks, specs, predictions, meta.get("errors", {}), cfg, run_dir / "eval", log=log)
+    return score_run(samples, asks, specs, predictions, meta.get("errors", {}), cfg, run_dir / "eval", log=log,
+                     model_fp=meta.get("model_fingerprint"))
 
 
 # ---------------------------------------------------------------- configuration
 def check_config(cfg: dict, need_model: bool = True) -> dict:
     """Validate everything before anything runs; one line per problem, naming the parameter."""
-    from medwb.tasks import evalset
     cfg = dict(cfg)
     if isinstance(cfg["variants"], str):
         cfg["variants"] = parse_variants(cfg["variants"])
