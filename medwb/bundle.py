@@ -257,7 +257,7 @@ Nothing here needs a network.
    only installs.) pip installs with `--no-index`, every wheel checked against the hashes of
    `requirements/*.lock`.
 3. Check the machine: `.venvs/main/bin/medwb doctor`.
-4. Only for a cluster of the hospital's servers (`medwb bench --cluster`, README "Scale-out"):
+4. Only for a cluster of the hospital's servers (`medwb bench --cluster`, docs/scale-out.md):
    `make cluster WHEELHOUSE=wheelhouse` on the workstation and on every server adds Ray.
 
 Needs: Linux x86_64, Python {python} with venv, make. A missing wheel stops the set-up with

@@ -36,7 +36,7 @@ _PREPARE_LOCK = threading.Lock()
 _LOADING: dict[int, int] = {}
 # A worker holds its model files about twice (mapped weights plus the runtime's own
 # copies and caches) plus the libraries: 1.2-2.0x the files and 0.5-0.7 GiB measured on
-# TinyLlama's shape at 256-token prompts (README, "Faults").
+# TinyLlama's shape at 256-token prompts (docs/reliability-and-privacy.md, "Faults").
 WORKER_RAM_FACTOR, WORKER_RAM_BASE = 2.0, 512 * 2**20
 
 

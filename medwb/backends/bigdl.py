@@ -46,7 +46,7 @@ KNOBS = {
     "bigdl_init": Knob("process", INIT_MODES, default="off",
                        why="the environment as the user has it: iomp 1.00x, iomp+tcmalloc 0.90x, neither "
                            "told apart from noise (measured 2026-11-30, TinyLlama's shape, AMD EPYC with "
-                           "AVX2 only, README \"Tuning\")",
+                           "AVX2 only, docs/compare-and-tuning.md \"Tuning\")",
                        doc="bigdl-llm-init's OpenMP/allocator preloads"),
 }
 

@@ -16,7 +16,7 @@ Where a knob acts is its *kind*:
 A knob's ``default`` is what every run uses when the variant does not set it: the
 benchmark, the evaluation and the apps' workers alike. ``None`` leaves the library's own
 default. Where a default was chosen by measurement, ``why`` says where and by how much
-(README, "Tuning"); ``medwb.bench.report.knob_effects`` reads a tuning run.
+(docs/compare-and-tuning.md, "Tuning"); ``medwb.bench.report.knob_effects`` reads a tuning run.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class Knob:
 THREADS = Knob("load", positive_int=True, doc="threads of this variant (default: the run's `threads`)",
                why="one per core: on 2 cores one thread decoded 0.71x as fast for OpenVINO INT4 and bigdl "
                    "sym_int4 alike (p=0.017 and 0.0004; 2026-11-30, TinyLlama's shape, AMD EPYC with AVX2 "
-                   "only, README \"Tuning\")")
+                   "only, docs/compare-and-tuning.md \"Tuning\")")
 
 
 def declared(entry) -> dict[str, Knob]:

@@ -29,7 +29,7 @@ KV_CACHE_PRECISIONS = ("f32", "bf16", "f16", "u8")
 # cached token. Dynamic quantization of activations lets the plugin use integer dot products
 # where the ISA has them (VNNI); pinning keeps a thread on its core.
 INT4_ONLY = ("int4",)
-MEASURED = "2026-11-30, TinyLlama's shape, AMD EPYC with AVX2 only, README \"Tuning\""
+MEASURED = "2026-11-30, TinyLlama's shape, AMD EPYC with AVX2 only, docs/compare-and-tuning.md \"Tuning\""
 KNOBS = {
     "int4_group_size": Knob("export", (128, 64, 32, oe.CHANNEL_WISE), weights=INT4_ONLY,
                             why="the largest of 128/64/32 that divides every Linear input (optimum-cli's 128; "

@@ -93,7 +93,7 @@ RECIPE = {
 # Label tasks: every answer token carries the decision (loss weight key_weight).
 LABEL_TASKS = ("MedWB-CDN", "MedWB-QIC", "MedWB-STS")
 # Where the figures should be (the reproducibility issue's targets); shown beside the
-# gate. Only grounding is still below: see the README.
+# gate. Only grounding is still below: see docs/demo-model.md.
 GOALS = {"diagnosis_grounding_rate": 0.90, "discharge_grounding_rate": 0.90}
 TARGET_LABELS = {
     "diagnosis_primary_rate": "diagnosis: true diagnosis named first",

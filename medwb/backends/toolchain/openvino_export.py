@@ -27,7 +27,7 @@ CHANNEL_WISE = -1  # NNCF's group size for one scale per output channel
 # INT4 compression settings (NNCF's, as optimum-cli passes them) and medwb's defaults; the
 # benchmark's knobs of the same names (medwb.backends.openvino) change them per variant.
 # Symmetric by default: measured 1.32x faster than asymmetric (p = 0.002) in decode, TinyLlama's
-# shape, AMD EPYC with AVX2 only, 2026-11-30 (README, "Tuning").
+# shape, AMD EPYC with AVX2 only, 2026-11-30 (docs/compare-and-tuning.md, "Tuning").
 INT4_DEFAULTS = {"int4_group_size": None,   # None: the largest of GROUP_SIZES dividing every Linear input
                  "int4_sym": True, "int4_ratio": 1.0, "int4_all_layers": False, "int4_backup": "int8_asym"}
 MANIFEST = "medwb_export.json"
