@@ -282,7 +282,7 @@ def run(model: str = "demo", variants: str | list = "", texts: str = "", context
     model_dir = resolve_model(model)
     threads = threads or os.cpu_count() or 1
     context = context or min(CONTEXT, int(model_config(model_dir).get("max_position_embeddings") or CONTEXT))
-    if run_dir is None:
+    if not run_dir:  # a run of its own (notebook 03 without a run folder too): never the working directory
         from medwb import provenance, runner
         run_dir = runner.new_run_dir()
         provenance.write(run_dir, {"fidelity": {"model": model, "texts": texts or "bundled", "context": context,
