@@ -169,8 +169,7 @@ def test_compare_notebook_benchmarks_every_route_and_the_peer_and_writes_the_rep
     pm.execute_notebook(str(NB), str(tmp_path / NB.name), kernel_name="medwb-main", cwd=str(tmp_path),
                         progress_bar=False,
                         parameters={"run_dir": str(tmp_path), "token_pairs": [[32, 8]], "trials": 1,
-                                    "quality_cases": 1, "concurrent": 1, "variants": NOTEBOOK_VARIANTS,
-                                    "fidelity_windows": 1})
+                                    "quality_cases": 1, "concurrent": 1, "variants": NOTEBOOK_VARIANTS})
     recs = [r for r in read_records(tmp_path / "records" / "bench.jsonl") if r["record_type"] == "variant"]
     good = [r for r in recs if not r.get("error")]
     assert [r["variant"] for r in recs] == NOTEBOOK_VARIANTS
@@ -199,7 +198,7 @@ def test_compare_notebook_benchmarks_every_route_and_the_peer_and_writes_the_rep
     fid = json.loads((tmp_path / "fidelity" / "summary.json").read_text(encoding="utf-8"))["variants"]
     assert fid["openvino-genai:int4/bf16"]["measured_with"] == "openvino-optimum"
     assert fid["bigdl-cli:int4"]["verdict"] is None and "not measurable" in fid["bigdl-cli:int4"]["why"]
-    assert fid["bigdl:sym_int4"]["tokens"] == 256 and fid["bigdl:sym_int4"]["kld_mean"] > 0
+    assert fid["bigdl:sym_int4"]["tokens"] == 1024 and fid["bigdl:sym_int4"]["kld_mean"] > 0
     assert "speed fidelity memory" in html and "evidence" in html
     executed = json.loads((tmp_path / NB.name).read_text(encoding="utf-8"))
     images = [o for c in executed["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]

@@ -183,7 +183,7 @@ def test_the_matrix_survives_lost_nodes_and_a_killed_driver(cluster, tmp_path):
     import papermill as pm
     pm.execute_notebook(str(REPO / "notebooks/03_compare.ipynb"), str(tmp_path / "03.ipynb"), kernel_name="medwb-main",
                         parameters={"records_from": str(run_dir), "run_dir": str(run_dir),
-                                    "latency_target_ms": 1000.0, "fidelity_windows": 0}, progress_bar=False,
+                                    "latency_target_ms": 1000.0}, progress_bar=False,
                         cwd=str(REPO))
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     assert "Servers side by side" in html and "test-a" in html and "test-b" in html

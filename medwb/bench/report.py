@@ -234,9 +234,9 @@ def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, 
                      f"{side_by_side} models side by side, deploy {best['variant']}{peer}{where}: "
                      f"{best['tpot_ms']:.2f} ms/token "
                      f"alone ({side_by_decode(best, side_by_side)}), {best['peak_rss_MB']:.0f} MB each, "
-                     f"{int(best['fit_in_budget'])} fit{q}; accuracy: {best['evidence']}.")
+                     f"{int(best['fit_in_budget'])} fit{q}; accuracy: {best.get('evidence', best.get('quality_basis', ''))}.")
         faster = ranked[ranked["qualifies"] & ~ranked["accurate"] & (ranked["tpot_ms"] < best["tpot_ms"])]
-        if len(faster):  # say why each faster variant was passed over (FP32 included: why it wins)
+        if len(faster) and "evidence" in ranked:  # say why each faster variant was passed over (FP32 included: why it wins)
             lines.append("Faster but not chosen: " + "; ".join(
                 f"{r['variant']} ({r['tpot_ms']:.2f} ms/token): {r['evidence']}" for _, r in faster.iterrows()) + ".")
     elif len(ranked[ranked["qualifies"]]):

@@ -350,14 +350,11 @@ def run(model: str = "demo", variants: str | list = "", texts: str = "", context
     return {**summary, "dir": out_dir}
 
 
-def for_records(records: list[dict], model: str, windows: int, run_dir, decision_file: str = "",
+def for_records(records: list[dict], model: str, run_dir, windows: int = 4, decision_file: str = "",
                 log=print) -> dict | None:
-    """Notebook 03: the fidelity of every variant the benchmark measured (``windows`` 0: none),
-    in ``run_dir``; a run folder that already holds it for the same variants is read again."""
-    from medwb.errors import check_count
-    check_count("fidelity_windows", windows, 0, "0: no fidelity measurement")
-    if not windows:
-        return None
+    """Notebook 03: the fidelity of every variant the benchmark measured (4 windows: 1,024
+    tokens), in ``run_dir``; a run folder that already holds it for the same variants is read
+    again. The thresholds: configs/decision.yaml."""
     labels = list(dict.fromkeys(r["variant"] for r in records
                                 if r.get("record_type", "variant") == "variant" and not r.get("error")))
     have = latest(run_dir)
