@@ -138,14 +138,18 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    """Every variant answers a PromptCBLUE-format file (default: the bundled synthetic set,
+    data/eval/medwb-eval-v1.jsonl), greedy, each in its own process; scored by the official
+    PromptCBLUE rules, with bootstrap intervals and the paired difference to FP32. Answers
+    are cached: a rerun resumes, and the same run again loads no model."""
     from medwb.eval import report
     from medwb import jobs
     from medwb.eval import run as evaluation
     if args.rescore:
-        result = evaluation.rescore(args.rescore)
+        result = evaluation.rescore(args.rescore, rules=args.rules or "")
     else:
         result = jobs.evaluate(model=args.model, eval_file=args.eval_file, variants=args.variants,
-                                limit=args.limit, threads=args.threads, task_map=args.task_map,
+                                limit=args.limit, threads=args.threads, task_map=args.task_map, rules=args.rules,
                                 bootstrap=args.bootstrap, timeout_s=args.timeout, cluster=args.cluster,
                                 run_dir=args.run_dir, progress=not args.no_progress)
     import pandas as pd
@@ -160,6 +164,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_fidelity(args) -> int:
+    """Teacher-forced comparison with PyTorch FP32 (as llama.cpp's --kl-divergence): mean KL
+    divergence with its standard error and percentiles, same top token with its interval,
+    RMS delta-p and the perplexity ratio, each variant in its own environment; judged
+    against configs/decision.yaml. Cached per model, texts and variant; per-token rows go
+    to <run>/fidelity/."""
     from medwb.eval import fidelity
     summary = fidelity.run(model=args.model or "demo", variants=args.variants or "", texts=args.texts or "",
                            context=args.context, count=args.windows, threads=args.threads, run_dir=args.run_dir,
@@ -262,13 +271,16 @@ def cmd_compare_runs(args) -> int:
     return 1 if result["outputs_differ"] else 0
 
 
-def _matrix_command(sub, name: str, help: str, description: str, model_help: str) -> argparse.ArgumentParser:
-    """A command over a model's variants: --model and --variants as the evaluation and the
-    fidelity measurement take them."""
-    p = sub.add_parser(name, help=help, description=description)
+def _matrix_command(sub, name: str, help: str, func, model_help: str,
+                    threads_default: int | None = None) -> argparse.ArgumentParser:
+    """A command over a model's variants: --model, --variants and --threads as the evaluation
+    and the fidelity measurement take them (None: the command's config decides). Its
+    description is `func`'s docstring."""
+    p = sub.add_parser(name, help=help, description=" ".join(func.__doc__.split()))
     p.add_argument("--model", help=model_help)
     p.add_argument("--variants", help="comma-separated backend:[weights/]precision (default: the benchmark's "
                                       "default matrix, what notebook 03 compares)")
+    p.add_argument("--threads", type=int, default=threads_default, help="CPU threads (0: all cores)")
     return p
 
 
@@ -372,15 +384,10 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     e = _matrix_command(sub, "eval", "accuracy of every variant on PromptCBLUE-format medical tasks, vs FP32",
-                        "Every variant answers a PromptCBLUE-format file (default: the bundled "
-                        "synthetic set, data/eval/medwb-eval-v1.jsonl), greedy, each in its own "
-                        "process; scored by the official PromptCBLUE rules, with bootstrap "
-                        "intervals and the paired difference to FP32. Answers are cached: a rerun "
-                        "resumes, and the same run again loads no model.", "demo (default) or a local checkpoint folder")
+                        cmd_eval, "demo (default) or a local checkpoint folder")
     e.add_argument("--eval-file", help="PromptCBLUE-format JSON lines (input, target, answer_choices, "
                                        "task_type, task_dataset, sample_id)")
     e.add_argument("--limit", type=int, help="samples per task, a seeded random sample of each (0: all)")
-    e.add_argument("--threads", type=int, help="CPU threads (0: all cores)")
     e.add_argument("--task-map", help="score unknown task names as a known task or family: "
                                       "NAME=TASK_OR_FAMILY[,...], e.g. MyNER=CMeEE-V2")
     e.add_argument("--bootstrap", type=int, help="bootstrap resamples for the intervals (default 1000)")
@@ -389,23 +396,21 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--cluster", metavar="HOST:PORT", help="answer in shards on a Ray cluster's servers "
                                                            "(threads 0: one per shard, packed on every core)")
     e.add_argument("--rescore", metavar="RUN_DIR", help="score an earlier run's answers again, no model")
+    e.add_argument("--rules", choices=["official", "ccks2023"],
+                   help="scoring rules: official (default: the PromptCBLUE repository's current rules) or ccks2023 "
+                        "(the CCKS 2023 period's parser; see docs/evaluation.md)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
 
-    fd = _matrix_command(sub, "fidelity", "each variant's next-token distributions against FP32 on the same token ids",
-                         "Teacher-forced comparison with PyTorch FP32 (as llama.cpp's --kl-divergence): "
-                         "mean KL divergence with its standard error and percentiles, same top token with "
-                         "its interval, RMS delta-p and the perplexity ratio, each variant in its own "
-                         "environment; judged against configs/decision.yaml. Cached per model, texts "
-                         "and variant; per-token rows go to <run>/fidelity/.",
-                         "demo (default), shape:<name> or a local checkpoint folder")
+    fd = _matrix_command(sub, "fidelity", "each variant's next-token distributions against FP32 on the same "
+                         "token ids", cmd_fidelity, "demo (default), shape:<name> or a local checkpoint folder",
+                         threads_default=0)
     fd.add_argument("--texts", help="your own texts: .txt (blank-line separated) or .jsonl ({\"text\": ...}); "
                                     "default: the bundled held-out clinical texts")
     fd.add_argument("--windows", type=int, default=8, help="windows of --context tokens; the second half of each "
                                                            "is scored (default 8)")
     fd.add_argument("--context", type=int, default=0, help="tokens per window (0: 512, or the model's context if "
                                                            "shorter)")
-    fd.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     fd.add_argument("--decision", help="thresholds file like configs/decision.yaml (default: that file)")
     _records_command(fd, cmd_fidelity)
 

@@ -52,6 +52,35 @@ def test_a_local_bench_and_eval_import_no_ray(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
 
 
+def test_the_cluster_commands_start_report_refuse_and_stop_a_one_machine_cluster(tmp_path):
+    """`medwb cluster head --serve`, `status`, `join` and `stop` as docs/scale-out.md shows them,
+    on loopback. Placed before the module's cluster is made: `stop` ends this machine's Ray."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, cluster_nodes.TOKEN_ENV: str(tmp_path / "token")}
+
+    def medwb(*args, timeout=180):
+        return subprocess.run(MEDWB + ["cluster", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    try:
+        res = medwb("head", "--ip", "127.0.0.1", "--port", str(port), "--serve", "--kind", "test-k", "--cores", "1")
+        assert res.returncode == 0 and f"medwb cluster join {address}" in res.stdout, (res.stdout + res.stderr)[-2000:]
+        res = medwb("status", address)
+        assert res.returncode == 0 and "test-k: 1 node(s), 1 CPUs each" in res.stdout, \
+            (res.stdout + res.stderr)[-2000:]
+        res = medwb("join", address, "--ip", "127.0.0.1")  # Ray joins no second node on loopback: said why
+        err = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(err) == 1 and "--serve" in err[0], res.stderr
+    finally:
+        res = medwb("stop")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-2000:]
+    assert medwb("status", address, timeout=120).returncode != 0  # nothing listens any more
+
+
 # ---------------------------------------------------------------- the cluster
 @pytest.fixture(scope="module")
 def cluster():

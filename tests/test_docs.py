@@ -1,8 +1,9 @@
 """The README and docs/ pages: every relative link resolves (a `#anchor` to a heading of
 its page), every command shown in a code block is one the project really has (`medwb ...`
 parsed by the real command line, `make X` a target of the Makefile, repository files it
-names present), the cheap side-effect-free ones (`--help`, `medwb sysinfo`) are run, and
-the README stays a five-minute read. No model, no environment build: a few seconds.
+names present), the cheap side-effect-free ones (`--help`, `medwb sysinfo`) are run here,
+every other subcommand shown is run end to end by some test of the suite (found by reading
+the tests), and the README stays a five-minute read. No model, no environment build: a few seconds.
 
 Failures read `docs/page.md:LINE: <command or link>: <why>`.
 """
@@ -296,6 +297,46 @@ def test_cheap_commands_run():
     for needed in (["--help"], ["bench", "--help"], ["sysinfo"]):
         assert needed in ran, f"no page shows `medwb {' '.join(needed)}` in a code block (docs/commands.md should)"
     assert not problems, "commands in the docs that fail:\n" + "\n".join(problems)
+
+
+def subcommands_run_by_tests() -> set[str]:
+    """The medwb subcommands some test runs through the command line, read from every test
+    module but this one: the word after `medwb` in a list (`[python, "-m", "medwb", "eval"]`),
+    the first word of a list added to a MEDWB command (`MEDWB + ["bench", ...]`), and the
+    first word handed to a CLI entry (`cli.main(["doctor", ...])`, `_cli("eval", ...)`)."""
+    import ast
+
+    def word(node):
+        if isinstance(node, (ast.List, ast.Tuple)) and node.elts:
+            node = node.elts[0]
+        return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+    seen = set()
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        if path.name == Path(__file__).name:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.List, ast.Tuple)):
+                words = [word(e) for e in node.elts]
+                seen.update(word(node.elts[i + 1]) for i, w in enumerate(words[:-1])
+                            if w and (w in ("medwb", "medwb.cli") or w.endswith("/medwb")))
+            elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add) \
+                    and "medwb" in ast.unparse(node.left).lower():
+                seen.add(word(node.right))
+            elif isinstance(node, ast.Call) and node.args and "cli" in ast.unparse(node.func).lower():
+                seen.add(word(node.args[0]))
+    return seen - {None}
+
+
+def test_every_command_shown_is_run_by_a_test():
+    """Parsing proves a command exists; this proves each subcommand a page shows is run, end
+    to end, somewhere in the suite (the expensive ones in the slow tier)."""
+    run = subcommands_run_by_tests() | {"sysinfo", "--help"}  # run above, in this module
+    missing = sorted({f"{rel(page)}:{number}: {command}"
+                      for page, number, command, words in shown_commands()
+                      if (argv := medwb_argv(words)) and argv[0] not in run})
+    assert "bench" in run and "eval" in run, f"the reader of the tests found too little: {sorted(run)}"
+    assert not missing, "subcommands shown in the docs that no test runs:\n" + "\n".join(missing)
 
 
 def test_readme_is_short():

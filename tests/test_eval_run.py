@@ -244,3 +244,9 @@ def test_rescore_of_perfect_answers_is_100_with_an_interval_that_holds_it(tmp_pa
         assert ((scores.ci_low <= scores.score) & (scores.score <= scores.ci_high)).all()
         assert result["summary"]["variants"]["bigdl:sym_int4"]["decision"] == "keeps"
     assert (out / "scores.png").stat().st_size > 0
+    # The same answers under the CCKS 2023 rules: beside the run's own scores, which stay.
+    proc = _cli("--rescore", str(tmp_path / "run"), "--rules", "ccks2023")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ccks = json.loads((out / "rules-ccks2023" / "summary.json").read_text(encoding="utf-8"))
+    assert ccks["rules"] == "ccks2023" and ccks["variants"]["bigdl:sym_int4"]["overall"] == pytest.approx(100.0)
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["rules"] == "official"

@@ -463,3 +463,48 @@ def test_overall_is_the_mean_times_100():
         scoring.overall({"CMeEE-V2": 0.5, "MedDG": None})
     with pytest.raises(MedwbError, match="no task scores"):
         scoring.overall({})
+
+
+# --- rule sets: official (current) and ccks2023, on the same predictions -----------------
+# Each case: (task, gold, prediction, answer_choices, official score, ccks2023 score), worked
+# out by hand from the rules in docs/evaluation/promptcblue-official-scoring.md "Rule sets".
+RULE_CASES = [
+    # ASCII comma inside a mention list: one wrong mention under the official rules.
+    ("CMeEE-V2", "上述句子中的实体包含：\n疾病实体：感冒\n症状实体：咳嗽，发热",
+     "上述句子中的实体包含：\n疾病实体：感冒\n症状实体：咳嗽,发热", ["疾病", "症状"], 0.4, 1.0),
+    ("CHIP-CDN", "主动脉缩窄，心功能不全", "主动脉缩窄,心功能不全", ["主动脉缩窄", "心功能不全"], 0.0, 1.0),
+    # A choice that holds an ASCII comma: ccks2023 splits it (choices are not normalised).
+    ("CHIP-CDN", "X,Y", "X,Y", ["X,Y"], 1.0, 0.0),
+    ("IMCS-V2-SR", "病人的症状判断结果为：\n咳嗽：患有该症状\n发热：没有患有该症状",
+     "病人的症状判断结果为：\n咳嗽:患有该症状\n发热：没有患有该症状",
+     ["患有该症状", "没有患有该症状", "无法根据上下文确定病人是否患有该症状"], 2 / 3, 1.0),
+    # The MDCFNPC fallback: a long label (a real class) under ccks2023, 不标注 now.
+    ("CHIP-MDCFNPC", "上述对话中的实体及其阴阳性判断如下：\n腹泻：无实际意义的不标注或者和病人当前的状态独立不标注",
+     "上述对话中的实体及其阴阳性判断如下：\n腹泻：不标注",
+     ["阳性", "阴性", "其他", "无实际意义的不标注或者和病人当前的状态独立不标注"], 0.0, 1.0),
+    ("MedDG", "多喝水，休息。", "多喝水,休息。", None, 6 / 7, 1.0),
+    # Labels hold no :,; so a classification task scores the same under both.
+    ("KUAKE-QIC", "病情诊断", "病情诊断", ["病情诊断", "治疗方案"], 1.0, 1.0),
+]
+
+
+@pytest.mark.parametrize("task,gold,pred,choices,official,ccks", RULE_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(RULE_CASES)])
+def test_the_two_rule_sets_on_the_same_predictions(task, gold, pred, choices, official, ccks):
+    for rules, expected in (("official", official), ("ccks2023", ccks)):
+        got = score_task(task_spec(task, rules=rules), [gold], [pred], [choices])["score"]
+        assert got == pytest.approx(expected, abs=1e-6), (rules, got)
+
+
+def test_ccks2023_rules_qtr_empty_label_tasks_and_the_100_replacement_cap():
+    # An empty QTR label becomes a label that is no class under ccks2023 (always wrong).
+    golds, preds = ["完全不匹配或者没有参考价值", "部分匹配"], ["", "部分匹配"]
+    assert score_task(task_spec("KUAKE-QTR"), golds, preds)["score"] == pytest.approx(1.0)
+    assert score_task(task_spec("KUAKE-QTR", rules="ccks2023"), golds, preds)["score"] == pytest.approx(0.5)
+    with pytest.raises(MedwbError, match="CMedCausal.*--rules official"):
+        task_spec("CMedCausal", rules="ccks2023")
+    with pytest.raises(MedwbError, match="rules 'ccks2024' is unknown"):
+        task_spec("MedDG", rules="ccks2024")
+    spec = task_spec("MedDG", rules="ccks2023")
+    assert scoring.normalize_reply(spec, "," * 130) == "，" * 100 + "," * 30  # as str.replace(.., 100)
+    assert scoring.normalize_reply(task_spec("MedDG"), "a:b") == "a:b"

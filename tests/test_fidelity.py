@@ -34,6 +34,20 @@ def test_a_distribution_against_itself_has_zero_kld_and_the_same_top_everywhere(
         fidelity.compare(fidelity.log_softmax(logits), logits[:, :60], targets)
 
 
+def test_generation_level_similarity_names_where_greedy_output_first_leaves_fp32():
+    """Every variant, the ones without logits too: exact match, the first divergent token and
+    the share reproduced before it, on the same prompts."""
+    from medwb.quality.agreement import agreement, first_divergence
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 9, 3], [1, 2, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2  # stopped early: leaves at the missing token
+    ref = {"output_ids": [[1, 2, 3, 4], [5, 6, 7, 8], [1, 1, 1, 1]]}
+    a = agreement({"output_ids": [[1, 2, 3, 4], [5, 6, 0, 8], [2, 1, 1, 1]]}, ref)
+    assert a["exact_match_rate"] == round(1 / 3, 4) and a["first_divergence"] == [None, 2, 0]
+    assert a["first_divergence_median"] == 0 and a["prefix_agreement"] == round((1 + 0.5 + 0) / 3, 4)
+    assert agreement(ref, ref)["first_divergence_median"] is None
+
+
 def test_thresholds_follow_the_bits_and_the_verdict_needs_its_interval_inside_the_bar(tmp_path):
     decision = fidelity.load_decision()
     assert decision["margin"] == 0.05
@@ -44,6 +58,13 @@ def test_thresholds_follow_the_bits_and_the_verdict_needs_its_interval_inside_th
     assert fidelity.verdict({**base, "kld_mean": 0.06, "kld_upper": 0.07}, bar)[0] == "fails"
     outcome, why = fidelity.verdict({**base, "kld_upper": 0.06}, bar)  # mean inside, interval not
     assert outcome is None and "score more tokens" in why
+    # A summary read again (notebook 03 on a run folder that has one) is judged by the bar given now.
+    summary = {"variants": {"v": {**base, "bits": 4, "verdict": "passes"}, "r": {"verdict": "reference"}}}
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("margin: 0.05\nfidelity:\n  4: {max_kld: 0.01, min_same_top: 0.99}\n", encoding="utf-8")
+    again = fidelity.rejudge(summary, fidelity.load_decision(strict))
+    assert again["variants"]["v"]["verdict"] == "fails" and again["variants"]["r"]["verdict"] == "reference"
+    assert summary["variants"]["v"]["verdict"] == "passes"  # the stored summary is left as it was
     bad = tmp_path / "d.yaml"
     bad.write_text("margin: 5\n", encoding="utf-8")
     with pytest.raises(MedwbError, match="margin must be a share"):

@@ -132,7 +132,7 @@ def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: floa
     df = df[df["tokens"] == tokens].copy()
     budget_mb = ram_budget_gb * 1024
     df["fit_in_budget"] = (budget_mb // df["peak_rss_MB"]).astype(int)
-    for col in ("side_by_side_n", "tpot_side_by_side_ms"):  # absent from hand-built frames
+    for col in ("side_by_side_n", "tpot_side_by_side_ms", "exact_vs_fp32", "first_diff"):  # absent from hand-built frames
         if col not in df:
             df[col] = float("nan")
     measured = (df["side_by_side_n"] == side_by_side) & df["tpot_side_by_side_ms"].notna()
@@ -166,7 +166,7 @@ def recommend(records: list[dict], latency_target_ms: float, ram_budget_gb: floa
     cols = ["rank"] + (["server"] if "server" in df else []) + [
         "variant", "qualifies", "accurate", "evidence", "tpot_ms", "tpot_side_by_side", "side_by_side_basis",
         "ttft_ms", "peak_rss_MB", "fit_in_budget", "task_score", "task_decision", "fidelity", "kld", "same_top",
-        "rougeL_vs_fp32", "dx_top3", "dc_complete", "kernels", "quality_basis"]
+        "exact_vs_fp32", "first_diff", "rougeL_vs_fp32", "dx_top3", "dc_complete", "kernels", "quality_basis"]
     return df[cols].reset_index(drop=True)
 
 
@@ -253,6 +253,9 @@ def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, 
         lines.append(f"Fidelity: next-token distributions against FP32 on {fidelity.get('windows')} x "
                      f"{fidelity.get('scored_per_window')} tokens of {fidelity.get('texts')}, measured in "
                      f"{fidelity.get('source', 'this run')} (bars: configs/decision.yaml).")
+    lines.append("Generation: exact_vs_fp32, first_diff (the median token where greedy output first leaves "
+                 "FP32's) and rougeL_vs_fp32 compare each variant's text with FP32's on the held-out clinical "
+                 "prompts, the variants without logits too; they describe, they do not decide.")
     if not evaluation and not fidelity:
         lines.append("Quality: no task evaluation or fidelity measurement of this model yet, so ROUGE-L against "
                      "FP32 on a few cases stands in for it (it cannot say whether FP32 itself is right): run "

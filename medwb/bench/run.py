@@ -317,8 +317,8 @@ def load(run_dir) -> list[Record]:
 
 TABLE_COLUMNS = ["server", "variant", "round", "tokens", "load_s", "ttft_ms", "tpot_ms", "tok_s", "floor_ms", "pct_of_limit",
                  "side_by_side_n", "tpot_side_by_side_ms", "side_by_side_tok_s",
-                 "peak_rss_MB", "size_MB", "kernels", "exact_vs_fp32", "rougeL_vs_fp32", "dx_top3", "dc_complete",
-                 "error"]
+                 "peak_rss_MB", "size_MB", "kernels", "exact_vs_fp32", "first_diff", "rougeL_vs_fp32", "dx_top3",
+                 "dc_complete", "error"]
 
 
 def table(records: list[dict]):

@@ -258,6 +258,10 @@ def _run_child(function: str, spec: dict, env_name: str, extra_env: dict, timeou
         os.unlink(f.name)
 
 
+SPEED_ONLY_WHY = ("a random-weight model (speed only): its figures order the precisions, but no bar applies "
+                  "to a model whose next-token distribution means nothing")
+
+
 def run(model: str = "demo", variants: str | list = "", texts: str = "", context: int = 0, count: int = WINDOWS,
         threads: int = 0, run_dir=None, decision_file: str = "", log=print, timeout_s: float = 1800) -> dict:
     """Every variant's fidelity to FP32; writes ``<run_dir>/fidelity/`` and returns the summary
@@ -267,6 +271,7 @@ def run(model: str = "demo", variants: str | list = "", texts: str = "", context
     from medwb.backends.variants import DEFAULT_MATRIX, label, load_spec, parse_variants, prepare, resolve_model
     from medwb.errors import check_count
     from medwb.eval.run import file_name
+    from medwb.models import random_weights
     from medwb.paths import cache_dir, check_writable_dir, model_config, model_identity, write_json_atomic
 
     check_count("windows", count, 1, "windows of --context tokens to score")
@@ -280,6 +285,7 @@ def run(model: str = "demo", variants: str | list = "", texts: str = "", context
         check_writable_dir(run_dir, "--run-dir")
     docs_text = read_texts(texts) if texts else bundled_texts()
     model_dir = resolve_model(model)
+    speed_only = random_weights.is_speed_only(model_dir)
     threads = threads or os.cpu_count() or 1
     context = context or min(CONTEXT, int(model_config(model_dir).get("max_position_embeddings") or CONTEXT))
     if not run_dir:  # a run of its own (notebook 03 without a run folder too): never the working directory
@@ -305,7 +311,8 @@ def run(model: str = "demo", variants: str | list = "", texts: str = "", context
         _run_child("reference", {**load_spec(ref_v, arts[label(ref_v)], threads, None), **base,
                                  "out": str(reference)}, "main", {}, timeout_s)
     summary = {"model_fingerprint": fp, "texts": texts or "bundled held-out clinical texts", "context": context,
-               "windows": len(wins), "scored_per_window": len(scored(context)), "reference": label(ref_v),
+               "windows": len(wins), "windows_asked": count, "speed_only": speed_only, "scored_per_window": len(scored(context)),
+               "reference": label(ref_v),
                "margin": decision["margin"], "variants": {}}
     out_dir.mkdir(parents=True, exist_ok=True)
     for v in chosen:
@@ -339,6 +346,8 @@ def run(model: str = "demo", variants: str | list = "", texts: str = "", context
         jsonl.write(out_dir / cached.name, rows)
         figures = summarize(rows)
         outcome, why = verdict(figures, thresholds(decision, bits))
+        if speed_only:  # random weights: near-flat distributions, so the top token flips on noise
+            outcome, why = None, f"not judged: {SPEED_ONLY_WHY} ({why})"
         summary["variants"][name] = {**figures, "bits": bits, "verdict": outcome, "why": why,
                                      "measured_with": via.name, "rows": cached.name}
     write_json_atomic(out_dir / "summary.json", summary)
@@ -353,16 +362,31 @@ def run(model: str = "demo", variants: str | list = "", texts: str = "", context
 def for_records(records: list[dict], model: str, run_dir, windows: int = 4, decision_file: str = "",
                 log=print) -> dict | None:
     """Notebook 03: the fidelity of every variant the benchmark measured (4 windows: 1,024
-    tokens), in ``run_dir``; a run folder that already holds it for the same variants is read
-    again. The thresholds: configs/decision.yaml."""
+    tokens), in ``run_dir``. A run folder that already holds it for the same variants, model
+    and windows is read again, its verdicts judged anew against the thresholds given now
+    (configs/decision.yaml, or ``decision_file``); anything else is measured."""
+    from medwb.backends.variants import resolve_model
+    from medwb.paths import model_identity
     labels = list(dict.fromkeys(r["variant"] for r in records
                                 if r.get("record_type", "variant") == "variant" and not r.get("error")))
     have = latest(run_dir)
-    if have and set(labels) <= set(have.get("variants", {})):
-        return {**have, "source": f"this run ({run_dir})"}
+    if have and set(labels) <= set(have.get("variants", {})) and have.get("windows_asked") == windows \
+            and have.get("model_fingerprint") == model_identity(resolve_model(model), content=True):
+        return {**rejudge(have, load_decision(decision_file or None)), "source": f"this run ({run_dir})"}
     summary = run(model=model, variants=",".join(labels), count=windows, run_dir=run_dir,
                   decision_file=decision_file, log=log)
     return {**summary, "source": f"this run ({run_dir})"}
+
+
+def rejudge(summary: dict, decision: dict) -> dict:
+    """A fidelity summary's verdicts against ``decision``'s thresholds (the figures stay)."""
+    variants = {}
+    for name, s in summary.get("variants", {}).items():
+        if ("kld_mean" in s or s.get("error")) and not summary.get("speed_only"):
+            outcome, why = verdict(s, thresholds(decision, s.get("bits")))
+            s = {**s, "verdict": outcome, "why": why}
+        variants[name] = s
+    return {**summary, "variants": variants, "margin": decision["margin"]}
 
 
 def latest(run_dir) -> dict | None:

@@ -52,7 +52,7 @@ MAX_NEW_TOKENS = {"ner": 96, "spo": 128, "normalization": 32, "event": 128, "att
 DEFAULTS = {"model": "demo", "eval_file": "", "variants": DEFAULT_VARIANTS, "limit": 0, "threads": 0,
             "task_map": {}, "timeout_s": 3600, "kernel_build": "match", "bootstrap": 1000,
             "artifacts_dir": "", "max_new_tokens": {}, "answers_cache": "", "cluster": "",
-            "margin": guard.MARGIN}
+            "margin": guard.MARGIN, "rules": "official"}
 
 
 # ---------------------------------------------------------------- the samples
@@ -182,7 +182,7 @@ def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True,
     cfg = check_config({**DEFAULTS, **(cfg or {}), **{k: v for k, v in overrides.items() if v not in (None, "")}})
     model_dir, data = cfg["model_dir"], cfg["data"]
     samples = select(data, cfg["limit"])
-    specs = {t: scoring.task_spec(t, cfg["task_map"]) for t in data.tasks()}
+    specs = {t: scoring.task_spec(t, cfg["task_map"], cfg["rules"]) for t in data.tasks()}
     if run_dir:  # before any model runs: answers that cannot be written are refused now
         from medwb.paths import check_writable_dir
         check_writable_dir(run_dir, "--run-dir")
@@ -303,7 +303,8 @@ def latest_summary(model: str = "demo", eval_from: str = "", answers_cache: str 
     summary = json.loads(latest.read_text(encoding="utf-8"))
     folder = Path(summary.get("run", ""))
     if summary.get("model_fingerprint") != fp or summary.get("eval_file_sha256") != _sha(evalset.EVAL_FILE) \
-            or not _is_main_runs_folder(folder) or not (folder / "eval" / "summary.json").exists():
+            or summary.get("rules", "official") != "official" or not _is_main_runs_folder(folder) \
+            or not (folder / "eval" / "summary.json").exists():
         return None
     return {**summary, "source": f"an earlier evaluation of this model ({folder}, {summary.get('created')}; "
                                  f"{summary.get('limit') or 'all'} samples per task)"}
@@ -347,31 +348,33 @@ def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log
     from medwb import sysinfo
     paths = report.write(out_dir, scores, verdicts, errors=errors, meta={
         "eval_file": str(cfg["data"].path), "samples": len(samples), "limit": cfg["limit"],
-        "threads": cfg["threads"], "reference": reference, "cpu": sysinfo.cpu().get("model")})
+        "threads": cfg["threads"], "reference": reference, "cpu": sysinfo.cpu().get("model"),
+        "rules": f"{cfg['rules']}: {scoring.RULES[cfg['rules']]}"})
     log(report.summary(scores, verdicts))
     result = {"scores": scores, "verdicts": verdicts, "dir": out_dir, "paths": paths, "errors": errors,
               "rows": rows}
     result["summary"] = summarize(result, out_dir, identity={
         "model_fingerprint": model_fp, "eval_file": str(cfg["data"].path),
         "eval_file_sha256": _sha(cfg["data"].path), "limit": cfg["limit"], "task_map": cfg["task_map"],
-        "margin": cfg["margin"]})
+        "margin": cfg["margin"], "rules": cfg["rules"]})
     write_json_atomic(out_dir / "summary.json", result["summary"])
     return result
 
 
-def rescore(run_dir, log=print) -> dict:
+def rescore(run_dir, log=print, rules: str = "") -> dict:
     """Score a run folder's answers again (after a scoring fix, say) without any model:
-    the answers are read from its per-sample logs, the samples from its eval file."""
+    the answers are read from its per-sample logs, the samples from its eval file;
+    ``rules`` (``scoring.RULES``): another rule set, else the run's own."""
     run_dir = Path(run_dir)
     meta_path = run_dir / "eval" / "run.json"
     if not meta_path.exists():
         raise MedwbError(f"rescore: '{run_dir}' has no eval/run.json: give a run folder written by "
                          "`medwb eval` or notebook 06")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    cfg = check_config({**DEFAULTS, **meta["config"]}, need_model=False)
+    cfg = check_config({**DEFAULTS, **meta["config"], **({"rules": rules} if rules else {})}, need_model=False)
     data = cfg["data"]
     samples = select(data, cfg["limit"])
-    specs = {t: scoring.task_spec(t, cfg["task_map"]) for t in data.tasks()}
+    specs = {t: scoring.task_spec(t, cfg["task_map"], cfg["rules"]) for t in data.tasks()}
     predictions, hashes = {}, {}
     for v in cfg["variants"]:
         name = label(v)
@@ -384,7 +387,10 @@ def rescore(run_dir, log=print) -> dict:
             if logged.get(s.sample_id, {}).get("answered") else None for s in samples]
         hashes.update({s.sample_id: logged[s.sample_id]["prompt_hash"] for s in samples if s.sample_id in logged})
     asks = [{"key": hashes.get(s.sample_id)} for s in samples]
-    return score_run(samples, asks, specs, predictions, meta.get("errors", {}), cfg, run_dir / "eval", log=log,
+    # Other rules than the run's own: side by side in eval/rules-<name>/, the run's scores kept.
+    out_dir = run_dir / "eval" / (f"rules-{cfg['rules']}" if rules and rules != meta["config"].get(
+        "rules", "official") else "")
+    return score_run(samples, asks, specs, predictions, meta.get("errors", {}), cfg, out_dir, log=log,
                      model_fp=meta.get("model_fingerprint"))
 
 
@@ -402,6 +408,9 @@ def check_config(cfg: dict, need_model: bool = True) -> dict:
         raise MedwbError(f"bootstrap {cfg['bootstrap']!r}: give at least 100 resamples (1000 is usual)")
     if isinstance(cfg["task_map"], str):
         cfg["task_map"] = parse_task_map(cfg["task_map"])
+    if cfg["rules"] not in scoring.RULES:
+        raise MedwbError(f"rules {cfg['rules']!r}: use one of {', '.join(scoring.RULES)} (official: the "
+                         "PromptCBLUE repository's current rules)")
     check_count("threads", cfg["threads"], 0, "0: all cores")
     # On a cluster, 0 means one thread per shard: shards then pack one per core of every node.
     cfg["threads"] = cfg["threads"] or (1 if cfg.get("cluster") else os.cpu_count() or 1)

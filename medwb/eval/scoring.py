@@ -4,7 +4,8 @@ The rules follow the official evaluation (github michael-wzhu/PromptCBLUE,
 ``src/evaluation/``) as written down in ``docs/evaluation/promptcblue-official-scoring.md``
 ("the doc"; § numbers below refer to it). That code has no licence: nothing here is copied
 from it, the rules are re-implemented from the doc. Read the doc for the details; this
-docstring lists every rule and every deliberate difference.
+docstring lists every rule and every deliberate difference. ``rules="ccks2023"`` (``RULES``,
+doc §7) scores by the CCKS 2023 period's parser instead.
 
 Pipeline (doc §0)
 -----------------
@@ -157,6 +158,8 @@ class TaskSpec:
     a task mapped to a bare family). ``default_label``: cls families, replaces an empty
     predicted label. ``fallback_label``: attr, replaces a label outside the choices.
     ``label_map``: exact-reply rewrites (CHIP-STS). ``sections``: report/sections keys.
+    ``rules``: the rule set (``RULES``): the official repository's current rules, or the
+    CCKS 2023 period's.
     """
     name: str
     family: str
@@ -165,6 +168,7 @@ class TaskSpec:
     fallback_label: str | None = None
     label_map: tuple[tuple[str, str], ...] = ()
     sections: tuple[str, ...] = ()
+    rules: str = "official"
 
     @property
     def metric(self) -> str:
@@ -230,9 +234,14 @@ def _builtin(name: str) -> TaskSpec | None:
     return replace(spec, name=name) if spec else None
 
 
-def task_spec(task_dataset: str, task_map: dict[str, str] | None = None) -> TaskSpec:
+def task_spec(task_dataset: str, task_map: dict[str, str] | None = None, rules: str = "official") -> TaskSpec:
     """The rules for ``task_dataset``; ``task_map`` (``{name: known task or family}``) wins
-    over the built-in table. Raises MedwbError for an unknown or unsupported task."""
+    over the built-in table; ``rules`` picks the rule set (``RULES``). Raises MedwbError for
+    an unknown or unsupported task, or a task the rule set did not have."""
+    return with_rules(_task_spec(task_dataset, task_map), rules)
+
+
+def _task_spec(task_dataset: str, task_map: dict[str, str] | None) -> TaskSpec:
     if task_map and task_dataset in task_map:
         target = task_map[task_dataset]
         if target in FAMILIES:
@@ -249,6 +258,48 @@ def task_spec(task_dataset: str, task_map: dict[str, str] | None = None) -> Task
                          f'with task_map={{{name}: "<official task or family>"}} (CLI: --task-map '
                          f"{task_dataset}=FAMILY); families: {', '.join(FAMILIES)}")
     return spec
+
+
+# --- rule sets --------------------------------------------------------------------------
+# "official": the repository's current rules (src/evaluation/, 18 tasks; the long-term
+# leaderboard since 2023-08-28). "ccks2023": the sample parser of the CCKS 2023 period
+# (src/for_eval/post_generate_process.py, May-August 2023), which the README's dev
+# baselines (ChatGLM-6B p-tuning 0.6095, LoRA 0.6448...) were published under. Its
+# differences, in docs/evaluation/promptcblue-official-scoring.md "Rule sets":
+# - ASCII ``:`` ``,`` ``;`` become full-width ``：`` ``，`` ``；`` in the whole reply (gold and
+#   prediction), the first 100 of each, before any parsing; answer_choices are not touched;
+# - CHIP-MDCFNPC: a label outside the choices becomes the long "no meaning" label (a real
+#   class then), not ``不标注``; KUAKE-QTR: an empty label becomes ``完全不匹配`` (no class);
+# - 16 tasks: CMedCausal (and Text2DT) did not exist.
+# The period's metric code was never published and each team submitted its own parser, so
+# this is the organisers' reference parser of the time, not any team's leaderboard score.
+RULES = {"official": "PromptCBLUE's current official rules (src/evaluation/, 18 tasks)",
+         "ccks2023": "the CCKS 2023 period's reference parser (src/for_eval/, 16 tasks, ASCII :,; read as "
+                     "full-width)"}
+_CCKS2023_PUNCTUATION = ((":", "："), (",", "，"), (";", "；"))
+_CCKS2023_CHANGES = {"CHIP-MDCFNPC": {"fallback_label": "无实际意义的不标注或者和病人当前的状态独立不标注"},
+                     "KUAKE-QTR": {"default_label": "完全不匹配"}}
+_CCKS2023_ABSENT = {"CMedCausal": "it was added after CCKS 2023 (2023-08-08)"}
+
+
+def with_rules(spec: TaskSpec, rules: str) -> TaskSpec:
+    """``spec`` under the rule set ``rules``."""
+    if rules not in RULES:
+        raise MedwbError(f"rules {rules!r} is unknown: use one of {', '.join(RULES)}")
+    if rules == "official":
+        return spec
+    if spec.mirrors in _CCKS2023_ABSENT:
+        raise MedwbError(f"task {spec.name!r} cannot be scored by --rules {rules}: {spec.mirrors} "
+                         f"{_CCKS2023_ABSENT[spec.mirrors]}; score it with --rules official")
+    return replace(spec, rules=rules, **_CCKS2023_CHANGES.get(spec.mirrors, {}))
+
+
+def normalize_reply(spec: TaskSpec, text: str) -> str:
+    """The reply as ``spec.rules`` reads it (ccks2023: ASCII :,; to full-width, 100 of each)."""
+    if spec.rules == "ccks2023":
+        for ascii_char, full_width in _CCKS2023_PUNCTUATION:
+            text = text.replace(ascii_char, full_width, 100)
+    return text
 
 
 # --- BasicTokenizer (transformers 4.28 defaults) ---------------------------------------
@@ -503,7 +554,7 @@ _PARSERS = {"ner": _parse_ner, "spo": _parse_spo, "normalization": _parse_normal
 def parse(spec: TaskSpec, text: str, answer_choices=None) -> tuple[object, bool]:
     """``(answer, parse_failed)`` for one reply (gold or prediction). Never raises on text."""
     choices = list(answer_choices) if answer_choices is not None else None
-    return _PARSERS[spec.family](spec, text or "", choices)
+    return _PARSERS[spec.family](spec, normalize_reply(spec, text or ""), choices)
 
 
 # --- per-sample statistics ------------------------------------------------------------
