@@ -250,8 +250,13 @@ def cmd_feedback_simulate(args) -> int:
 
 def cmd_doctor(args) -> int:
     from medwb import doctor
-    rows = doctor.checks(args.model or ["demo"])
-    print(json.dumps(rows, ensure_ascii=False, indent=1) if args.json else doctor.format_table(rows))
+    models = args.model or ["demo"]
+    matrices = [doctor.routes(m) for m in models]  # an unknown architecture: one line, status 2
+    rows = doctor.checks(models)
+    if args.json:
+        print(json.dumps({"checks": rows, "routes": matrices}, ensure_ascii=False, indent=1))
+    else:
+        print("\n\n".join([doctor.format_table(rows)] + [doctor.format_routes(m) for m in matrices]))
     return 1 if any(r["status"] == "FAIL" for r in rows) else 0
 
 
@@ -471,7 +476,8 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="is this machine ready: environments, kernels, demo model, CPU, RAM and disk, "
                                       "telemetry off, no network variables (PASS/WARN/FAIL; status 1 on a FAIL)")
-    d.add_argument("--model", nargs="+", help="planned checkpoint folders for the RAM and disk checks (default: demo)")
+    d.add_argument("--model", nargs="+", help="planned checkpoint folders (or demo, shape:<name>): the RAM and disk "
+                                              "checks, and each folder's family and which routes take it")
     d.add_argument("--json", action="store_true", help="print the checks as JSON")
     d.set_defaults(func=cmd_doctor)
 

@@ -154,6 +154,51 @@ def checks(models=("demo",)) -> list[dict]:
     return out
 
 
+# A variant's resident memory beyond its weights (runtime, buffers, the KV cache of a short
+# context): an estimate for planning, the benchmark measures the real peak.
+RUNTIME_OVERHEAD_GIB = 0.5
+
+
+def routes(model: str) -> dict:
+    """The route matrix for one checkpoint folder: its family, and for every variant of the
+    default matrix whether its route takes the family (else why), the RAM the variant needs
+    (estimated from the parameter count and its bits per weight) and what is missing to run
+    it here."""
+    from medwb.backends import registry
+    from medwb.backends.variants import DEFAULT_MATRIX, label, resolve_model
+    from medwb.models import architectures
+    from medwb.paths import model_config
+    folder = resolve_model(model)
+    arch = architectures.detect(folder)
+    shape = architectures.shape(model_config(folder))
+    rows = []
+    for v in DEFAULT_MATRIX:
+        entry = registry.get(v["backend"])
+        why = arch.route_problem(entry.name)
+        if not why:
+            problems = entry.model_problems(folder)
+            why = "; ".join(problems) if problems else None
+        bits = entry.weight_bits(v) or 32
+        ram = shape.parameters * bits / 8 / GIB + RUNTIME_OVERHEAD_GIB
+        install = "" if envs.available(entry.env) else f"the {entry.env} environment: `make setup`"
+        rows.append({"variant": label(v), "takes": why is None, "why": why or "", "ram_gib": round(ram, 1),
+                     "install": install})
+    return {"model": str(folder), "family": arch.name, "title": arch.title, "remote_code": arch.remote_code,
+            "parameters": shape.parameters, "tied_embeddings": shape.tied, "read_share": round(shape.read_share, 3),
+            "routes": rows}
+
+
+def format_routes(matrix: dict) -> str:
+    head = (f"routes for {matrix['model']}: {matrix['family']} ({matrix['title']}), "
+            f"{matrix['parameters'] / 1e9:.3g} B parameters"
+            + (", tied embeddings" if matrix["tied_embeddings"] else "") + "; RAM is an estimate "
+            f"(weights at the variant's bits + {RUNTIME_OVERHEAD_GIB} GiB), the benchmark measures it")
+    width = max(len(r["variant"]) for r in matrix["routes"])
+    lines = [head] + [f"  {'yes' if r['takes'] else 'no ':<3}  {r['variant']:<{width}}  {r['ram_gib']:>6.1f} GiB  "
+                      + (r["why"] or (f"needs {r['install']}" if r["install"] else "")) for r in matrix["routes"]]
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
     width = max(len(r["check"]) for r in rows)
     return "\n".join(f"{r['status']:<4}  {r['check']:<{width}}  {r['detail']}" for r in rows)

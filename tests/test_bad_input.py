@@ -23,6 +23,7 @@ CASES = [
     ("bench unknown shape", ["bench", "--model", "shape:gpt-9"], "shape"),
     ("eval model missing", ["eval", "--model", "{tmp}/no-such-model", "--variants", "pytorch:fp32"], "does not exist"),
     ("doctor model missing", ["doctor", "--model", "{tmp}/no-such-model"], "no-such-model"),
+    ("bench model of an unknown architecture", ["bench", "--model", "{tmp}/mamba_model"], "is not supported"),
     # --- variants, precisions, knobs
     ("unknown backend", ["bench", "--variants", "tensorrt:fp16"], "tensorrt"),
     ("unsupported precision", ["bench", "--variants", "pytorch:int3"], "int3"),
@@ -209,6 +210,9 @@ def test_bad_notebook_parameters_are_one_line_naming_the_parameter_and_nothing_w
 def inputs(tmp_path):
     (tmp_path / "a_file.txt").write_text("not what was asked for\n")
     (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "mamba_model").mkdir()  # a complete folder of an architecture MedWB does not know
+    (tmp_path / "mamba_model" / "config.json").write_text('{"model_type": "mamba"}')
+    (tmp_path / "mamba_model" / "model.safetensors").write_bytes(b"")
     (tmp_path / "malformed.yaml").write_text("trials: [1, 2\n")
     (tmp_path / "unknown_key.yaml").write_text("tirals: 3\n")
     (tmp_path / "app_bad_model.yaml").write_text("models: [tensorrt:fp16]\n")

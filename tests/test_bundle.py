@@ -106,6 +106,6 @@ def test_a_bundle_installs_the_main_environment_with_no_network(tmp_path):
     assert probe.returncode == 0 and probe.stdout.strip().startswith(str(out)), probe.stderr[-2000:]
     res = subprocess.run([*isolate, str(venv / "bin/medwb"), "doctor", "--json"], capture_output=True, text=True,
                          env={**env, "MEDWB_MAIN_PYTHON": str(venv / "bin/python")}, cwd=tmp_path)
-    rows = {r["check"]: r for r in json.loads(res.stdout)}
+    rows = {r["check"]: r for r in json.loads(res.stdout)["checks"]}
     assert rows["main environment"]["status"] == "PASS" and "openvino" in rows["main environment"]["detail"]
     assert rows["demo model"]["status"] == "PASS" and rows["no network variables"]["status"] == "PASS"

@@ -194,6 +194,27 @@ class BigDL(Backend):
             return str(e)
         return None
 
+    def model_problems(self, model_dir: Path) -> list[str]:
+        """bigdl-llm 2.4's transformers 4.31 reads a llama config it cannot honour without a
+        word: it has no rope_theta (RoPE base fixed at 10000: Llama-3's 500000 would decode
+        wrongly) and knows only the linear and dynamic rope_scaling types."""
+        from medwb.paths import model_config
+        if not (Path(model_dir) / "config.json").exists():  # an artifact or a placeholder: checked elsewhere
+            return []
+        cfg = model_config(model_dir)
+        rope = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else {}
+        theta = rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0
+        problems = []
+        if float(theta) != 10000.0:
+            problems.append(f"bigdl-llm 2.4's transformers 4.31 has no rope_theta: it would run this model "
+                            f"(rope_theta {theta:g}, e.g. Llama-3) with 10000 and decode it wrongly; its "
+                            "successor ipex-llm reads it (not installed here)")
+        scaling = cfg.get("rope_scaling") or {}
+        kind = scaling.get("rope_type") or scaling.get("type") if isinstance(scaling, dict) else None
+        if kind and kind not in ("linear", "dynamic"):
+            problems.append(f"transformers 4.31 (bigdl env) does not know rope_scaling type {kind!r}")
+        return problems
+
     def prepare(self, model_dir: Path, variant: Variant, root: Path, cfg: dict, log=print) -> dict:
         # Loaded from a save_low_bit folder, as a deployment would (no FP32-sized peak).
         from medwb import envs

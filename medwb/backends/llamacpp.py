@@ -15,6 +15,7 @@ prompt's first token look free. Each call starts from an empty cache (``reset``)
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -41,8 +42,14 @@ class LlamaCppBackend:
         if not gguf_file.exists():
             raise MedwbError(f"model_path '{gguf_file}' is not a GGUF file (gguf_export makes one)")
         threads = threads or os.cpu_count() or 1
-        # n_ctx 0: the model's own trained context; no mmap so that the load (and its peak
-        # RSS) includes reading the weights, as the other backends' loads do.
+        # n_ctx 0: the checkpoint's context (config.json beside the GGUF), else the GGUF's
+        # own. llama.cpp's converter writes a native glm folder's context as its hidden size
+        # (it looks for ChatGLM's seq_length), so the file's figure is not trusted first.
+        # No mmap, so that the load (and its peak RSS) includes reading the weights, as the
+        # other backends' loads do.
+        config = gguf_file.parent / "config.json"
+        if not n_ctx and config.exists():
+            n_ctx = int(json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings") or 0)
         llm = Llama(model_path=str(gguf_file), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                     n_batch=512, use_mmap=False, logits_all=False, verbose=False, seed=0)
         return cls(llm, gguf_file, precision, threads)

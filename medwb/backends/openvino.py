@@ -169,8 +169,9 @@ class OptimumOVBackend(PyTorchBackend):
 def ir_weights_read(ir_dir: Path) -> int:
     """Bytes one generated token reads from the IR's weights: every constant in the
     element type the IR keeps it (int4 IRs keep some layers int8, scales f16), except the
-    token-embedding table and its scale and zero point, of which one row each is read.
-    From the XML's own offsets and sizes (no weights loaded)."""
+    token-embedding table and its scale and zero point, of which one row each is read; an IR
+    with no lm_head constant ties the two (the table is the output layer too), so the table
+    is read whole. From the XML's own offsets and sizes (no weights loaded)."""
     import xml.etree.ElementTree as ET
     consts: dict[int, tuple[str, int, str]] = {}
     for layer in ET.parse(Path(ir_dir) / "openvino_model.xml").getroot().iter("layer"):
@@ -178,8 +179,9 @@ def ir_weights_read(ir_dir: Path) -> int:
         if layer.get("type") == "Const" and data is not None and data.get("size"):
             consts.setdefault(int(data.get("offset")), (layer.get("name", ""), int(data.get("size")), data.get("shape", "")))
     read = 0
+    tied = not any("lm_head" in name for name, _, _ in consts.values())
     for name, size, shape in consts.values():
-        if "embed_tokens.weight" in name and shape:
+        if "embed_tokens.weight" in name and shape and not tied:
             rows = int(shape.split(",")[0])
             read += size // rows if rows else size
         else:

@@ -5,7 +5,9 @@ runs a model (``medwb.backends.protocol.Runtime``), and a :class:`Backend` entry
 ``@register`` that tells the rest of medwb what it needs to know without importing any
 heavy library: its name, the environment that runs it, the precisions it takes, how its
 artifact is made, and the bytes per KV-cache element. Adding a backend is one new file plus
-its module name in ``MODULES``; nothing outside ``medwb/backends`` compares backend names.
+its module name in ``MODULES``; nothing outside ``medwb/backends`` compares backend names
+(``medwb.models.architectures`` names them as data: which routes take each model family,
+read here through ``variant_problems`` and ``routes_taking``).
 
 The runtime protocol (what ``Backend.load`` returns) and the typed request, result and
 record are in ``medwb.backends.protocol``, with "how to add a backend"; the child process

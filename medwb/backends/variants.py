@@ -72,7 +72,26 @@ def resolve_model(model: str) -> Path:
         name = model.split(":", 1)[1]
         # pytorch_model.bin too when llm-convert can take the shape (it reads only .bin).
         return random_weights.ensure(name, with_bin=llm_cli.takes_shape(random_weights.SHAPES.get(name, {})))
-    return check_model_dir(model, "model")
+    folder = check_model_dir(model, "model")
+    from medwb.models import architectures
+    architectures.detect(folder)  # an architecture MedWB does not know: one line, naming those it does
+    return folder
+
+
+def routes_taking(model_dir: Path, variants: list[Variant]) -> tuple[list[Variant], dict[str, str]]:
+    """The variants whose route takes the checkpoint (its family: medwb.models.architectures;
+    then the folder itself: the backend's model_problems), and {label: why} for the rest:
+    the default matrix narrowed to what can run."""
+    from medwb.models import architectures
+    kept, left = [], {}
+    for v in variants:
+        why = architectures.route_problem(model_dir, v["backend"]) or \
+            "; ".join(registry.get(v["backend"]).model_problems(Path(model_dir))) or None
+        if why:
+            left[label(v)] = why
+        else:
+            kept.append(v)
+    return kept, left
 
 
 def variant_problems(v, where: str, model_dir: Path) -> list[str]:
@@ -99,7 +118,11 @@ def variant_problems(v, where: str, model_dir: Path) -> list[str]:
                         "(the IR's weight format)")
     if not entry.weights and v.get("weights"):
         problems.append(f"{where}: 'weights' does not apply to {entry.name}")
-    problems += [f"{where}: {p}" for p in entry.model_problems(Path(model_dir))]
+    from medwb.models import architectures
+    # The family's routes (a folder without config.json is checked where the model is given).
+    route_why = architectures.route_problem(model_dir, entry.name) \
+        if (Path(model_dir) / "config.json").exists() else None
+    problems += [f"{where}: {p}" for p in ([route_why] if route_why else entry.model_problems(Path(model_dir)))]
     problems += knobs.problems(entry, v, where)
     if not any(p for p in problems):
         problems += [f"{where}: {p}" for p in entry.knob_problems(v, Path(model_dir))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from medwb.backends.variants import DEFAULT_MATRIX, label, resolve_model, variant_problems
+from medwb.backends.variants import DEFAULT_MATRIX, label, resolve_model, routes_taking, variant_problems
 from medwb.errors import MedwbError
 from medwb.models import random_weights
 from medwb.paths import model_config, read_settings_file
@@ -51,7 +51,9 @@ def parse_token_pairs(text: str) -> list[list[int]]:
 
 
 def validate(cfg: dict) -> dict:
-    """Every problem found before anything runs, each naming its entry; raises MedwbError."""
+    """Every problem found before anything runs, each naming its entry; raises MedwbError.
+    The default matrix is narrowed to the routes that take the model's family: ``variants``
+    (what runs) and ``left_out`` ({label: why}) in the result."""
     from medwb.backends.toolchain.bigdl_kernels import BUILDS
     model = cfg["model"]
     if isinstance(model, str) and model.startswith("shape:") and model[6:] not in random_weights.SHAPES:
@@ -81,6 +83,9 @@ def validate(cfg: dict) -> dict:
     if not isinstance(variants, list) or not variants:
         problems.append("variants must be a non-empty list")
         variants = []
+    left_out: dict[str, str] = {}
+    if variants == DEFAULT_VARIANTS:  # not chosen by the user: every route that takes the family
+        variants, left_out = routes_taking(model_dir, variants)
     for i, v in enumerate(variants):
         problems += variant_problems(v, f"variants[{i}]", model_dir)
     if problems:
@@ -90,4 +95,5 @@ def validate(cfg: dict) -> dict:
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise MedwbError(f"variants: {', '.join(dup)} listed more than once")
-    return {"model_dir": model_dir, "context": context, "speed_only": random_weights.is_speed_only(model_dir)}
+    return {"model_dir": model_dir, "context": context, "speed_only": random_weights.is_speed_only(model_dir),
+            "variants": variants, "left_out": left_out}

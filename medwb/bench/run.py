@@ -28,14 +28,14 @@ from pathlib import Path
 
 from medwb import envs
 from medwb.backends import knobs, registry
-from medwb.backends.variants import base_label, label, load_spec, prepare
+from medwb.backends.variants import base_label, label, load_spec, parse_variants, prepare
 from medwb.bench import bandwidth
 from medwb.bench.config import validate
 from medwb.bench.probe import against_reference, run_probe
 from medwb import jsonl
 from medwb.bench.records import table as records_table, variant_record, write_records
 from medwb.clock import now
-from medwb.models import random_weights
+from medwb.models import architectures
 from medwb.paths import model_config, write_text_atomic
 from medwb.tasks.workflow import score_outputs
 from medwb.tasks.corpus import heldout_prompts
@@ -44,16 +44,26 @@ from medwb.backends.protocol import ProbeResult, ProbeSpec, Record, Variant
 
 # ---------------------------------------------------------------- quality
 
-def quality_cases(n: int) -> list[dict]:
-    """The first ``n`` held-out cases of each workflow, with the prompt and token budget."""
+# A random-weight model's text means nothing, but whether a route decodes it as PyTorch FP32
+# does is still the route's correctness: its greedy tokens on the held-out prompts, this many.
+SPEED_ONLY_AGREEMENT_TOKENS = 16
+
+
+def quality_cases(n: int, speed_only: bool = False, model_dir=None) -> list[dict]:
+    """The first ``n`` held-out cases of each workflow, with the prompt (through the model's
+    own chat template; the demo model's without ``model_dir``) and token budget
+    (``speed_only``: SPEED_ONLY_AGREEMENT_TOKENS, for agreement with FP32 alone)."""
+    from medwb.models import chat
     from medwb.tasks import corpus, prompts
     from medwb.models.demo_model import RECIPE
     out = []
     for task in corpus.TASKS:
         for rec in corpus.load_records(task, limit=n):
-            out.append({"task": task, "prompt": prompts.render_chat([{"role": "user", "content": rec["input"]}]),
+            prompt = chat.chat_prompts(model_dir, [rec["input"]])[0] if model_dir else \
+                prompts.render_chat([{"role": "user", "content": rec["input"]}])
+            out.append({"task": task, "prompt": prompt,
                         "target": rec["target"], "disease": rec["case"]["disease"],
-                        "budget": RECIPE["eval"]["max_new_tokens"][task]})
+                        "budget": SPEED_ONLY_AGREEMENT_TOKENS if speed_only else RECIPE["eval"]["max_new_tokens"][task]})
     return out
 
 
@@ -88,22 +98,18 @@ def records_for(v: Variant, art: dict, result: ProbeResult, reference: ProbeResu
         return [variant_record(family, route, v["precision"], result, None, **base)]
     size = result.get("saved_bytes") or art.get("bytes") or 0
     base["size_bytes"] = size
-    # Bytes read per token: every weight except the embedding table (one row is read).
-    # From the artifact's own tensor table where the backend reads it (GGUF: each tensor in
-    # the type the file keeps it); otherwise the size scaled by the non-embedding share of
-    # parameters (Llama-style config keys; for other families the floor is left out).
+    # Bytes read per token: every weight once, the input embedding table one row (a tied
+    # table whole, as the output layer). From the artifact's own tensor table where the
+    # backend reads it (GGUF: each tensor in the type the file keeps it); otherwise the size
+    # scaled by the family's share of weights read per token (medwb.models.architectures).
+    shape = architectures.shape(cfg_model)
     weights_read, basis = art.get("weights_read_bytes"), "the artifact's tensor table"
     if weights_read is None:
-        basis = "size x the non-embedding share of parameters"
-        try:
-            params = random_weights.parameter_count({**cfg_model, "num_key_value_heads": cfg_model.get(
-                "num_key_value_heads") or cfg_model["num_attention_heads"]})
-            weights_read = size * (1 - cfg_model["vocab_size"] * cfg_model["hidden_size"] / params)
-        except (KeyError, TypeError, ZeroDivisionError):
-            weights_read = None
+        basis = f"size x the weights a {shape.family} token reads ({shape.read_share:.3f})"
+        weights_read = size * shape.read_share
     kv_elem = _kv_bytes(v, result)
     qual = None
-    if cases and result.get("texts"):
+    if cases and result.get("texts") and not ctx["speed_only"]:  # random weights: agreement only
         qual = score_outputs(result["texts"], cases, reference.get("texts") if reference else None)
     records = []
     for pair in result.get("pairs", []):
@@ -112,7 +118,7 @@ def records_for(v: Variant, art: dict, result: ProbeResult, reference: ProbeResu
                              reference if reference is not result else None,
                              input_tokens=pair["input_tokens"], output_tokens=pair["output_tokens"], **base)
         if weights_read is not None:
-            kv_read = bandwidth.kv_bytes_per_token(cfg_model, pair["input_tokens"] + pair["output_tokens"] / 2, kv_elem)
+            kv_read = shape.kv_bytes_per_token(pair["input_tokens"] + pair["output_tokens"] / 2, kv_elem)
             floor = bandwidth.decode_floor_ms(weights_read, kv_read, ctx["bandwidth"]["read_gb_s"])
             rec.update(weights_read_bytes=int(weights_read), floor_basis=basis, kv_read_bytes=int(kv_read),
                        kv_bytes_per_element=kv_elem,
@@ -144,7 +150,7 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[Recor
         check_writable_dir(run_dir, "--run-dir")
     model_dir = checked["model_dir"]
     threads = cfg["threads"] or os.cpu_count() or 1
-    cfg = {**cfg, "threads": threads}
+    cfg = {**cfg, "threads": threads, "variants": checked["variants"]}
     if run_dir:
         run_dir = Path(run_dir)
     else:  # a run of its own: it gets its own manifest (inside the main job, the job's is kept)
@@ -162,7 +168,7 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[Recor
            "cpu": {"model": cpu["model"], "flags": sysinfo.isa_flags()},
            "run_id": run_dir.name}
     arts = prepare(model_dir, cfg["variants"], cfg, log)
-    cases = [] if checked["speed_only"] or not cfg["quality_cases"] else quality_cases(cfg["quality_cases"])
+    cases = quality_cases(cfg["quality_cases"], checked["speed_only"], model_dir) if cfg["quality_cases"] else []
     pair_prompt = cases[0]["prompt"] if cases else heldout_prompts(1)[0]
     matching = matching_kernel_build(cfg)
     records: list[dict] = [{"record_type": "run", "created": now(), "config": cfg, "model": str(model_dir),
@@ -170,6 +176,9 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[Recor
                             "speed_only": checked["speed_only"], "bandwidth": bw, "cpu": ctx["cpu"],
                             "machine_load": load,
                             "python": sys.version.split()[0]}]
+    for name, why in checked["left_out"].items():  # a record each: the matrix says why it did not run
+        log(f"{name}: not run: {why}")
+        records += records_for(parse_variants(name)[0], {}, {"error": f"not run: {why}"}, None, [], ctx)
     bar = tqdm(total=len(cfg["variants"]) * cfg["rounds"], desc="bench", unit="variant", disable=not progress)
     current = {"round": 0}  # quality is answered in the first round only
 

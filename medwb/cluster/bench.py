@@ -88,6 +88,7 @@ def run(cfg: dict, address: str, run_dir=None, log=print, progress: bool = True)
 
     from medwb.bench.run import heldout_prompts, quality_cases
     checked = validate(cfg)
+    cfg = {**cfg, "variants": checked["variants"]}  # the routes that take the model's family
     if run_dir:
         from medwb.paths import check_writable_dir
         check_writable_dir(run_dir, "--run-dir")
@@ -100,7 +101,8 @@ def run(cfg: dict, address: str, run_dir=None, log=print, progress: bool = True)
     run_dir = open_run(run_dir, cfg, plan, address)
     earlier = read_results(run_dir)
     done = {k for k, e in earlier.items() if "error" not in e["result"]}
-    cases = [] if checked["speed_only"] or not cfg["quality_cases"] else quality_cases(cfg["quality_cases"])
+    cases = quality_cases(cfg["quality_cases"], checked["speed_only"], checked["model_dir"]) if cfg["quality_cases"] \
+        else []
     pair_prompt = cases[0]["prompt"] if cases else heldout_prompts(1)[0]
     # The kinds that joined now, and those of an earlier attempt at this run (gone now: their
     # unfinished tasks end as error records rather than vanish from the matrix).

@@ -38,6 +38,7 @@ from medwb.backends.variants import (DEFAULT_MATRIX, label, load_spec, parse_var
                                     variant_problems)
 from medwb.errors import MedwbError, check_count
 from medwb.eval import dataset, guard, scoring
+from medwb.models import chat
 from medwb.paths import REPO_DIR, cache_dir, model_identity, runs_dir, write_json_atomic
 from medwb.tasks import evalset
 
@@ -74,23 +75,6 @@ def select(data: dataset.Dataset, limit: int) -> list:
     for _, samples in data.by_task().items():
         out += stratified(samples, limit)
     return out
-
-
-def chat_prompts(model_dir: Path, inputs: list[str]) -> list[str]:
-    """Each exact ``input`` as the user turn of the model's own chat template (from its
-    tokenizer_config.json; the raw input when it has none). The demo model's template is
-    medwb.tasks.prompts.CHAT_TEMPLATE, rendered here without loading its tokenizer."""
-    from medwb.tasks import prompts
-    cfg_path = Path(model_dir) / "tokenizer_config.json"
-    template = json.loads(cfg_path.read_text(encoding="utf-8")).get("chat_template") if cfg_path.exists() else None
-    if template == prompts.CHAT_TEMPLATE:
-        return [prompts.render_chat([{"role": "user", "content": x}]) for x in inputs]
-    if not template:
-        return list(inputs)
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    return [tok.apply_chat_template([{"role": "user", "content": x}], tokenize=False, add_generation_prompt=True)
-            for x in inputs]
 
 
 def budget(spec: scoring.TaskSpec, overrides: dict) -> int:
@@ -194,7 +178,7 @@ def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True,
     load = sysinfo.check_load(log=log)
     fp = model_fingerprint(model_dir)
     asks = []
-    for s, prompt in zip(samples, chat_prompts(model_dir, [s.input for s in samples])):
+    for s, prompt in zip(samples, chat.chat_prompts(model_dir, [s.input for s in samples])):
         n = budget(specs[s.task_dataset], cfg["max_new_tokens"])
         asks.append({"key": sample_key(prompt, n), "prompt": prompt, "max_new_tokens": n})
     log(f"evaluating {len(cfg['variants'])} variant(s) on {len(samples)} samples of {len(specs)} task(s) "

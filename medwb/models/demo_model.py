@@ -345,8 +345,10 @@ def save_checkpoint(model, out_dir: Path, with_bin: bool = True) -> None:
         torch.save(state, out_dir / "pytorch_model.bin")
     cfg_path = out_dir / "config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg["rope_theta"] = model.config.rope_theta if hasattr(model.config, "rope_theta") else \
-        RECIPE["model"]["rope_theta"]
+    # transformers 5 keeps the base in rope_parameters; 4.31 (bigdl env) reads rope_theta.
+    rope = getattr(model.config, "rope_parameters", None)
+    theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+    cfg["rope_theta"] = theta or getattr(model.config, "rope_theta", None) or RECIPE["model"]["rope_theta"]
     cfg["torch_dtype"] = "float32"
     cfg.setdefault("pretraining_tp", 1)
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")

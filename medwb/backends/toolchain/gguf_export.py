@@ -75,7 +75,9 @@ def _gpt2_byte_level(model_dir: Path) -> bool:
 
 def tensor_table(gguf_file: Path) -> dict:
     """Bytes per tensor type, and what generating one token reads: every tensor except the
-    token embedding table, of which one row is read (the floor of medwb.bench)."""
+    token embedding table, of which one row is read (the floor of medwb.bench); a file with
+    no output.weight ties the two (Qwen2.5, Qwen3 small models): the table is then read
+    whole, as the output layer."""
     import gguf
     reader = gguf.GGUFReader(str(gguf_file))
     by_type: dict[str, int] = {}
@@ -87,7 +89,8 @@ def tensor_table(gguf_file: Path) -> dict:
         if t.name == "token_embd.weight":
             embd, embd_rows = int(t.n_bytes), int(t.shape[-1])
     types = {t.name: t.tensor_type.name for t in reader.tensors if t.name in ("token_embd.weight", "output.weight")}
-    read = total - embd + (embd // embd_rows if embd_rows else 0)
+    tied = not any(t.name == "output.weight" for t in reader.tensors)
+    read = total if tied else total - embd + (embd // embd_rows if embd_rows else 0)
     return {"tensor_bytes": total, "bytes_by_type": by_type, "types": types, "weights_read_bytes": read}
 
 

@@ -1,0 +1,267 @@
+"""The model families MedWB knows: one entry per architecture, the one place that knows them.
+
+A hospital brings a folder; its ``config.json`` says which architecture it is
+(``model_type``, ``architectures``). Each entry here says, for its family:
+- how to read the config into a :class:`Shape` (layers, heads, KV heads, head_dim, vocab,
+  tied embeddings, biases), from which the parameter count, the bytes one generated token
+  must read (the decode floor's numerator) and the KV cache per token follow;
+- whether the family needs the model's own Python code (``trust_remote_code``);
+- which routes take it, and for each one that does not, the measured reason (``routes``,
+  keyed by the backends' names: ``medwb.backends`` reads it, through ``route_problem``);
+- a tiny configuration (widths multiples of 64/128 so that quantizers skip no layer) for
+  local test checkpoints, and the transformers class that builds it.
+
+Nothing else in medwb assumes an architecture: an unknown one is refused with one line
+naming those supported (``detect``). Routes' facts were measured on tiny checkpoints of each
+family (tests/test_families.py); where a route's reason is a library's limit, it names the
+library, its version here and what would lift it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from medwb.errors import MedwbError
+
+# Every route the registry speaks of (the backends' names); a family lists only those that
+# do NOT take it, each with why.
+ROUTES = ("pytorch", "bigdl", "bigdl-cli", "openvino-optimum", "openvino-genai", "llama.cpp")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What decoding one token costs, read from a config. Counts are parameters (weights),
+    not bytes: multiply by the bytes per weight of the variant."""
+    family: str
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+    context: int
+    qkv_bias: bool = False
+    norms_per_layer: int = 2      # RMSNorm vectors of `hidden` per layer (glm4 has four)
+    qk_norm: bool = False         # qwen3: a norm of `head_dim` on queries and on keys
+
+    @property
+    def embedding(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def parameters(self) -> int:
+        """All weights; a tied table counted once."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        attention = self.hidden * (q + 2 * kv) + q * self.hidden + ((q + 2 * kv) if self.qkv_bias else 0)
+        per_layer = attention + 3 * self.hidden * self.intermediate + self.norms_per_layer * self.hidden \
+            + (2 * self.head_dim if self.qk_norm else 0)
+        return self.layers * per_layer + self.embedding * (1 if self.tied else 2) + self.hidden
+
+    @property
+    def read_per_token(self) -> int:
+        """Weights read to generate one token: every weight once, except the input embedding
+        table, of which one row is read; a tied table is read whole, as the output layer
+        (for Qwen2.5-1.5B that is ~15% of the weights, 27% for Qwen2.5-0.5B)."""
+        return self.parameters - (0 if self.tied else self.embedding) + (self.hidden if not self.tied else 0)
+
+    @property
+    def read_share(self) -> float:
+        """``read_per_token`` / ``parameters``: scales an artifact's size to the bytes read."""
+        return self.read_per_token / self.parameters
+
+    def kv_bytes_per_token(self, context_tokens: float, bytes_per_element: float) -> float:
+        """Bytes of KV cache read to generate one token at a context of ``context_tokens``
+        (grouped-query attention: the KV heads, not the query heads)."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * context_tokens * bytes_per_element
+
+
+def _hf_shape(family: str, cfg: dict, **kw) -> Shape:
+    """The transformers-native names (llama, qwen2, qwen3, glm, glm4)."""
+    heads = cfg["num_attention_heads"]
+    return Shape(family=family, layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"],
+                 intermediate=cfg["intermediate_size"], heads=heads,
+                 kv_heads=cfg.get("num_key_value_heads") or heads,
+                 head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, vocab=cfg["vocab_size"],
+                 tied=bool(cfg.get("tie_word_embeddings", False)),
+                 context=int(cfg.get("max_position_embeddings") or 0), **kw)
+
+
+def _chatglm_shape(cfg: dict) -> Shape:
+    """ChatGLM2/3 and GLM-4 chat, remote-code format: their own key names."""
+    heads = cfg["num_attention_heads"]
+    return Shape(family="chatglm", layers=cfg["num_layers"], hidden=cfg["hidden_size"],
+                 intermediate=cfg["ffn_hidden_size"], heads=heads,
+                 kv_heads=cfg.get("multi_query_group_num", heads) if cfg.get("multi_query_attention") else heads,
+                 head_dim=cfg.get("kv_channels") or cfg["hidden_size"] // heads,
+                 vocab=cfg.get("padded_vocab_size") or cfg["vocab_size"], tied=False,
+                 context=int(cfg.get("seq_length") or 0), qkv_bias=bool(cfg.get("add_qkv_bias", True)))
+
+
+def _baichuan_shape(cfg: dict) -> Shape:
+    return _hf_shape("baichuan", {**cfg, "max_position_embeddings": cfg.get("model_max_length")
+                                  or cfg.get("max_position_embeddings")})
+
+
+# Why a route does not take a family; the same sentence for several families.
+_BIGDL_431 = ("bigdl-llm 2.4 pins transformers 4.31, which predates this architecture (KeyError on its "
+              "model_type); its successor ipex-llm takes it, and is not installed here")
+_LLM_CONVERT = "llm-convert/llm-cli convert llama, bloom, gptneox, starcoder and chatglm only"
+_OPTIMUM_GLM = ("optimum-intel 2.2 refuses to export the native glm architecture under transformers newer than "
+                "5.0 (the main env has 5.5.4: 'Maximum required is 5.0', measured); a GLM-4-0414 folder (glm4) "
+                "exports, and llama.cpp takes this one")
+_REMOTE = ("the folder's own Python code (trust_remote_code) is not run by MedWB yet; transformers 5.5 "
+           "(main env) also breaks this family's remote code. Use the transformers-native format of the "
+           "same model where one exists")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str                             # the family, as records and docs name it
+    title: str                            # what hospitals call it
+    model_types: tuple[str, ...]          # config.json "model_type" values
+    classes: tuple[str, ...]              # config.json "architectures" values
+    read: Callable[[dict], Shape]
+    remote_code: bool = False
+    not_taken: dict[str, str] = field(default_factory=dict)   # route -> why it does not take it
+    conditions: dict[str, str] = field(default_factory=dict)  # route -> what a folder must also meet
+    transformers_class: str = ""          # builds tiny checkpoints (native families)
+    tiny: dict = field(default_factory=dict)
+    # Special tokens every real folder of the family carries and a converter looks up by name
+    # (llama.cpp's GLM converter: <|endoftext|>, <|user|>): added to a tiny checkpoint's tokenizer.
+    special_tokens: tuple[str, ...] = ()
+
+    def route_problem(self, route: str) -> str | None:
+        """Why ``route`` does not take this family (None: it does)."""
+        if route not in ROUTES:
+            raise MedwbError(f"route {route!r} is unknown to the architecture registry: use one of "
+                             f"{', '.join(ROUTES)}")
+        return self.not_taken.get(route)
+
+
+# Tiny checkpoints: 2 layers, 4 heads, 2 KV heads (grouped-query), widths multiples of 128.
+_TINY = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "max_position_embeddings": 1024, "rms_norm_eps": 1e-5,
+         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
+    Architecture(
+        "llama", "Llama 2 / 3.x (and fine-tunes; MHA or grouped-query)", ("llama",), ("LlamaForCausalLM",),
+        lambda c: _hf_shape("llama", c),
+        conditions={"bigdl": "Llama 2 and others with RoPE base 10000 only: transformers 4.31 (bigdl env) has no "
+                             "rope_theta, so Llama-3's 500000 would decode wrongly and is refused",
+                    "bigdl-cli": "llm-cli's llama loader takes full multi-head attention at the depths it knows "
+                                 "(26 layers and up, or the demo model's) and reads pytorch_model.bin: "
+                                 "`medwb doctor --model` says for a folder"},
+        transformers_class="LlamaForCausalLM",
+        tiny={**_TINY, "model_type": "llama", "rope_theta": 500000.0, "tie_word_embeddings": False}),
+    Architecture(
+        "qwen2", "Qwen2 / Qwen2.5 (and DeepSeek-R1-Distill-Qwen)", ("qwen2",), ("Qwen2ForCausalLM",),
+        lambda c: _hf_shape("qwen2", c, qkv_bias=True),
+        not_taken={"bigdl": _BIGDL_431, "bigdl-cli": _LLM_CONVERT},
+        transformers_class="Qwen2ForCausalLM",
+        tiny={**_TINY, "model_type": "qwen2", "rope_theta": 1000000.0, "tie_word_embeddings": True}),
+    Architecture(
+        "qwen3", "Qwen3", ("qwen3",), ("Qwen3ForCausalLM",),
+        lambda c: _hf_shape("qwen3", c, qk_norm=True),
+        not_taken={"bigdl": _BIGDL_431 + " (ipex-llm 2.2 only in nightlies)", "bigdl-cli": _LLM_CONVERT},
+        transformers_class="Qwen3ForCausalLM",
+        tiny={**_TINY, "model_type": "qwen3", "head_dim": 64, "rope_theta": 1000000.0,
+              "tie_word_embeddings": True}),
+    Architecture(
+        "glm", "GLM-4 (transformers-native `glm` format, e.g. glm-4-9b-chat-hf)", ("glm",), ("GlmForCausalLM",),
+        lambda c: _hf_shape("glm", c, qkv_bias=bool(c.get("attention_bias", True))),
+        not_taken={"bigdl": _BIGDL_431, "bigdl-cli": _LLM_CONVERT, "openvino-optimum": _OPTIMUM_GLM,
+                   "openvino-genai": _OPTIMUM_GLM},
+        transformers_class="GlmForCausalLM",
+        special_tokens=("<|endoftext|>", "[gMASK]", "<sop>", "<|user|>", "<|assistant|>", "<|observation|>"),
+        tiny={**_TINY, "model_type": "glm", "head_dim": 32, "attention_bias": True, "partial_rotary_factor": 0.5,
+              "tie_word_embeddings": False}),
+    Architecture(
+        "glm4", "GLM-4-0414 (transformers-native `glm4` format)", ("glm4",), ("Glm4ForCausalLM",),
+        lambda c: _hf_shape("glm4", c, qkv_bias=bool(c.get("attention_bias", True)), norms_per_layer=4),
+        not_taken={"bigdl": _BIGDL_431, "bigdl-cli": _LLM_CONVERT},
+        transformers_class="Glm4ForCausalLM",
+        special_tokens=("<|endoftext|>", "[gMASK]", "<sop>", "<|user|>", "<|assistant|>", "<|observation|>"),
+        tiny={**_TINY, "model_type": "glm4", "head_dim": 32, "attention_bias": True, "partial_rotary_factor": 0.5,
+              "tie_word_embeddings": False}),
+    Architecture(
+        "chatglm", "ChatGLM2/3, GLM-4 chat (remote-code `chatglm` format; the case study's ChatGLM-6B lineage)",
+        ("chatglm",), ("ChatGLMModel", "ChatGLMForConditionalGeneration"), _chatglm_shape, remote_code=True,
+        not_taken={r: _REMOTE for r in ROUTES}),
+    Architecture(
+        "baichuan", "Baichuan2 (remote code)", ("baichuan",), ("BaichuanForCausalLM",), _baichuan_shape,
+        remote_code=True, not_taken={r: _REMOTE for r in ROUTES}),
+]}
+
+
+def supported() -> str:
+    return ", ".join(f"{a.name} ({'/'.join(a.classes)})" for a in ARCHITECTURES.values())
+
+
+def of_config(cfg: dict, where: str = "config.json") -> Architecture:
+    """The family of a config (its model_type, else its architectures class); an unknown
+    one is refused in one line naming those supported."""
+    model_type = cfg.get("model_type")
+    for arch in ARCHITECTURES.values():
+        if model_type in arch.model_types:
+            return arch
+    classes = cfg.get("architectures") or []
+    for arch in ARCHITECTURES.values():
+        if any(c in arch.classes for c in classes):
+            return arch
+    raise MedwbError(f"{where}: architecture {model_type or '?'} ({', '.join(classes) or 'no architectures'}) "
+                     f"is not supported; MedWB knows {supported()}")
+
+
+def detect(model_dir) -> Architecture:
+    """The family of a checkpoint folder (its config.json)."""
+    path = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MedwbError(f"model '{model_dir}': no readable config.json ({type(e).__name__}): give a "
+                         "Hugging Face checkpoint folder") from None
+    return of_config(cfg, str(path))
+
+
+def shape(cfg: dict) -> Shape:
+    """The config's :class:`Shape` (its family's reader)."""
+    arch = of_config(cfg)
+    try:
+        return arch.read(cfg)
+    except KeyError as e:
+        raise MedwbError(f"config.json of a {arch.name} model lacks {e.args[0]!r}: is the folder complete?") from None
+
+
+def route_problem(model_dir, route: str) -> str | None:
+    """Why ``route`` cannot take the checkpoint's family (None: it can)."""
+    arch = detect(model_dir)
+    why = arch.route_problem(route)
+    return f"{arch.name} models: {why}" if why else None
+
+
+def matrix_markdown() -> str:
+    """The family x route table of docs/bring-your-own-model.md, from this registry (a test
+    keeps the page equal to it: ``python -m medwb.models.architectures`` prints it)."""
+    notes: dict[str, int] = {}
+    head = "| family | " + " | ".join(ROUTES) + " |"
+    lines = [head, "|" + "---|" * (len(ROUTES) + 1)]
+    for arch in ARCHITECTURES.values():
+        cells = []
+        for route in ROUTES:
+            why = arch.route_problem(route)
+            note = why or arch.conditions.get(route)
+            n = notes.setdefault(note, len(notes) + 1) if note else None
+            cells.append(("no" if why else "yes") + (f" ({n})" if n else ""))
+        lines.append(f"| {arch.name}: {arch.title} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"({n}) {why}." for why, n in notes.items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(matrix_markdown())
