@@ -33,7 +33,12 @@ def write_result(obj) -> None:
     """In the child: hand ``obj`` (JSON-serialisable) to the parent. Run by hand (no
     result path given), it is printed instead."""
     path = os.environ.get(RESULT_ENV)
-    if path:
+    if path and Path(path).exists() and not Path(path).is_file():
+        # A device or pipe (/dev/null, a FIFO): written into, never replaced by a rename, which
+        # as root would swap the machine's /dev/null for a regular file.
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(obj, ensure_ascii=False))
+    elif path:
         write_json_atomic(Path(path), obj)
     else:
         print(json.dumps(obj, ensure_ascii=False))

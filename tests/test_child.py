@@ -29,3 +29,23 @@ def test_other_environment_query_uses_the_result_file():
     assert envs.available("bigdl"), "the bigdl environment is missing: run `make setup`"
     rep = envs.query_json("bigdl", ["-m", "medwb.sysinfo", "--env", "bigdl"], timeout=180)
     assert rep["versions"]["bigdl-llm"] == "2.4.0"
+
+
+def test_a_result_path_that_is_a_pipe_or_device_is_written_into_never_replaced(tmp_path, monkeypatch):
+    """MEDWB_RESULT_FILE=/dev/null once made the atomic rename swap the machine's /dev/null
+    for a regular file (as root): a path that is not a regular file is written into."""
+    import json
+    import os
+    import stat
+    import threading
+
+    from medwb import child
+    fifo = tmp_path / "result.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text(encoding="utf-8")))
+    reader.start()
+    monkeypatch.setenv(child.RESULT_ENV, str(fifo))
+    child.write_result({"ok": 1})
+    reader.join(timeout=10)
+    assert json.loads(got[0]) == {"ok": 1} and stat.S_ISFIFO(fifo.stat().st_mode)

@@ -112,7 +112,7 @@ def _build(env, module_args, net_log, limit=None, popen=False):
     loopback-only network namespace with its connect() calls recorded in ``net_log``."""
     python = sys.executable if env == "main" else str(envs.python_of(env))
     command, environ = isolated([python, "-m", *map(str, module_args)], net_log,
-                                env={**os.environ, "MEDWB_RESULT_FILE": os.devnull})
+                                env={**os.environ, "MEDWB_RESULT_FILE": str(net_log) + ".result.json"})
     if popen:
         return subprocess.Popen(command, cwd=REPO, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return subprocess.run(command, cwd=REPO, env=environ, capture_output=True, text=True, preexec_fn=limit,
@@ -202,7 +202,7 @@ def test_work_that_does_not_fit_in_memory_is_refused_before_it_starts(tmp_path, 
     # bigdl's low-bit conversion, in its own environment as the routes run it
     proc = subprocess.run([str(envs.python_of("bigdl")), "-m", "medwb.backends.bigdl", str(demo_model_dir),
                            str(tmp_path / "low-bit"), "sym_int4", "1"], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "MEDWB_RESULT_FILE": os.devnull}, timeout=600)
+                          env={**os.environ, "MEDWB_RESULT_FILE": str(tmp_path / "result.json")}, timeout=600)
     assert proc.returncode == 2 and re.search(refused, proc.stderr.strip().splitlines()[-1]), proc.stderr[-800:]
     assert not (tmp_path / "low-bit").exists()
     # the app's models: each card says why; no model process is started
