@@ -165,7 +165,7 @@ def routes(model: str) -> dict:
     (estimated from the parameter count and its bits per weight) and what is missing to run
     it here."""
     from medwb.backends import registry
-    from medwb.backends.variants import DEFAULT_MATRIX, label, resolve_model
+    from medwb.backends.variants import DEFAULT_MATRIX, label, resolve_model, route_problems
     from medwb.models import architectures
     from medwb.paths import model_config
     folder = resolve_model(model)
@@ -174,10 +174,7 @@ def routes(model: str) -> dict:
     rows = []
     for v in DEFAULT_MATRIX:
         entry = registry.get(v["backend"])
-        why = arch.route_problem(entry.name)
-        if not why:
-            problems = entry.model_problems(folder)
-            why = "; ".join(problems) if problems else None
+        why = "; ".join(route_problems(entry, folder)) or None
         bits = entry.weight_bits(v) or 32
         ram = shape.parameters * bits / 8 / GIB + RUNTIME_OVERHEAD_GIB
         install = "" if envs.available(entry.env) else f"the {entry.env} environment: `make setup`"

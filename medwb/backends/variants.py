@@ -78,15 +78,24 @@ def resolve_model(model: str) -> Path:
     return folder
 
 
-def routes_taking(model_dir: Path, variants: list[Variant]) -> tuple[list[Variant], dict[str, str]]:
-    """The variants whose route takes the checkpoint (its family: medwb.models.architectures;
-    then the folder itself: the backend's model_problems), and {label: why} for the rest:
-    the default matrix narrowed to what can run."""
+def route_problems(entry: registry.Backend, model_dir) -> list[str]:
+    """Why ``entry``'s route cannot take the checkpoint: its family's reason
+    (medwb.models.architectures), else the folder's own (the backend's model_problems).
+    A folder without config.json (an artifact, a placeholder) is checked where it is given."""
     from medwb.models import architectures
+    if (Path(model_dir) / "config.json").exists():
+        why = architectures.route_problem(model_dir, entry.name)
+        if why:
+            return [why]
+    return entry.model_problems(Path(model_dir))
+
+
+def routes_taking(model_dir: Path, variants: list[Variant]) -> tuple[list[Variant], dict[str, str]]:
+    """The variants whose route takes the checkpoint (``route_problems``), and {label: why}
+    for the rest: the default matrix narrowed to what can run."""
     kept, left = [], {}
     for v in variants:
-        why = architectures.route_problem(model_dir, v["backend"]) or \
-            "; ".join(registry.get(v["backend"]).model_problems(Path(model_dir))) or None
+        why = "; ".join(route_problems(registry.get(v["backend"]), model_dir))
         if why:
             left[label(v)] = why
         else:
@@ -118,11 +127,7 @@ def variant_problems(v, where: str, model_dir: Path) -> list[str]:
                         "(the IR's weight format)")
     if not entry.weights and v.get("weights"):
         problems.append(f"{where}: 'weights' does not apply to {entry.name}")
-    from medwb.models import architectures
-    # The family's routes (a folder without config.json is checked where the model is given).
-    route_why = architectures.route_problem(model_dir, entry.name) \
-        if (Path(model_dir) / "config.json").exists() else None
-    problems += [f"{where}: {p}" for p in ([route_why] if route_why else entry.model_problems(Path(model_dir)))]
+    problems += [f"{where}: {p}" for p in route_problems(entry, model_dir)]
     problems += knobs.problems(entry, v, where)
     if not any(p for p in problems):
         problems += [f"{where}: {p}" for p in entry.knob_problems(v, Path(model_dir))]

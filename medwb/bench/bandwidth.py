@@ -37,14 +37,5 @@ def measure(threads: int, size_mb: int = 1024, repeats: int = 5) -> dict:
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def kv_bytes_per_token(config: dict, context_tokens: float, bytes_per_element: float) -> float:
-    """Bytes of KV cache read to generate one token at a context of ``context_tokens``."""
-    layers = config["num_hidden_layers"]
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    return 2 * layers * kv_heads * head_dim * context_tokens * bytes_per_element
-
-
 def decode_floor_ms(weight_bytes: float, kv_bytes: float, read_gb_s: float) -> float:
     return (weight_bytes + kv_bytes) / (read_gb_s * 1e9) * 1e3

@@ -43,7 +43,6 @@ class Shape:
     head_dim: int
     vocab: int
     tied: bool
-    context: int
     qkv_bias: bool = False
     norms_per_layer: int = 2      # RMSNorm vectors of `hidden` per layer (glm4 has four)
     qk_norm: bool = False         # qwen3: a norm of `head_dim` on queries and on keys
@@ -66,7 +65,7 @@ class Shape:
         """Weights read to generate one token: every weight once, except the input embedding
         table, of which one row is read; a tied table is read whole, as the output layer
         (for Qwen2.5-1.5B that is ~15% of the weights, 27% for Qwen2.5-0.5B)."""
-        return self.parameters - (0 if self.tied else self.embedding) + (self.hidden if not self.tied else 0)
+        return self.parameters if self.tied else self.parameters - self.embedding + self.hidden
 
     @property
     def read_share(self) -> float:
@@ -86,8 +85,7 @@ def _hf_shape(family: str, cfg: dict, **kw) -> Shape:
                  intermediate=cfg["intermediate_size"], heads=heads,
                  kv_heads=cfg.get("num_key_value_heads") or heads,
                  head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, vocab=cfg["vocab_size"],
-                 tied=bool(cfg.get("tie_word_embeddings", False)),
-                 context=int(cfg.get("max_position_embeddings") or 0), **kw)
+                 tied=bool(cfg.get("tie_word_embeddings", False)), **kw)
 
 
 def _chatglm_shape(cfg: dict) -> Shape:
@@ -98,12 +96,7 @@ def _chatglm_shape(cfg: dict) -> Shape:
                  kv_heads=cfg.get("multi_query_group_num", heads) if cfg.get("multi_query_attention") else heads,
                  head_dim=cfg.get("kv_channels") or cfg["hidden_size"] // heads,
                  vocab=cfg.get("padded_vocab_size") or cfg["vocab_size"], tied=False,
-                 context=int(cfg.get("seq_length") or 0), qkv_bias=bool(cfg.get("add_qkv_bias", True)))
-
-
-def _baichuan_shape(cfg: dict) -> Shape:
-    return _hf_shape("baichuan", {**cfg, "max_position_embeddings": cfg.get("model_max_length")
-                                  or cfg.get("max_position_embeddings")})
+                 qkv_bias=bool(cfg.get("add_qkv_bias", True)))
 
 
 # Why a route does not take a family; the same sentence for several families.
@@ -193,7 +186,8 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
         ("chatglm",), ("ChatGLMModel", "ChatGLMForConditionalGeneration"), _chatglm_shape, remote_code=True,
         not_taken={r: _REMOTE for r in ROUTES}),
     Architecture(
-        "baichuan", "Baichuan2 (remote code)", ("baichuan",), ("BaichuanForCausalLM",), _baichuan_shape,
+        "baichuan", "Baichuan2 (remote code)", ("baichuan",), ("BaichuanForCausalLM",),
+        lambda c: _hf_shape("baichuan", c),
         remote_code=True, not_taken={r: _REMOTE for r in ROUTES}),
 ]}
 
