@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENVS := .venvs
 MAIN := $(VENVS)/main
 BIGDL := $(VENVS)/bigdl
+IPEX := $(VENVS)/ipex
 LLAMACPP := $(VENVS)/llamacpp
 # Exact, hashed package sets (requirements/*.lock, compiled from requirements/*.txt by
 # `make lock`): a rerun next year installs the same versions, and a tampered or different
@@ -35,7 +36,7 @@ LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-m
 .PHONY: setup cluster run test test-fast lint app browser demo-model demo-model-rebuild lab clean-envs lock bundle
 .DEFAULT_GOAL := run
 
-setup: $(MAIN)/.medwb-ready $(BIGDL)/.medwb-ready $(LLAMACPP)/.medwb-ready
+setup: $(MAIN)/.medwb-ready $(BIGDL)/.medwb-ready $(IPEX)/.medwb-ready $(LLAMACPP)/.medwb-ready
 
 $(MAIN)/.medwb-ready: requirements/main.lock pyproject.toml
 	@echo "== main environment ($(MAIN)): OpenVINO stack, Jupyter, papermill$(if $(WHEELHOUSE), (offline from $(WHEELHOUSE)))"
@@ -56,6 +57,17 @@ $(BIGDL)/.medwb-ready: requirements/bigdl.lock pyproject.toml $(MAIN)/.medwb-rea
 	@# Registered in the main env, where its Jupyter and papermill look for kernels.
 	$(BIGDL)/bin/python -m ipykernel install --prefix $(abspath $(MAIN)) --name medwb-bigdl \
 	    --display-name "MedWB bigdl (BigDL-LLM)" > /dev/null
+	touch $@
+
+# ipex-llm 2.2 (bigdl-llm's successor, archived upstream) on transformers 4.47, for the families
+# bigdl-llm's transformers 4.31 cannot load (Qwen2, Llama-3.x, native GLM-4). No Jupyter kernel:
+# only the benchmark's probes and the workers run there.
+$(IPEX)/.medwb-ready: requirements/ipex.lock pyproject.toml
+	@echo "== ipex environment ($(IPEX)): ipex-llm 2.2.0 on transformers 4.47"
+	$(if $(WHEELHOUSE),$(PYTHON) -m medwb.bundle check requirements/ipex.lock $(WHEELHOUSE))
+	test -x $(IPEX)/bin/python || $(PYTHON) -m venv $(IPEX)
+	$(OFFLINE) $(IPEX)/bin/$(PIP) $(SOURCE) --require-hashes --no-deps -r requirements/ipex.lock 2>&1 | $(QUIET)
+	$(OFFLINE) $(IPEX)/bin/$(PIP) $(SOURCE) --no-deps $(if $(WHEELHOUSE),--no-build-isolation) -e . 2>&1 | $(QUIET)
 	touch $@
 
 # The optional cluster extra (Ray) for `medwb bench/eval --cluster` and `medwb cluster`, into
@@ -88,6 +100,7 @@ bundle:
 lock: $(UV)
 	$(UV) pip compile requirements/main.txt $(LOCK_FLAGS) -o requirements/main.lock
 	$(UV) pip compile requirements/bigdl.txt $(LOCK_FLAGS) -o requirements/bigdl.lock
+	$(UV) pip compile requirements/ipex.txt $(LOCK_FLAGS) -o requirements/ipex.lock
 	$(UV) pip compile requirements/llamacpp.txt $(LOCK_FLAGS) -o requirements/llamacpp.lock
 	$(UV) pip compile requirements/cluster.txt $(LOCK_FLAGS) -c requirements/main.lock -o requirements/cluster.lock
 	$(UV) pip compile requirements/lint.txt $(LOCK_FLAGS) -o requirements/lint.lock

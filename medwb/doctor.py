@@ -33,7 +33,7 @@ def _imports(python: Path, modules: tuple[str, ...]) -> tuple[bool, str]:
             f"for name in {list(modules)!r}:\n"
             "    try:\n"
             "        importlib.import_module(name); top = name.split('.')[0]\n"
-            "        dist = {'bigdl': 'bigdl-llm', 'openvino_genai': 'openvino-genai', 'optimum': 'optimum-intel',\n"
+            "        dist = {'bigdl': 'bigdl-llm', 'ipex_llm': 'ipex-llm', 'openvino_genai': 'openvino-genai', 'optimum': 'optimum-intel',\n"
             "                'llama_cpp': 'llama-cpp-python'}.get(top, top)\n"
             "        out[name] = m.version(dist)\n"
             "    except Exception as e:\n"
@@ -76,6 +76,17 @@ def checks(models=("demo",)) -> list[dict]:
         ok, detail = _imports(python, modules)
         add(f"{env} environment", "PASS" if ok else "FAIL",
             detail if ok else detail + "; reinstall it: `make clean-envs setup`")
+
+    # bigdl-llm's successor, for the families bigdl-llm 2.4 cannot load; archived upstream.
+    from medwb.backends import registry
+    ipex = registry.get("ipex-llm")
+    python = envs.python_of(ipex.env)
+    if not python.exists():
+        add("ipex environment", "FAIL", f"{python} is missing: run `make setup`")
+    else:
+        ok, detail = _imports(python, ipex.imports)
+        add("ipex environment", "WARN" if ok else "FAIL",
+            f"{detail}; {ipex.caveat}" if ok else detail + "; reinstall it: `make clean-envs setup`")
 
     # The peer variant: optional (a machine without a compiler still runs both routes).
     from medwb.backends.llamacpp import unavailable
@@ -178,8 +189,10 @@ def routes(model: str) -> dict:
         bits = entry.weight_bits(v) or 32
         ram = shape.parameters * bits / 8 / GIB + RUNTIME_OVERHEAD_GIB
         install = "" if envs.available(entry.env) else f"the {entry.env} environment: `make setup`"
+        # Where it runs: what a deployer must still know (the family's condition, the library's state).
+        note = "; ".join(filter(None, (arch.conditions.get(entry.name), entry.caveat))) if why is None else ""
         rows.append({"variant": label(v), "takes": why is None, "why": why or "", "ram_gib": round(ram, 1),
-                     "install": install})
+                     "install": install, "note": note})
     return {"model": str(folder), "family": arch.name, "title": arch.title, "remote_code": arch.remote_code,
             "parameters": shape.parameters, "tied_embeddings": shape.tied, "read_share": round(shape.read_share, 3),
             "routes": rows}
@@ -192,7 +205,9 @@ def format_routes(matrix: dict) -> str:
             f"(weights at the variant's bits + {RUNTIME_OVERHEAD_GIB} GiB), the benchmark measures it")
     width = max(len(r["variant"]) for r in matrix["routes"])
     lines = [head] + [f"  {'yes' if r['takes'] else 'no ':<3}  {r['variant']:<{width}}  {r['ram_gib']:>6.1f} GiB  "
-                      + (r["why"] or (f"needs {r['install']}" if r["install"] else "")) for r in matrix["routes"]]
+                      + (r["why"] or "; ".join(filter(None, (f"needs {r['install']}" if r["install"] else "",
+                                                              r["note"]))))
+                      for r in matrix["routes"]]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ workbench keeps two virtual environments (created by `make setup`):
 |-------|----------------|--------------|------------------------------------------------|
 | main  | .venvs/main    | medwb-main   | OpenVINO, optimum-intel, genai, Jupyter, papermill |
 | bigdl | .venvs/bigdl   | medwb-bigdl  | bigdl-llm[all] 2.4.0, transformers 4.31, langchain |
+| ipex  | .venvs/ipex    | (none)       | ipex-llm 2.2.0 (bigdl-llm's successor), transformers 4.47 |
 | llamacpp | .venvs/llamacpp | (none)    | llama-cpp-python built for this CPU (the peer variant) |
 
 Both kernels are registered inside the main env (its Jupyter and papermill find them).
@@ -21,8 +22,8 @@ from medwb.errors import MedwbError
 from medwb.paths import REPO_DIR, VENVS_DIR
 
 KERNELS = {"main": "medwb-main", "bigdl": "medwb-bigdl"}
-# llamacpp has no kernel: only the benchmark's probes and the app workers run there.
-ENVS = (*KERNELS, "llamacpp")
+# ipex and llamacpp have no kernel: only the benchmark's probes and the workers run there.
+ENVS = (*KERNELS, "ipex", "llamacpp")
 
 
 def python_of(env: str) -> Path:

@@ -65,6 +65,8 @@ def test_the_default_matrix_keeps_the_routes_that_take_the_family(tiny_dirs):
     checked = validate(load_config(model=str(tiny_dirs["qwen2"])))
     kept = {f"{v['backend']}:{v['precision']}" for v in checked["variants"]}
     assert "pytorch:fp32" in kept and "llama.cpp:q4_0" in kept and not any(k.startswith("bigdl") for k in kept)
+    # The Intel quantized route through bigdl-llm's successor, where bigdl-llm 2.4 cannot load it.
+    assert {"ipex-llm:sym_int4", "ipex-llm:sym_int8"} <= kept
     assert set(checked["left_out"]) == {"bigdl:sym_int4", "bigdl:sym_int8", "bigdl-cli:int4"}
     assert "transformers 4.31" in checked["left_out"]["bigdl:sym_int4"]
     # A variant the user names on a route that does not take the family: refused, saying why.
@@ -73,10 +75,19 @@ def test_the_default_matrix_keeps_the_routes_that_take_the_family(tiny_dirs):
     # The demo model (llama) keeps the whole matrix; a Llama-3 style folder (RoPE base 500000,
     # grouped-query, 2 layers) leaves out bigdl (transformers 4.31 would ignore its RoPE base)
     # and llm-cli, each saying why.
-    assert validate(load_config())["left_out"] == {}
+    # ipex-llm stands in for bigdl-llm only where bigdl's route does not take the model.
+    demo = validate(load_config())["left_out"]
+    assert set(demo) == {"ipex-llm:sym_int4", "ipex-llm:sym_int8"}
+    assert "bigdl:sym_int4 takes this model" in demo["ipex-llm:sym_int4"]
     llama3 = validate(load_config(model=str(tiny_dirs["llama"])))["left_out"]
     assert set(llama3) == {"bigdl:sym_int4", "bigdl:sym_int8", "bigdl-cli:int4"}
     assert "rope_theta 500000" in llama3["bigdl:sym_int4"] and "grouped-query" in llama3["bigdl-cli:int4"]
+    # Named by the user, both run side by side on the demo model.
+    both = [{"backend": "bigdl", "precision": "sym_int4"}, {"backend": "ipex-llm", "precision": "sym_int4"}]
+    assert len(validate(load_config(variants=both))["variants"]) == 2
+    # Qwen3 and GLM-4-0414: newer than the ipex env's transformers 4.47, refused saying so.
+    qwen3 = validate(load_config(model=str(tiny_dirs["qwen3"])))["left_out"]
+    assert "predates this architecture (added in 4.51)" in qwen3["ipex-llm:sym_int4"]
 
 
 def test_doctor_prints_each_folders_route_matrix(tiny_dirs):
@@ -87,7 +98,12 @@ def test_doctor_prints_each_folders_route_matrix(tiny_dirs):
     assert qwen3["family"] == "qwen3" and qwen3["tied_embeddings"] and llama["family"] == "llama"
     rows = {r["variant"]: r for r in qwen3["routes"]}
     assert rows["openvino-genai:int4/bf16"]["takes"] and not rows["bigdl:sym_int4"]["takes"]
-    assert "ipex-llm" in rows["bigdl:sym_int4"]["why"] and rows["pytorch:fp32"]["ram_gib"] > 0
+    assert "transformers 4.31" in rows["bigdl:sym_int4"]["why"] and rows["pytorch:fp32"]["ram_gib"] > 0
+    assert not rows["ipex-llm:sym_int4"]["takes"] and "4.51" in rows["ipex-llm:sym_int4"]["why"]
+    lrows = {r["variant"]: r for r in llama["routes"]}
+    assert lrows["ipex-llm:sym_int4"]["takes"] and "archived" in lrows["ipex-llm:sym_int4"]["note"]
+    ipex = {c["check"]: c for c in out["checks"]}["ipex environment"]
+    assert ipex["status"] == "WARN" and "ipex-llm 2.2.0" in ipex["detail"] and "archived" in ipex["detail"]
     assert not {r["variant"]: r for r in llama["routes"]}["bigdl-cli:int4"]["takes"]  # 2 layers: llm-cli refuses
 
 
@@ -125,3 +141,114 @@ def test_the_docs_route_matrix_is_the_registrys():
     shown = page.split("<!-- route-matrix:begin -->\n", 1)[1].split("\n<!-- route-matrix:end -->", 1)[0]
     assert shown == architectures.matrix_markdown(), \
         "docs/bring-your-own-model.md's route matrix is stale: paste `python -m medwb.models.architectures`"
+
+
+# Run in the ipex env: what the ipex-llm route computes for a tiny checkpoint, beside what the
+# main env's transformers gives (token ids) and what the same low-bit weights give without
+# ipex-llm's fused kernels (logits, prefill then cached decode, where RoPE positions matter).
+_IPEX_CHILD = r"""
+import json, sys, torch
+import medwb
+from medwb.backends.ipex import IpexBackend
+from ipex_llm.transformers import AutoModelForCausalLM
+folder, text, fused = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+out = {"ids": IpexBackend.tokenizer_of(folder).encode(text)}
+ids = torch.tensor([[(i * 37) % 1000 + 5 for i in range(48)]])
+logits = {}
+for opt in ((True, False) if fused else (False,)):
+    m = AutoModelForCausalLM.from_pretrained(folder, load_in_low_bit="sym_int8", optimize_model=opt,
+                                             torch_dtype=torch.float32)
+    out.setdefault("attention", []).append(type(m.model.layers[0].self_attn).forward.__module__
+                                           if not opt else m.model.layers[0].self_attn.forward.__func__.__module__)
+    with torch.inference_mode():
+        step = m(input_ids=ids[:, :40], use_cache=True)
+        rows, past = [step.logits[0, -1]], step.past_key_values
+        for i in range(40, 48):
+            step = m(input_ids=ids[:, i:i + 1], past_key_values=past, use_cache=True)
+            rows.append(step.logits[0, -1]); past = step.past_key_values
+    logits[opt] = torch.stack(rows)
+if fused:
+    out["max_diff"] = (logits[True] - logits[False]).abs().max().item()
+    out["scale"] = logits[False].abs().max().item()
+print(json.dumps(out))
+"""
+IPEX_FAMILIES = [a.name for a in architectures.ARCHITECTURES.values()
+                 if a.transformers_class and not a.route_problem("ipex-llm")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", IPEX_FAMILIES)
+def test_the_ipex_route_runs_each_family_it_takes(family, tiny_dirs, tmp_path):
+    """ipex-llm 2.2 (bigdl-llm's successor, its own env): the same token ids as the main env,
+    its fused attention computing what transformers' own does on the same low-bit weights
+    (prefill and cached decode: RoPE base and positions included), and a bench record from its
+    own kernels (the build matching this CPU, not the vendor-string pick)."""
+    from medwb import envs
+    from medwb.backends.pytorch import load_tokenizer
+    from medwb.backends.toolchain.bigdl_kernels import matching_build
+    arch = architectures.ARCHITECTURES[family]
+    folder = tiny_dirs[family]
+    text = "患者发热三天，咳嗽。" + "".join(arch.special_tokens[:4])
+    fused = not arch.unfused.get("ipex-llm")
+    proc = subprocess.run([str(envs.require("ipex")), "-c", _IPEX_CHILD, str(folder), text, "1" if fused else "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["ids"] == load_tokenizer(folder).encode(text)
+    if fused:
+        assert got["attention"][0].startswith("ipex_llm.") and got["attention"][1].startswith("transformers.")
+        assert got["max_diff"] <= 1e-4 * got["scale"], got
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "medwb", "bench", "--no-progress", "--model", str(folder),
+                           "--variants", "pytorch:fp32,ipex-llm:sym_int8", "--token-pairs", "16-8", "--trials", "1",
+                           "--quality-cases", "2", "--run-dir", str(run)],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    rec = {r["variant"]: r for r in map(json.loads, (run / "records" / "bench.jsonl").read_text().splitlines())
+           if r["record_type"] == "variant"}["ipex-llm:sym_int8"]
+    assert not rec.get("error") and rec["tpot_ms"] > 0 and rec["kernels"] == f"ipex-llm {matching_build()} build"
+    assert ("optimize_model=False" in rec["load"]) == (not fused)
+    # q8_0 blocks: 34 bytes per 32 weights, norms in FP32: about 1.06 bytes per weight read.
+    shape = architectures.shape(json.loads((folder / "config.json").read_text()))
+    assert 1.0 < rec["weights_read_bytes"] / shape.read_per_token < 1.2, rec["weights_read_bytes"]
+
+
+# Chat templates of the shapes hospitals bring (written here, as the families publish them in
+# outline): ChatML (Qwen2.5/Qwen3), Llama-3 (bos_token and headers), GLM-4 ([gMASK]<sop>).
+TEMPLATES = {
+    "chatml": "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+              "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+              "{% endif %}",
+    "llama3": "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+              "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+    "glm4": "[gMASK]<sop>{% for item in messages %}{% if item['role'] == 'user' %}<|user|>\n{{ item['content'] }}"
+            "{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_prompts_go_through_the_models_own_chat_template(name, tiny_dirs, tmp_path):
+    """The benchmark, the evaluation and the apps' model processes render a folder's chat
+    template with jinja2 (some environments cannot load its tokenizer): the same text as
+    transformers' apply_chat_template; and the apps' prompt fitting wraps the case in it."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from medwb.apps.diagnosis import record
+    from medwb.models import chat
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dirs["qwen2"], folder)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": TEMPLATES[name]}))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    text = "患者，男，65岁。主诉：胸痛3天。"
+    tok = AutoTokenizer.from_pretrained(folder)
+    want = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    assert chat.chat_prompts(folder, [text]) == [want]
+    fields = {k: "无" for k, _ in record.FIELDS} | {"chief_complaint": "胸痛3天"}
+    prompt, ids, warning = record.fit_prompt(fields, tok.encode, 1024, 64,
+                                             chat=chat.renderer(chat.template_of(folder)))
+    assert prompt == tok.apply_chat_template([{"role": "user", "content": record.prompts.DIAGNOSIS_PROMPT.format(
+        **fields)}], tokenize=False, add_generation_prompt=True) and warning is None

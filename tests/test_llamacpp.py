@@ -124,3 +124,19 @@ def test_llamacpp_serves_as_one_of_the_apps_models(tmp_path):
         assert result["text"].startswith(prompts.PRIMARY_HEADING) and "text" in events  # streamed, then done
     finally:
         worker.stop()
+
+
+def test_an_archived_library_is_recommended_only_when_clearly_faster():
+    """ipex-llm is archived upstream (no security fixes): within report.MAINTAINED_MARGIN of a
+    maintained variant, the maintained one is recommended, saying why."""
+    import pandas as pd
+    row = {"qualifies": True, "accurate": True, "tpot_side_by_side": 2.0, "side_by_side_basis": "measured",
+           "peak_rss_MB": 80.0, "fit_in_budget": 200, "task_score": None}
+    ranked = pd.DataFrame([{**row, "variant": "ipex-llm:sym_int4", "tpot_ms": 1.00},
+                           {**row, "variant": "openvino-genai:int4/bf16", "tpot_ms": 1.05}])
+    text = report.recommendation_text(ranked, 100, 16, side_by_side=3)
+    assert "deploy openvino-genai:int4/bf16" in text and "Passed over: ipex-llm:sym_int4" in text
+    assert "archived" in text
+    ranked.loc[1, "tpot_ms"] = 1.5
+    text = report.recommendation_text(ranked, 100, 16, side_by_side=3)
+    assert "deploy ipex-llm:sym_int4" in text and "Note: ipex-llm 2.2.0" in text

@@ -88,10 +88,15 @@ def thread_env(threads: int, spec: dict | None = None) -> dict:
 
 
 def load_spec(spec: dict, path: Path, threads: int) -> dict:
-    """What a model process loads (``load_model``): the backend at its precision from ``path``."""
-    from medwb.backends import registry
+    """What a model process loads (``load_model``): the backend at its precision from ``path``,
+    and the model's chat template (from the artifact, else the checkpoint it was made from),
+    which the process renders every prompt with."""
+    from medwb.backends import registry, variants
+    from medwb.models import chat
+    template = chat.template_of(path) or chat.template_of(spec["path"] or variants.resolve_model("demo"))
     return {"backend": spec["backend"], "precision": spec["precision"], "model_path": str(path),
-            "threads": threads, "kernel_build": "match" if registry.get(spec["backend"]).kernel_builds else ""}
+            "threads": threads, "kernel_build": "match" if registry.get(spec["backend"]).kernel_builds else "",
+            "chat": template}
 
 
 def resolve_artifact(spec: dict, log=lambda *_: None) -> Path:
@@ -399,8 +404,10 @@ def serve() -> int:
         requests.put(None)
     threading.Thread(target=read_requests, daemon=True).start()
 
+    from medwb.models import chat
+    render = chat.renderer(spec.get("chat"))
     while (req := requests.get()) is not None:
-        emit(**_run_job(backend, info["context"], req, cancelled, emit))
+        emit(**_run_job(backend, info["context"], req, cancelled, emit, render))
     return 0
 
 
@@ -415,7 +422,7 @@ def load_model(spec: dict):
                             "describe": loaded.runtime.describe(), "pid": os.getpid()}
 
 
-def _run_job(backend, context: int, req: dict, cancelled: set, emit) -> dict:
+def _run_job(backend, context: int, req: dict, cancelled: set, emit, render=None) -> dict:
     from medwb.apps import fitting
     job = req["job"]
     if job in cancelled:
@@ -424,7 +431,7 @@ def _run_job(backend, context: int, req: dict, cancelled: set, emit) -> dict:
     try:
         workflow = fitting.fitter(req.get("kind", "diagnosis"))
         _, prompt_ids, warning = workflow.fit_prompt(req["fields"], backend.encode, context,
-                                                     req["max_new_tokens"], req["template"])
+                                                     req["max_new_tokens"], req["template"], chat=render)
         n_prompt = len(prompt_ids)
         emit("start", job=job, prompt_tokens=n_prompt, truncation=warning)
         chunks: list[str] = []

@@ -51,15 +51,16 @@ KNOBS = {
 }
 
 
-def init_env(mode: str, python: Path, threads: int) -> dict:
+def init_env(mode: str, python: Path, threads: int, package: str = "bigdl.llm") -> dict:
     """The variables ``source bigdl-llm-init`` (with -j/-t for the allocators) would set, for
-    the bigdl environment whose interpreter is ``python``; libraries it cannot find are left
+    the environment whose interpreter is ``python`` (``package``'s libs: bigdl.llm or
+    ipex_llm, whose ipex-llm-init is the same script); libraries it cannot find are left
     out, as the script does."""
     if mode in ("off", None):
         return {}
     prefix = Path(python).parent.parent
     preload = [prefix / "lib" / "libiomp5.so"]
-    libs = sorted(prefix.glob("lib/python3*/site-packages/bigdl/llm/libs"))
+    libs = sorted(prefix.glob(f"lib/python3*/site-packages/{package.replace('.', '/')}/libs"))
     env = {"OMP_NUM_THREADS": str(threads)}
     if mode.endswith("jemalloc") and libs:
         preload.append(libs[0] / "libjemalloc.so")
@@ -95,6 +96,7 @@ def _check_linear_dims(model_dir: Path) -> None:
 
 class BigDLBackend(PyTorchBackend):
     name = "bigdl"
+    package, dist = "bigdl.llm", "bigdl-llm"   # ipex-llm: the same API under another name
 
     def __init__(self, model, tokenizer, model_dir: Path, low_bit: str, threads: int,
                  source: str):
@@ -105,10 +107,13 @@ class BigDLBackend(PyTorchBackend):
     def load(cls, model_dir, low_bit: str = "sym_int4", threads: int | None = None,
              optimize_model: bool = True, parameter: str = "model_path") -> "BigDLBackend":
         """Quantize an FP32/FP16 checkpoint on load, or load a ``save_low_bit`` folder."""
+        import importlib
+
         import torch
-        from bigdl.llm.transformers import AutoModelForCausalLM
+        AutoModelForCausalLM = importlib.import_module(f"{cls.package}.transformers").AutoModelForCausalLM
 
         model_dir = check_model_dir(model_dir, parameter)
+        optimize_model = optimize_model and cls.fused(model_dir)
         threads = threads or os.cpu_count() or 1
         torch.set_num_threads(threads)
         saved = is_low_bit_dir(model_dir)
@@ -128,7 +133,18 @@ class BigDLBackend(PyTorchBackend):
                 str(model_dir), optimize_model=optimize_model, torch_dtype=torch.float32, **kwargs)
             source = "from_pretrained(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
         model.eval()
-        return cls(model, load_tokenizer(model_dir), model_dir, low_bit, threads, source)
+        if not optimize_model:
+            source += ", optimize_model=False"
+        return cls(model, cls.tokenizer_of(model_dir), model_dir, low_bit, threads, source)
+
+    @classmethod
+    def fused(cls, model_dir: Path) -> bool:
+        """Whether the library's fused attention/rotary kernels run for this checkpoint."""
+        return True
+
+    @classmethod
+    def tokenizer_of(cls, model_dir: Path):
+        return load_tokenizer(model_dir)
 
     def save_low_bit(self, out_dir) -> Path:
         """Write the converted weights and the tokenizer; atomic (temp dir, then rename)."""
@@ -150,7 +166,7 @@ class BigDLBackend(PyTorchBackend):
         import importlib.metadata
         info = super().describe()
         info.update(backend=self.name, precision=self.low_bit, load=self.source,
-                    bigdl_llm=importlib.metadata.version("bigdl-llm"))
+                    **{self.dist.replace("-", "_"): importlib.metadata.version(self.dist)})
         return info
 
 
@@ -178,14 +194,15 @@ class BigDL(Backend):
     kernel_builds = True
     kv_bytes = 4  # bigdl keeps the KV cache in FP32 on CPU
     knobs = KNOBS
+    runtime = BigDLBackend
 
     def process_env(self, spec: ProbeSpec) -> dict:
         from medwb import envs
         return init_env(knobs.value(self, spec, "bigdl_init"), envs.python_of(self.env),
-                        spec.get("threads") or os.cpu_count() or 1)
+                        spec.get("threads") or os.cpu_count() or 1, self.kernel_package)
 
     def load(self, spec: ProbeSpec) -> BigDLBackend:
-        return BigDLBackend.load(spec["model_path"], spec["precision"], spec.get("threads"))
+        return self.runtime.load(spec["model_path"], spec["precision"], spec.get("threads"))
 
     def precision_problem(self, precision, where: str) -> str | None:
         try:
@@ -208,7 +225,7 @@ class BigDL(Backend):
         if float(theta) != 10000.0:
             problems.append(f"bigdl-llm 2.4's transformers 4.31 has no rope_theta: it would run this model "
                             f"(rope_theta {theta:g}, e.g. Llama-3) with 10000 and decode it wrongly; its "
-                            "successor ipex-llm reads it (not installed here)")
+                            "successor ipex-llm reads it (the ipex-llm route)")
         scaling = cfg.get("rope_scaling") or {}
         kind = scaling.get("rope_type") or scaling.get("type") if isinstance(scaling, dict) else None
         if kind and kind not in ("linear", "dynamic"):
@@ -219,10 +236,11 @@ class BigDL(Backend):
         # Loaded from a save_low_bit folder, as a deployment would (no FP32-sized peak).
         from medwb import envs
         from medwb.paths import dir_size_bytes
-        folder = root / f"bigdl-{variant['precision']}"
+        folder = root / f"{self.name}-{variant['precision']}"
         if not (folder / "config.json").exists():
-            log(f"bigdl {variant['precision']}: quantizing and saving the low-bit folder {folder} ...")
-            res = envs.query_json(self.env, ["-m", __name__, str(model_dir), str(folder), variant["precision"],
+            log(f"{self.name} {variant['precision']}: quantizing and saving the low-bit folder {folder} ...")
+            res = envs.query_json(self.env, ["-m", type(self).__module__, str(model_dir), str(folder),
+                                             variant["precision"],
                                              str(cfg.get("threads") or 0)],
                                   timeout=cfg.get("timeout_s", 1800), raise_error=False)
             if "error" in res:
@@ -233,19 +251,24 @@ class BigDL(Backend):
         return path if is_low_bit_dir(path) else None
 
     def kernels_label(self, kernel_build: str | None) -> str | None:
-        return f"bigdl {kernel_build} build"
+        return f"{self.name} {kernel_build} build"
 
 
-if __name__ == "__main__":
-    # python -m medwb.backends.bigdl MODEL_DIR OUT_DIR LOW_BIT [THREADS] (bigdl env): quantize and
-    # save_low_bit in a fresh process; hands back the folder's size.
+def save_low_bit_main(runtime: type[BigDLBackend], argv: list[str]) -> None:
+    """``python -m medwb.backends.<bigdl|ipex> MODEL_DIR OUT_DIR LOW_BIT [THREADS]`` (its env):
+    quantize and save_low_bit in a fresh process; hands back the folder."""
     import sys
 
     import medwb  # noqa: F401  (offline switches before bigdl imports transformers)
     from medwb.child import write_result
     try:
-        backend = BigDLBackend.load(sys.argv[1], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else None)
-        write_result({"path": str(backend.save_low_bit(sys.argv[2]))})
+        backend = runtime.load(argv[0], argv[2], int(argv[3]) if len(argv) > 3 else None)
+        write_result({"path": str(backend.save_low_bit(argv[1]))})
     except MedwbError as e:
         print(f"medwb: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    import sys
+    save_low_bit_main(BigDLBackend, sys.argv[1:])

@@ -30,7 +30,7 @@ def use_kernel_build(entry: registry.Backend, requested: str | None) -> str | No
         return None
     from medwb.backends.toolchain import bigdl_kernels
     build = bigdl_kernels.matching_build() if requested == "match" else requested
-    bigdl_kernels.use_build(build)
+    bigdl_kernels.use_build(build, package=entry.kernel_package)
     return build
 
 

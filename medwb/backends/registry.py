@@ -23,7 +23,7 @@ from medwb.errors import MedwbError
 from medwb.backends.protocol import ProbeResult, ProbeSpec, Runtime, Variant
 
 # The backend files, in the order they are listed to users.
-MODULES = ("pytorch", "bigdl", "bigdl_cli", "openvino", "openvino_genai", "llamacpp")
+MODULES = ("pytorch", "bigdl", "bigdl_cli", "ipex", "openvino", "openvino_genai", "llamacpp")
 # The variant every other one is compared to (agreement, quality vs FP32).
 REFERENCE = {"backend": "pytorch", "precision": "fp32"}
 
@@ -42,10 +42,14 @@ class Backend:
     weights: tuple = ()       # the artifact's weight formats (a variant's ``weights``); () when none
     kv_cache_precisions: tuple = ()  # what ``kv_cache_precision`` may be; () when not settable
     kernel_builds = False     # bigdl's per-ISA kernel build applies (``kernel_build``)
+    kernel_package = "bigdl.llm"  # which library's kernels (medwb.backends.toolchain.bigdl_kernels)
+    stands_in_for = ""        # the default matrix runs it only where this backend's route does not
+                              # take the model, at the same precision (ipex-llm for bigdl)
     serves = True             # can run as a long-lived app worker
     optional_env = False      # True: its environment may be missing or unbuilt here; a variant
                               # then becomes an error record (prepare says why), not a refusal
     kv_bytes: dict | float = 2  # bytes per KV element when the run does not report it (per precision)
+    caveat = ""               # what a deployer must know even where it runs (ipex-llm: archived)
     peer = False              # True: what users would pick instead of the two routes (llama.cpp)
     measures_itself = False   # True: ``probe`` runs a one-shot native tool (no side-by-side timing)
     # Fidelity to FP32 (medwb.eval.fidelity) needs logits at every position (the runtime's

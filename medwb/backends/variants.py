@@ -27,6 +27,10 @@ DEFAULT_MATRIX: list[Variant] = [
     {"backend": "bigdl", "precision": "sym_int4"},
     {"backend": "bigdl", "precision": "sym_int8"},
     {"backend": "bigdl-cli", "precision": "int4"},
+    # bigdl-llm's successor, for the families bigdl-llm 2.4 cannot load (``stands_in_for``: run
+    # only where bigdl's route does not take the model; name it in --variants to compare both).
+    {"backend": "ipex-llm", "precision": "sym_int4"},
+    {"backend": "ipex-llm", "precision": "sym_int8"},
     {"backend": "openvino-optimum", "weights": "int8", "precision": "bf16"},
     {"backend": "openvino-optimum", "weights": "int4", "precision": "bf16"},
     {"backend": "openvino-genai", "weights": "fp16", "precision": "f32"},
@@ -95,11 +99,19 @@ def routes_taking(model_dir: Path, variants: list[Variant]) -> tuple[list[Varian
     for the rest: the default matrix narrowed to what can run."""
     kept, left = [], {}
     for v in variants:
-        why = "; ".join(route_problems(registry.get(v["backend"]), model_dir))
+        entry = registry.get(v["backend"])
+        why = "; ".join(route_problems(entry, model_dir))
         if why:
             left[label(v)] = why
         else:
             kept.append(v)
+    for v in list(kept):  # a stand-in runs only where the route it stands in for does not
+        entry = registry.get(v["backend"])
+        instead = {**v, "backend": entry.stands_in_for}
+        if entry.stands_in_for and any(label(k) == label(instead) for k in kept):
+            kept.remove(v)
+            left[label(v)] = (f"{label(instead)} takes this model; {entry.name} runs by default only where "
+                              f"{entry.stands_in_for} does not (name {label(v)} in --variants to compare both)")
     return kept, left
 
 

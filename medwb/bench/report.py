@@ -201,6 +201,18 @@ def _is_peer(variant_label: str) -> bool:
     return registry.get(variants.parse_variants(variant_label)[0]["backend"]).peer
 
 
+def _caveat(variant_label: str) -> str:
+    """What a deployer must know about the variant's library even where it runs (ipex-llm: archived)."""
+    from medwb.backends import registry, variants
+    return registry.get(variants.parse_variants(variant_label)[0]["backend"]).caveat
+
+
+# An unmaintained library (no security fixes) is recommended only when it is faster than the
+# best maintained variant by more than this: run-to-run decode noise on these 2-core VMs is
+# ~5-10%, and a hospital server should not run unpatched code for less.
+MAINTAINED_MARGIN = 0.10
+
+
 def side_by_decode(row, n: int) -> str:
     if row["side_by_side_basis"] == "measured":
         return f"measured: {row['tpot_side_by_side']} ms/token for the slowest of {n} decoding at once"
@@ -226,6 +238,15 @@ def recommendation_text(ranked, latency_target_ms: float, ram_budget_gb: float, 
     good = ranked[ranked["qualifies"] & ranked["accurate"]]
     if len(good):
         best = good.iloc[0]
+        if _caveat(best["variant"]):
+            kept = [r for _, r in good.iterrows() if not _caveat(r["variant"])]
+            if kept and kept[0]["tpot_ms"] <= best["tpot_ms"] * (1 + MAINTAINED_MARGIN):
+                lines.append(f"Passed over: {best['variant']} ({best['tpot_ms']:.2f} ms/token) is within "
+                             f"{MAINTAINED_MARGIN:.0%} of {kept[0]['variant']}, and {_caveat(best['variant'])}.")
+                best = kept[0]
+            else:
+                lines.append(f"Note: {_caveat(best['variant'])}; it is recommended because it is more than "
+                             f"{MAINTAINED_MARGIN:.0%} faster than any maintained variant that qualifies.")
         q = f", task score {best['task_score']:.1f}" if best["task_score"] == best["task_score"] and \
             best["task_score"] is not None else ""
         peer = " (the peer users would pick instead, not one of the two routes)" if _is_peer(best["variant"]) else ""

@@ -27,7 +27,7 @@ from medwb.errors import MedwbError
 
 # Every route the registry speaks of (the backends' names); a family lists only those that
 # do NOT take it, each with why.
-ROUTES = ("pytorch", "bigdl", "bigdl-cli", "openvino-optimum", "openvino-genai", "llama.cpp")
+ROUTES = ("pytorch", "bigdl", "bigdl-cli", "ipex-llm", "openvino-optimum", "openvino-genai", "llama.cpp")
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,13 @@ def _chatglm_shape(cfg: dict) -> Shape:
 
 
 # Why a route does not take a family; the same sentence for several families.
-_BIGDL_431 = ("bigdl-llm 2.4 pins transformers 4.31, which predates this architecture (KeyError on its "
-              "model_type); its successor ipex-llm takes it, and is not installed here")
+_BIGDL_OLD = "bigdl-llm 2.4 pins transformers 4.31, which predates this architecture (KeyError on its model_type)"
+_BIGDL_431 = _BIGDL_OLD + "; its successor ipex-llm takes it (the ipex-llm route)"
+_IPEX_447 = ("ipex-llm 2.2 runs on transformers 4.47 (ipex env), which predates this architecture (added in "
+             "4.51), and its last release has no kernels for it (only nightlies); OpenVINO and llama.cpp take it")
+_IPEX_QWEN2_UNFUSED = ("ipex-llm 2.2's fused Qwen2 attention calls the rotary embedding with seq_len, which "
+                       "transformers 4.47 (ipex env) no longer takes (TypeError at generate, measured): it runs "
+                       "with optimize_model=False, low-bit linear layers and transformers' own attention")
 _LLM_CONVERT = "llm-convert/llm-cli convert llama, bloom, gptneox, starcoder and chatglm only"
 _OPTIMUM_GLM = ("optimum-intel 2.2 refuses to export the native glm architecture under transformers newer than "
                 "5.0 (the main env has 5.5.4: 'Maximum required is 5.0', measured); a GLM-4-0414 folder (glm4) "
@@ -120,6 +125,9 @@ class Architecture:
     read: Callable[[dict], Shape]
     remote_code: bool = False
     not_taken: dict[str, str] = field(default_factory=dict)   # route -> why it does not take it
+    # route -> why the route runs this family without its fused attention/rotary kernels
+    # (it still decodes correctly; slower): ipex-llm loads it with optimize_model=False.
+    unfused: dict[str, str] = field(default_factory=dict)
     conditions: dict[str, str] = field(default_factory=dict)  # route -> what a folder must also meet
     transformers_class: str = ""          # builds tiny checkpoints (native families)
     tiny: dict = field(default_factory=dict)
@@ -155,12 +163,13 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
         "qwen2", "Qwen2 / Qwen2.5 (and DeepSeek-R1-Distill-Qwen)", ("qwen2",), ("Qwen2ForCausalLM",),
         lambda c: _hf_shape("qwen2", c, qkv_bias=True),
         not_taken={"bigdl": _BIGDL_431, "bigdl-cli": _LLM_CONVERT},
+        unfused={"ipex-llm": _IPEX_QWEN2_UNFUSED}, conditions={"ipex-llm": _IPEX_QWEN2_UNFUSED},
         transformers_class="Qwen2ForCausalLM",
         tiny={**_TINY, "model_type": "qwen2", "rope_theta": 1000000.0, "tie_word_embeddings": True}),
     Architecture(
         "qwen3", "Qwen3", ("qwen3",), ("Qwen3ForCausalLM",),
         lambda c: _hf_shape("qwen3", c, qk_norm=True),
-        not_taken={"bigdl": _BIGDL_431 + " (ipex-llm 2.2 only in nightlies)", "bigdl-cli": _LLM_CONVERT},
+        not_taken={"bigdl": _BIGDL_OLD, "bigdl-cli": _LLM_CONVERT, "ipex-llm": _IPEX_447},
         transformers_class="Qwen3ForCausalLM",
         tiny={**_TINY, "model_type": "qwen3", "head_dim": 64, "rope_theta": 1000000.0,
               "tie_word_embeddings": True}),
@@ -176,7 +185,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
     Architecture(
         "glm4", "GLM-4-0414 (transformers-native `glm4` format)", ("glm4",), ("Glm4ForCausalLM",),
         lambda c: _hf_shape("glm4", c, qkv_bias=bool(c.get("attention_bias", True)), norms_per_layer=4),
-        not_taken={"bigdl": _BIGDL_431, "bigdl-cli": _LLM_CONVERT},
+        not_taken={"bigdl": _BIGDL_OLD, "bigdl-cli": _LLM_CONVERT, "ipex-llm": _IPEX_447},
         transformers_class="Glm4ForCausalLM",
         special_tokens=("<|endoftext|>", "[gMASK]", "<sop>", "<|user|>", "<|assistant|>", "<|observation|>"),
         tiny={**_TINY, "model_type": "glm4", "head_dim": 32, "attention_bias": True, "partial_rotary_factor": 0.5,

@@ -66,12 +66,15 @@ def check_inputs(fields: dict) -> dict:
     return {k: v or "无" for k, v in clean.items()}
 
 
-def render(fields: dict, template: str = prompts.DIAGNOSIS_PROMPT) -> str:
-    return prompts.render_chat([{"role": "user", "content": template.format(**fields)}])
+def render(fields: dict, template: str = prompts.DIAGNOSIS_PROMPT, chat=None) -> str:
+    """The prompt as the model reads it: ``chat`` (medwb.models.chat.renderer: the model's own
+    chat template) around the filled template; None: the demo model's chat format."""
+    text = template.format(**fields)
+    return chat(text) if chat else prompts.render_chat([{"role": "user", "content": text}])
 
 
 def fit_prompt(fields: dict, encode, context: int, max_new_tokens: int,
-               template: str = prompts.DIAGNOSIS_PROMPT) -> tuple[str, list[int], str | None]:
+               template: str = prompts.DIAGNOSIS_PROMPT, chat=None) -> tuple[str, list[int], str | None]:
     """The chat prompt, its token ids, and a warning when fields had to be cut.
 
     A prompt plus ``max_new_tokens`` must fit the model's context. When it does not, the
@@ -80,7 +83,7 @@ def fit_prompt(fields: dict, encode, context: int, max_new_tokens: int,
     ``encode`` is the model's own tokenizer (models in one comparison may differ).
     """
     prompt, ids, _, n_first, cut = fitting.fit(
-        fields, encode, context, max_new_tokens, lambda f: render(f, template), [fitting.cut_longest(TRUNCATABLE)],
+        fields, encode, context, max_new_tokens, lambda f: render(f, template, chat), [fitting.cut_longest(TRUNCATABLE)],
         f"even with {', '.join(LABELS[k] for k in TRUNCATABLE)} cut; shorten the chief complaint "
         "or lower max_new_tokens")
     if len(ids) == n_first:

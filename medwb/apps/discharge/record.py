@@ -125,8 +125,11 @@ def source_text(fields: dict) -> str:
     return prompts.DISCHARGE_PROMPT.format(**fields)
 
 
-def render(fields: dict, template: str = prompts.DISCHARGE_PROMPT) -> str:
-    return prompts.render_chat([{"role": "user", "content": template.format(**fields)}])
+def render(fields: dict, template: str = prompts.DISCHARGE_PROMPT, chat=None) -> str:
+    """The prompt as the model reads it: ``chat`` (medwb.models.chat.renderer: the model's own
+    chat template) around the filled template; None: the demo model's chat format."""
+    text = template.format(**fields)
+    return chat(text) if chat else prompts.render_chat([{"role": "user", "content": text}])
 
 
 # ---------------------------------------------------------------- fitting a long record
@@ -177,11 +180,12 @@ def _day(note: str) -> str | None:
 
 
 def fit_prompt(fields: dict, encode, context: int, max_new_tokens: int,
-               template: str = prompts.DISCHARGE_PROMPT, method: str = "key_days") -> tuple[str, list[int], str | None]:
+               template: str = prompts.DISCHARGE_PROMPT, method: str = "key_days",
+               chat=None) -> tuple[str, list[int], str | None]:
     """The chat prompt, its token ids, and a note saying what was shortened (None when the
     record fits as it is)."""
     prompt, ids, notes, n_first, fitted = fitting.fit(
-        fields, encode, context, max_new_tokens, lambda f: render(f, template), fit_steps(method),
+        fields, encode, context, max_new_tokens, lambda f: render(f, template, chat), fit_steps(method),
         "even with only the first and the last day left of the course notes and the admission history cut; "
         "主诉, 入院诊断, 出院前查房 and 出院医嘱 are never cut: lower max_new_tokens or shorten those parts")
     if len(ids) == n_first:

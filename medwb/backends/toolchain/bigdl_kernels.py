@@ -1,10 +1,12 @@
-"""Which native kernel build bigdl-llm loads, and an opt-in way to choose it (bigdl env).
+"""Which native kernel build bigdl-llm (or ipex-llm) loads, and an opt-in way to choose it.
 
 bigdl-llm 2.4.0 ships one build of its low-bit kernels per instruction set
 (``libs/lib<family>_{avx,avx2,avxvnni,avx512,amx}.so``); ``lib<family>-api.so`` picks one
 at load time. It decides by the CPU's *vendor string*, so on a non-Intel CPU it loads the
 plain-AVX build even when AVX-512 and VNNI are present (seen here on AMD EPYC), and
-decode runs far slower than the hardware allows.
+decode runs far slower than the hardware allows. Its successor ipex-llm 2.2.0 ships the same
+libraries under ``ipex_llm/libs`` and picks the same way (its llama kernels loaded
+``libllama_avx.so`` on this AMD EPYC, 2026-12-05): ``package`` names which one.
 
 :func:`loaded_builds` reports what really got loaded (from /proc/self/maps, not assumed).
 :func:`use_build` is the opt-in override: it never touches the installed package. It makes
@@ -25,14 +27,17 @@ from medwb.paths import cache_dir
 BUILDS = ("avx", "avx2", "avxvnni", "avx512", "amx")
 # lib<family>_<build>.so: one kernel library per model family and instruction set.
 _LIB_NAME = r"lib(?P<family>[a-z]+)_(?P<build>avx|avx2|avxvnni|avx512|amx)\.so$"
-_BUILD_RE = re.compile(r"/bigdl/llm/libs/" + _LIB_NAME)
+_BUILD_RE = re.compile(r"/(?:bigdl/llm|ipex_llm)/libs/" + _LIB_NAME)
+# The import name of each library that ships these kernels -> its distribution on PyPI.
+PACKAGES = {"bigdl.llm": "bigdl-llm", "ipex_llm": "ipex-llm"}
 
 
-def libs_dir() -> Path:
+def libs_dir(package: str = "bigdl.llm") -> Path:
     import importlib.util
-    spec = importlib.util.find_spec("bigdl.llm")
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise MedwbError("bigdl-llm is not installed in this environment: use the bigdl kernel")
+        raise MedwbError(f"{PACKAGES[package]} is not installed in this environment: use the environment "
+                         "of its backend")
     return Path(list(spec.submodule_search_locations)[0]) / "libs"
 
 
@@ -67,8 +72,8 @@ def matching_build(flags: set[str] | None = None) -> str:
     return "avx2" if "avx2" in flags else "avx"
 
 
-def shadow_libs(build: str, parameter: str = "kernel_build") -> Path:
-    """A private copy of bigdl's libs/ in which every ISA build name is ``build``.
+def shadow_libs(build: str, parameter: str = "kernel_build", package: str = "bigdl.llm") -> Path:
+    """A private copy of bigdl's (or ipex-llm's) libs/ in which every ISA build name is ``build``.
 
     Libraries are symlinks; the ``main-*`` executables (what llm-cli runs) are copied,
     because they find their kernel library next to their own resolved path.
@@ -78,11 +83,13 @@ def shadow_libs(build: str, parameter: str = "kernel_build") -> Path:
     import importlib.metadata
     import shutil
     import hashlib
-    src = libs_dir()
+    src = libs_dir(package)
     # Keyed by the environment it links into as well: the cache is shared by every checkout
     # on the machine, and a shadow made by a clone that was deleted links to nothing.
     where = hashlib.sha256(str(src).encode()).hexdigest()[:10]
-    shadow = cache_dir() / "bigdl-libs" / f"{importlib.metadata.version('bigdl-llm')}-{build}-{where}"
+    dist = PACKAGES[package]
+    shadow = cache_dir() / "bigdl-libs" / f"{'' if dist == 'bigdl-llm' else dist + '-'}" \
+        f"{importlib.metadata.version(dist)}-{build}-{where}"
     if shadow.exists():
         if all(p.exists() for p in shadow.iterdir()):  # exists() follows the links
             return shadow
@@ -104,13 +111,15 @@ def shadow_libs(build: str, parameter: str = "kernel_build") -> Path:
     return shadow
 
 
-def use_build(build: str, parameter: str = "kernel_build") -> Path:
-    """Make this process's bigdl (transformers API) load ``build``; return the folder."""
-    if any(m.startswith("bigdl.llm.ggml.model") for m in sys.modules):
-        raise MedwbError(f"{parameter}: bigdl's kernels are already loaded in this process; set it "
-                         "before anything imports bigdl.llm.transformers (restart the kernel)")
-    shadow = shadow_libs(build, parameter)
-    import bigdl.llm.utils.utils as bigdl_utils
+def use_build(build: str, parameter: str = "kernel_build", package: str = "bigdl.llm") -> Path:
+    """Make this process's bigdl (transformers API) load ``build``; return the folder.
+    ``package``: "bigdl.llm" or "ipex_llm" (the same locator, under its own name)."""
+    if any(m.startswith(f"{package}.ggml.model") for m in sys.modules):
+        raise MedwbError(f"{parameter}: {PACKAGES[package]}'s kernels are already loaded in this process; set "
+                         f"it before anything imports {package}.transformers (restart the kernel)")
+    shadow = shadow_libs(build, parameter, package)
+    import importlib
+    bigdl_utils = importlib.import_module(f"{package}.utils.utils")
     original = bigdl_utils.get_shared_lib_info
 
     def get_shared_lib_info(lib_base_name: str):

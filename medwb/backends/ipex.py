@@ -1,0 +1,91 @@
+"""ipex-llm backend (ipex env only): bigdl-llm's successor, the same low-bit API under ``ipex_llm``.
+
+bigdl-llm 2.4 (medwb.backends.bigdl) stays for the case study's own tools, but its
+transformers 4.31 cannot load the families hospitals bring now (Qwen2/Qwen2.5, Llama-3.x's
+RoPE base, native GLM-4). ipex-llm 2.2.0, its renamed successor, runs here on transformers
+4.47 in an environment of its own (requirements/ipex.txt). It is the last release: the
+project is archived upstream (no fixes, no security updates), which ``medwb doctor`` and the
+recommendation say.
+
+What differs from bigdl, measured on tiny checkpoints of each family (2026-12-05, AMD EPYC):
+- Qwen2's fused attention calls the rotary embedding with ``seq_len``, which transformers
+  4.47 removed (TypeError at generate): for the families the registry marks so, the model
+  loads with ``optimize_model=False`` (linear layers low-bit, attention transformers' own)
+  and the record's ``load`` says so.
+- Folders saved by transformers 5 name ``TokenizersBackend`` and list extra special tokens,
+  which 4.47 cannot read: the tokenizer is then built from tokenizer.json and the special
+  tokens of tokenizer_config.json (the same ids, checked against the main env in the tests).
+- Its kernels are bigdl's per-ISA builds under ``ipex_llm/libs``, chosen by CPU vendor as
+  bigdl's are: the ``kernel_build`` knob applies the same way.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medwb.backends.bigdl import KNOBS, BigDL, BigDLBackend, save_low_bit_main
+from medwb.backends.pytorch import load_tokenizer
+from medwb.backends.registry import register
+from medwb.errors import MedwbError
+
+ARCHIVED = ("ipex-llm 2.2.0 (April 2025) is the last release and the project is archived upstream: no "
+            "fixes and no security updates; prefer a maintained route when it is about as fast")
+
+
+def _tokenizer_from_files(model_dir: Path):
+    """tokenizer.json with tokenizer_config.json's special tokens, for folders whose
+    tokenizer_config transformers 4.47 cannot read (written by transformers 5)."""
+    from transformers import PreTrainedTokenizerFast
+    cfg_path = model_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
+    special = {k: cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if isinstance(cfg.get(k), str)}
+    extra = cfg.get("extra_special_tokens") or cfg.get("additional_special_tokens") or []
+    if isinstance(extra, dict):
+        extra = list(extra.values())
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"),
+                                        additional_special_tokens=list(extra), **special)
+    if cfg.get("chat_template"):
+        tokenizer.chat_template = cfg["chat_template"]
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+class IpexBackend(BigDLBackend):
+    name = "ipex-llm"
+    package, dist = "ipex_llm", "ipex-llm"
+
+    @classmethod
+    def fused(cls, model_dir: Path) -> bool:
+        from medwb.models import architectures
+        try:
+            return not architectures.detect(model_dir).unfused.get(cls.name)
+        except MedwbError:  # a low-bit folder whose config names no known family: the library decides
+            return True
+
+    @classmethod
+    def tokenizer_of(cls, model_dir: Path):
+        try:
+            return load_tokenizer(model_dir)
+        except (ValueError, AttributeError):
+            return _tokenizer_from_files(Path(model_dir))
+
+
+@register
+class IpexLLM(BigDL):
+    name, env, family, route = "ipex-llm", "ipex", "ipex-llm", "ipex-llm-api"
+    imports = ("torch", "transformers", "ipex_llm.transformers")
+    kernel_package = "ipex_llm"
+    stands_in_for = "bigdl"
+    caveat = ARCHIVED
+    knobs = KNOBS
+    runtime = IpexBackend
+
+    def model_problems(self, model_dir: Path) -> list[str]:
+        # transformers 4.47 reads rope_theta and Llama-3's rope_scaling: none of bigdl's refusals;
+        # what the family needs is the registry's (medwb.models.architectures).
+        return []
+
+
+if __name__ == "__main__":
+    import sys
+    save_low_bit_main(IpexBackend, sys.argv[1:])
