@@ -142,13 +142,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path, demo_model_dir):
+def app_server(tmp_path, workflow: str):
     config = tmp_path / "app.yaml"
     config.write_text("models: [openvino-genai:int8/f32, openvino-genai:int4/f32, pytorch:fp32]\n"
-                      "max_new_tokens: {diagnosis: 64}\n", encoding="utf-8")
+                      "max_new_tokens: {diagnosis: 64, discharge: 160}\n", encoding="utf-8")
     run_dir, port = tmp_path / "run", free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "medwb", "app", "diagnosis", "--config", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "medwb", "app", workflow, "--config", str(config),
                              "--port", str(port), "--run-dir", str(run_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -164,12 +163,32 @@ def server(tmp_path, demo_model_dir):
     assert not worker_processes(os.getpid()), "model processes left behind"
 
 
+@pytest.fixture
+def server(tmp_path, demo_model_dir):
+    yield from app_server(tmp_path, "diagnosis")
+
+
+@pytest.fixture
+def discharge_server(tmp_path, demo_model_dir):
+    yield from app_server(tmp_path, "discharge")
+
+
 def browser():
     from playwright.sync_api import sync_playwright
     pw = sync_playwright().start()
     return pw, pw.chromium.launch(executable_path=CHROMIUM, args=[
         "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"])
+
+
+EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF]")
+
+
+def labels_are_words(page) -> None:
+    """Every button reads as text with the fonts any PC has: no emoji (a blank box without an
+    emoji font, as in this headless browser), no empty label."""
+    texts = [t.strip() for t in page.locator("button").all_inner_texts()]
+    assert texts and all(texts) and not [t for t in texts if EMOJI.search(t)], texts
 
 
 def cards_done(page, n: int) -> bool:
@@ -199,12 +218,14 @@ def test_the_diagnosis_page_in_chromium(server):
         page.goto(url)
         page.wait_for_selector("button:has-text('生成 generate')", timeout=120_000)
         assert "import" not in page.inner_text("body")  # code hidden, widgets only
+        assert page.title().startswith("鉴别诊断"), page.title()  # titled by its workflow
+        labels_are_words(page)
         page.locator("select").first.select_option(index=1)   # a bundled case fills the form
         wait_for(lambda: page.locator("input[placeholder='e.g. 胸痛3天']").input_value(), 30, "the case in the form")
         page.click("button:has-text('生成 generate')")
         wait_for(lambda: cards_done(page, 3), 300, "three answers")
         page.locator("button:has-text('一键回填')").first.click()
-        page.locator("button:has-text('👍')").first.click()
+        page.locator("button:has-text('赞')").first.click()
         page.locator("input[placeholder*='what is wrong']").nth(1).fill("诊断依据与病例不符")
         page.locator("button:has-text('报错')").nth(1).click()
         wait_for(lambda: "已报错" in page.inner_text("body"), 30, "the error report's message")
@@ -250,6 +271,45 @@ def test_the_diagnosis_page_in_chromium(server):
     assert statuses[6:] == ["ok"] * 3
     assert con.execute("SELECT detail FROM actions WHERE action = 'report_error'").fetchone()[0] == "诊断依据与病例不符"
     assert (run_dir / "app-screenshot.png").stat().st_size > 20_000
+
+
+def test_the_discharge_page_in_chromium(discharge_server):
+    """The discharge page as a doctor uses it: open a record (the drafts start), back-fill one
+    section, like, report an error, then edit the record and save it: the drafts regenerate."""
+    url, run_dir = discharge_server["url"], discharge_server["run_dir"]
+    pw, chromium = browser()
+    try:
+        page = chromium.new_page(viewport={"width": 1400, "height": 2200})
+        page.goto(url)
+        page.wait_for_selector("button:has-text('保存 save')", timeout=120_000)
+        assert page.title().startswith("出院记录"), page.title()
+        labels_are_words(page)
+        page.locator("select").first.select_option(index=1)   # a bundled record: opened, drafts start
+        wait_for(lambda: cards_done(page, 3), 300, "three drafts")
+        page.locator("button:has-text('回填本节')").first.click()  # the first card's section (出院诊断)
+        wait_for(lambda: "已回填" in page.inner_text("body"), 30, "the back-fill's message")
+        page.locator("button:has-text('赞')").first.click()
+        page.locator("input[placeholder*='what is wrong']").nth(1).fill("出院医嘱药物剂量与病历不符")
+        page.locator("button:has-text('报错')").nth(1).click()
+        wait_for(lambda: "已报错" in page.inner_text("body"), 30, "the error report's message")
+        source = page.locator("textarea").first
+        source.fill(source.input_value().replace("\n出院医嘱：", "\n第9日，复查血常规：白细胞6.5×10^9/L。\n出院医嘱："))
+        page.click("button:has-text('保存 save')")
+        wait_for(lambda: "regenerated from round" in page.inner_text("body"), 60, "the regeneration")
+        wait_for(lambda: cards_done(page, 3), 300, "three drafts again")
+        wait_for(lambda: "3 完成 done" in page.inner_text("body"), 30, "the status line following the cards")
+        page.screenshot(path=str(run_dir / "discharge-screenshot.png"), full_page=True)
+    finally:
+        chromium.close()
+        pw.stop()
+    con = sqlite3.connect(run_dir / "feedback.sqlite")
+    events = [e for (e,) in con.execute("SELECT event FROM events ORDER BY event_id")]
+    assert events == ["open", "save"]
+    rounds = con.execute("SELECT round_id, parent_round_id, workflow FROM rounds ORDER BY round_id").fetchall()
+    assert len(rounds) == 2 and rounds[1][1] == rounds[0][0] and {r[2] for r in rounds} == {"discharge_record"}
+    actions = con.execute("SELECT action, detail FROM actions ORDER BY action_id").fetchall()
+    assert ("backfill", "出院诊断") in actions and ("like", None) in actions and ("regenerate", None) in actions
+    assert ("report_error", "出院医嘱药物剂量与病历不符") in actions
 
 
 def test_the_load_benchmark_answers_every_request_and_stores_every_action(tmp_path, demo_model_dir):

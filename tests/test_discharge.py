@@ -272,19 +272,20 @@ def test_notebooks_05_and_07_run_headless_and_the_store_holds_every_event(tmp_pa
     con = sqlite3.connect(db)
     outputs = con.execute("SELECT round_id, model_label, status, error, flags_json, sections_json, total_ms "
                           "FROM outputs ORDER BY output_id").fetchall()
-    assert [o[2] for o in outputs] == ["ok", "ok", "error"] * 3  # open, edit-and-save, long record
+    assert [o[2] for o in outputs] == ["ok", "ok", "error"] * 4  # open, edit-and-save, new record, long
     assert "no-such-model" in outputs[2][3] and "does not exist" in outputs[2][3]
     for o in outputs:
         if o[2] == "ok":
             assert json.loads(o[5]).keys() == set(record.SECTIONS) and isinstance(json.loads(o[4]), list)
             assert o[6] > 0
     events = [e for (e,) in con.execute("SELECT event FROM events ORDER BY event_id")]
-    assert events == ["open", "save_unchanged", "save", "open"]
+    assert events == ["open", "save_unchanged", "save", "open", "open"]  # the new record: an open
     actions = con.execute("SELECT action, detail FROM actions ORDER BY action_id").fetchall()
     assert ("backfill", "all") in actions and ("backfill", "出院医嘱") in actions
     assert {a for a, _ in actions} == {"view", "backfill", "like", "dislike", "copy", "report_error", "regenerate"}
     rounds = con.execute("SELECT round_id, parent_round_id, record_ref, origin FROM rounds ORDER BY round_id").fetchall()
     assert rounds[1][1] == rounds[0][0] and rounds[0][2] == RECORD and rounds[2][2].startswith("typed-")
+    assert rounds[2][1] is None and rounds[3][2].startswith("typed-") and rounds[3][2] != rounds[2][2]
     assert {r[3] for r in rounds} == {"scripted"}
     assert con.execute("SELECT COUNT(*) FROM outputs WHERE output_text IS NOT NULL").fetchone()[0] == 0
     con.close()

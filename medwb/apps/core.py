@@ -18,6 +18,7 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 from medwb import sysinfo
@@ -26,6 +27,14 @@ from medwb.errors import MedwbError, check_count
 
 STREAM_REFRESH_S = 0.1  # at most ~10 card updates a second per model while streaming
 FLAG_NAMES = {"value": "数值", "date": "日期", "drug": "药物", "diagnosis": "诊断"}
+# How the status line counts a round's answers (an output's status -> its words).
+ROUND_STATES = {"running": "生成中 generating", "ok": "完成 done", "error": "失败 failed", "timeout": "失败 failed",
+                "interrupted": "失败 failed", "cancelled": "已停止 stopped"}
+# Button labels are words (in Chinese as the card's other buttons, the English in the
+# tooltip and the messages), beside an icon of the widget library's own font: an emoji-only
+# button shows as an empty box on a PC without an emoji font, as many hospital desktops and
+# thin clients are.
+LIKE, DISLIKE = "赞 like", "踩 dislike"
 
 
 def pre(text: str, colour: str = "") -> str:
@@ -67,8 +76,10 @@ class ModelCard:
         self.backfill_button = w.Button(description="一键回填", button_style="primary",
                                         tooltip="pick this answer and insert it into the record")
         self.copy_button = w.Button(description="复制", tooltip="copy this answer")
-        self.like_button = w.Button(description="👍", layout=w.Layout(width="3.5em"), tooltip="like")
-        self.dislike_button = w.Button(description="👎", layout=w.Layout(width="3.5em"), tooltip="dislike")
+        self.like_button = w.Button(description=LIKE.split()[0], icon="thumbs-up", layout=w.Layout(width="5em"),
+                                    tooltip=LIKE)
+        self.dislike_button = w.Button(description=DISLIKE.split()[0], icon="thumbs-down",
+                                       layout=w.Layout(width="5em"), tooltip=DISLIKE)
         self.error_category = w.Dropdown(options=feedback.ERROR_CATEGORIES, layout=w.Layout(width="11em"))
         self.error_detail = w.Text(placeholder="错误说明 (what is wrong)", layout=w.Layout(width="14em"))
         self.report_button = w.Button(description="报错", button_style="warning", tooltip="report an error")
@@ -180,6 +191,7 @@ class ClinicalApp:
     WORKFLOW = ""
     PROMPT_KIND = ""
     CARD = ModelCard
+    NEW_WORDS = "新病例 · new case"   # the new-patient button and message
 
     def __init__(self, models, max_new_tokens: int, feedback_db: str = "", run_dir: str = "",
                  store_text: bool = False, threads: int = 0, template: str = "", load_timeout_s: float = 900,
@@ -218,9 +230,11 @@ class ClinicalApp:
             self.workers = [workers.ModelWorker(s, n_threads, log_dir, load_timeout_s, generate_timeout_s)
                             for s in specs]
         self.round_id: int | None = None
+        self._parent_round: int | None = None   # the round the current one regenerates
         self.case_ref: str | None = None     # a bundled case/record as shipped (None once edited)
         self.record_ref: str | None = None   # the record the doctor has open (usage rate)
         self.messages: list[tuple[str, str]] = []
+        self._headline: int | None = None   # the messages' index of the current round's status line
         self._jobs: dict[int, workers.Job] = {}     # output_id -> job, every round
         self._typed = 0
         self._lock = threading.RLock()
@@ -239,11 +253,28 @@ class ClinicalApp:
         actions) stay together until the next round starts."""
         with self._lock:
             if new_round:
-                self.messages = []
+                self.messages, self._headline = [], None
             self.messages.append((level, text))
-            marks = {"error": ("✖ ", "#c00000"), "warning": ("⚠ ", "#b36b00")}
-            self.status.value = "".join(pre(marks.get(lv, ("", ""))[0] + t, marks.get(lv, ("", ""))[1])
-                                        for lv, t in self.messages)
+            self._show_messages()
+
+    def _show_messages(self) -> None:
+        marks = {"error": ("✖ ", "#c00000"), "warning": ("⚠ ", "#b36b00")}
+        self.status.value = "".join(pre(marks.get(lv, ("", ""))[0] + t, marks.get(lv, ("", ""))[1])
+                                    for lv, t in self.messages)
+
+    def round_line(self) -> str:
+        """The current round's status line: its answers counted by state, as the cards show them."""
+        parent = self._parent_round
+        counts = Counter(ROUND_STATES.get(c.status, c.status) for c in self.cards if c.round_id == self.round_id)
+        states = ", ".join(f"{n} {word}" for word, n in counts.items())
+        return (f"第 {self.round_id} 轮 · round {self.round_id}"
+                + (f" (regenerated from round {parent})" if parent else "") + f": {len(self.cards)} models · {states}")
+
+    def _update_round_line(self) -> None:
+        with self._lock:
+            if self._headline is not None and self._headline < len(self.messages):
+                self.messages[self._headline] = ("info", self.round_line())
+                self._show_messages()
 
     @property
     def status_text(self) -> str:
@@ -280,6 +311,26 @@ class ClinicalApp:
     def record_event(self, event: str, round_id: int | None = None) -> int:
         return self.store.event(self.WORKFLOW, self.session_id, self.origin, self.record_ref, event, round_id)
 
+    def new_case(self) -> None:
+        """新病例 / 新病历: the doctor moves on to another patient. The record that was open
+        keeps everything stored for it; its answers still generating are stopped; the form
+        is emptied, and the next generation opens a new record instead of regenerating the
+        last one's."""
+        self._moved_on()
+        self._clear_form()
+        self.say(f"{self.NEW_WORDS}: the form is empty; what is generated next is a new record", new_round=True)
+
+    def _moved_on(self) -> None:
+        """Another patient from here on (a new case, or a form the doctor emptied by hand)."""
+        with self._lock:
+            self._stop_running()
+            self.round_id = None
+        self.record_ref = self.case_ref = None
+
+    def _clear_form(self) -> None:
+        """Empty the workflow's form and editors (a subclass's widgets)."""
+        raise NotImplementedError
+
     # ================================================================ generating
     def start_round(self, fields: dict) -> int:
         """A new round for ``fields``: every model at once. A round while another is open is
@@ -288,6 +339,7 @@ class ClinicalApp:
         load = sysinfo.machine_load(interval_s=0.2)
         with self._lock:
             parent = self.round_id
+            self._parent_round = parent
             if parent is not None:
                 self.store.action("regenerate", parent)
                 self._stop_running()
@@ -295,8 +347,10 @@ class ClinicalApp:
                                             self.max_new_tokens, parent_round_id=parent, case_ref=self.case_ref,
                                             origin=self.origin, machine_load=load, record_ref=self.record_ref)
             self.round_id = round_id
-            self.say(f"第 {round_id} 轮 · round {round_id}" + (f" (regenerated from round {parent})" if parent else "")
-                     + f": {len(self.cards)} models generating", new_round=True)
+            for card in self.cards:  # this round's cards count as generating from now on
+                card.round_id, card.status = round_id, "running"
+            self.say(self.round_line(), new_round=True)
+            self._headline = 0
             warning = sysinfo.load_warning(load)
             if warning and self.pool is None:  # on a doctors' page it is stored with the round, not shown
                 self.say(warning, "warning")
@@ -341,6 +395,8 @@ class ClinicalApp:
         if kind == "start" and msg.get("truncation") and output_id == card.output_id:
             self.say(f"{card.name}: {msg['truncation']}", "warning")
         card.on_event(output_id, kind, msg)
+        if kind == "done" and output_id == card.output_id:
+            self._update_round_line()  # the status line follows the cards
 
     def wait(self, timeout: float = 600) -> list[dict]:
         """Block until every answer of every round so far is finished (headless use)."""
@@ -387,7 +443,7 @@ class ClinicalApp:
     def vote(self, slot: int, like: bool) -> None:
         card = self._card(slot, "rate")
         self.store.action("like" if like else "dislike", card.round_id, card.output_id)
-        self.say(f"{'👍' if like else '👎'} {card.name} (round {card.round_id})")
+        self.say(f"{LIKE if like else DISLIKE}: {card.name} (round {card.round_id})")
 
     def report_error(self, slot: int, category: str, detail: str = "") -> None:
         card = self._card(slot, "report")

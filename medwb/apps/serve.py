@@ -177,6 +177,18 @@ def port_free(ip: str, port: int) -> bool:
             return False
 
 
+def page_notebook(workflow: str, folder: Path) -> Path:
+    """The page notebook for ``workflow``, titled by it (the browser tab reads 鉴别诊断 or
+    出院记录, so a doctor with both pages open tells them apart): a copy of pages/app.ipynb
+    in the run folder with the title in its metadata, which Voila puts in <title>."""
+    from medwb.paths import write_text_atomic
+    nb = json.loads(PAGE_NOTEBOOK.read_text(encoding="utf-8"))
+    nb.setdefault("metadata", {})["title"] = f"{WORKFLOWS[workflow]} · MedWB"
+    path = Path(folder) / f"{workflow}.ipynb"
+    write_text_atomic(path, json.dumps(nb, ensure_ascii=False))
+    return path
+
+
 class AppServer:
     """The pool plus Voila; ``start()`` returns once the page answers, ``stop()`` ends both."""
 
@@ -212,7 +224,7 @@ class AppServer:
                "JUPYTER_CONFIG_DIR": str(conf), "JUPYTER_PLATFORM_DIRS": "1",
                "JUPYTER_PATH": os.pathsep.join(filter(None, [str(TEMPLATE_PATH), os.environ.get("JUPYTER_PATH")]))}
         env.pop(TOKEN_ENV, None)  # kernels have no use for it
-        cmd = [sys.executable, "-m", "voila", str(PAGE_NOTEBOOK), "--no-browser", f"--Voila.ip={self.ip}",
+        cmd = [sys.executable, "-m", "voila", str(page_notebook(self.workflow, self.run_dir)), "--no-browser", f"--Voila.ip={self.ip}",
                f"--port={self.port}", "--Voila.port_retries=0", "--VoilaConfiguration.show_tracebacks=False",
                "--VoilaConfiguration.strip_sources=True", "--theme=light", "--template=medwb",
                # kernels over Unix sockets in the run folder, not TCP ports any local user could reach

@@ -90,7 +90,9 @@ def write(report: dict, out_dir) -> dict:
              f"<p>Database {html.escape(report['database'])}; per {report['period']}; origin: "
              f"{html.escape(report['origin'])}.</p>",
              "<p>usage rate = records for which a draft was back-filled / records opened; adoption rate = finished "
-             "drafts back-filled / finished drafts; like rate = likes / votes (latest vote per draft).</p>",
+             "drafts back-filled / finished drafts; like rate = likes / votes (latest vote per draft); regeneration rate = "
+             "rounds that regenerate the open record (edited, or saved changed) / rounds (a new patient is a new "
+             "record, not a regeneration).</p>",
              *[f"<h2>{html.escape(n)}</h2><img src='data:image/png;base64,{png_base64(f)}'>" for n, f in figs.items()],
              "<h2>Per workflow</h2>", report["by_workflow"].to_html(index=False, na_rep="–"),
              "<h2>Per workflow and model</h2>", report["by_model"].to_html(index=False, na_rep="–"),

@@ -45,6 +45,9 @@ def per_model(outputs, actions):
 #   usage_rate      records opened in the period for which a draft was back-filled (at any
 #                   time, by model: that model's draft) / records opened
 #   generations     rounds started (each runs every model once)
+#   regenerations   rounds that regenerate the open record's previous round (edited and
+#                   generated again, or saved changed); a new patient is not one
+#   regeneration_rate  regenerations / generations
 #   adoption_rate   finished outputs back-filled at least once / finished outputs
 #   like_rate       likes / votes, the latest vote per output
 #   error_reports   error reports (and one column per category in ``error_categories``)
@@ -106,12 +109,15 @@ def usage_table(tables: dict, period: str = "week", by_model: bool = False, orig
         row = {**key, "opens": len(opened), "records_opened": len(records),
                "records_used": len(records & set(used_by.record_ref.dropna())),
                "generations": int(((rounds.workflow == wf) & (rounds.period == when)).sum()),
+               "regenerations": int(((rounds.workflow == wf) & (rounds.period == when)
+                                     & rounds.parent_round_id.notna()).sum()),
                "outputs": len(out), "ok": len(ok),
                "adopted": int(ok.output_id.isin(set(backfilled.output_id)).sum()),
                "likes": int((mine == "like").sum()), "dislikes": int((mine == "dislike").sum()),
                "error_reports": len(reports)}
         row["usage_rate"] = round(row["records_used"] / row["records_opened"], 3) if row["records_opened"] else None
         row["adoption_rate"] = round(row["adopted"] / row["ok"], 3) if row["ok"] else None
+        row["regeneration_rate"] = round(row["regenerations"] / row["generations"], 3) if row["generations"] else None
         votes_n = row["likes"] + row["dislikes"]
         row["like_rate"] = round(row["likes"] / votes_n, 3) if votes_n else None
         for col in ("ttft_ms", "total_ms"):

@@ -53,6 +53,8 @@ class DiagnosisApp(core.ClinicalApp):
             else:
                 self.inputs[key] = w.Textarea(description=label, layout=w.Layout(width="98%", height="4.5em"))
         self.generate_button = w.Button(description="生成 generate", button_style="success", icon="play")
+        self.new_case_button = w.Button(description=self.NEW_WORDS.replace(" · ", " "),
+                                        tooltip="another patient: empty the form; the next answers are a new record")
         self.status = w.HTML()
         self.viewer = w.HTML()
         self.record_editor = w.Textarea(description="病程记录", layout=w.Layout(width="98%", height="14em"))
@@ -61,9 +63,13 @@ class DiagnosisApp(core.ClinicalApp):
         self.clipboard = w.Output()
         self.case_picker.observe(lambda change: self._ui(self.load_case, change["new"]), names="value")
         self.generate_button.on_click(lambda _: self._ui(self.generate))
+        self.new_case_button.on_click(lambda _: self._ui(self.new_case))
+        for box in self.inputs.values():
+            box.observe(lambda change: self._form_edited(), names="value")
         self.record_editor.observe(lambda change: self._show_record(), names="value")
         form = w.VBox([self.case_picker, w.HBox([self.inputs["sex"], self.inputs["age"]]),
-                       *[self.inputs[k] for k, _ in diagnosis.FIELDS[2:]], self.generate_button, self.status])
+                       *[self.inputs[k] for k, _ in diagnosis.FIELDS[2:]],
+                       w.HBox([self.generate_button, self.new_case_button]), self.status])
         self.widget = w.VBox([
             w.HTML("<h3>鉴别诊断 · differential diagnosis</h3>"), form,
             w.HBox([c.widget for c in self.cards], layout=w.Layout(flex_flow="row wrap")),
@@ -90,6 +96,21 @@ class DiagnosisApp(core.ClinicalApp):
 
     def fields(self) -> dict:
         return {key: widget.value for key, widget in self.inputs.items()}
+
+    def _clear_form(self) -> None:
+        if self.case_picker.value:
+            self.case_picker.value = ""  # its observer empties the form (load_case(""))
+        for box in self.inputs.values():
+            box.value = ""
+        self.record_editor.value = ""
+        self._inserted = None
+
+    def _form_edited(self) -> None:
+        """A form the doctor empties by hand after a record is open is another patient:
+        what is typed next is a new record, not a regeneration of the last one."""
+        if self.record_ref is not None and not any(str(v).strip() for v in self.fields().values()):
+            self._moved_on()
+            self.record_editor.value, self._inserted = "", None
 
     # ================================================================ generating
     def generate(self) -> int:
@@ -127,7 +148,12 @@ class DiagnosisApp(core.ClinicalApp):
         self.record_view.value = diagnosis.highlight(self.record_editor.value, ins[:2] if valid else None)
 
     # ================================================================ scripted demo
-    SCRIPTED_STEPS = ("generate", "doctor_actions", "long_record", "missing_field")
+    SCRIPTED_STEPS = ("generate", "doctor_actions", "new_case", "long_record", "missing_field")
+    # A case typed in by hand, as a doctor writes one (the new_case step).
+    TYPED_CASE = {"sex": "男", "age": "58", "chief_complaint": "反复胸闷气短2年，加重伴双下肢水肿1周",
+                  "present_history": "2年前活动后出现胸闷、气短，休息后缓解；1周前受凉后加重，夜间不能平卧，双下肢水肿。",
+                  "past_history": "高血压10年，规律服药。", "physical_exam": "BP 150/90mmHg，双肺底湿啰音，双下肢凹陷性水肿。",
+                  "auxiliary_exams": "心脏超声：左室射血分数38%。"}
 
     def scripted_demo(self, step: str, case_id: str = "") -> list[dict] | str:
         """Drive the app through its widgets as a doctor would, for headless runs (notebook 04
@@ -137,6 +163,8 @@ class DiagnosisApp(core.ClinicalApp):
         generate: pick ``case_id`` (else the first bundled case) and press 生成; the answers.
         doctor_actions: view every answer, back-fill the first, like it, dislike the second,
         copy the last and report an error on it; the status line.
+        new_case: press 新病例 (the next patient), type a case by hand and press 生成: a new
+        record with its own round, not a regeneration of the last; the answers.
         long_record: append a very long 辅助检查 and generate again (the prompt is cut to fit
         the context, saying so); the answers.
         missing_field: empty 主诉 and press 生成 (refused, saying which field); the status line.
@@ -145,6 +173,12 @@ class DiagnosisApp(core.ClinicalApp):
             raise MedwbError(f"step {step!r}: use one of {', '.join(self.SCRIPTED_STEPS)}")
         if step == "generate":
             self.case_picker.value = case_id or self.case_picker.options[1][1]
+            self.generate_button.click()
+            return self.wait()
+        if step == "new_case":
+            self.new_case_button.click()
+            for key, value in self.TYPED_CASE.items():
+                self.inputs[key].value = value
             self.generate_button.click()
             return self.wait()
         if step == "long_record":

@@ -49,6 +49,7 @@ class DischargeApp(core.ClinicalApp):
     WORKFLOW = WORKFLOW
     PROMPT_KIND = "discharge"
     CARD = DischargeCard
+    NEW_WORDS = "新病历 · new record"
 
     def __init__(self, models=DEFAULT_MODELS, max_new_tokens: int = 400, record_id: str = "",
                  feedback_db: str = "", run_dir: str = "", store_text: bool = False, threads: int = 0,
@@ -76,6 +77,8 @@ class DischargeApp(core.ClinicalApp):
                                     tooltip="open the pasted record: drafts start at once")
         self.save_button = w.Button(description="保存 save", button_style="success", icon="save",
                                     tooltip="save the record; if it changed, the drafts are regenerated")
+        self.new_button = w.Button(description=self.NEW_WORDS.replace(" · ", " "),
+                                   tooltip="another patient: empty the record and the editor")
         self.status = w.HTML()
         self.viewer = w.HTML()
         self.editor = {s: w.Textarea(description=s, layout=w.Layout(width="98%", height="4.5em"))
@@ -87,9 +90,11 @@ class DischargeApp(core.ClinicalApp):
                                    names="value")
         self.open_button.on_click(lambda _: self._ui(self.open_typed))
         self.save_button.on_click(lambda _: self._ui(self.save))
+        self.new_button.on_click(lambda _: self._ui(self.new_case))
+        self.source_editor.observe(lambda change: self._record_edited(change["new"]), names="value")
         self.widget = w.VBox([
             w.HTML("<h3>出院记录 · discharge record</h3>"), self.record_picker, self.source_editor,
-            w.HBox([self.open_button, self.save_button]), self.status,
+            w.HBox([self.open_button, self.save_button, self.new_button]), self.status,
             w.HBox([c.widget for c in self.cards], layout=w.Layout(flex_flow="row wrap")),
             w.HTML("<b>查看 · viewer</b> (highlighted: not in the record, please check)"), self.viewer,
             w.HTML("<b>出院记录 · discharge-record editor</b> (一键回填 fills all five sections, 回填本节 one)"),
@@ -139,6 +144,21 @@ class DischargeApp(core.ClinicalApp):
         self.record_event("save", round_id)
         return round_id
 
+    def _clear_form(self) -> None:
+        self.record_picker.value = ""
+        self.source_editor.value = ""
+        for box in self.editor.values():
+            box.value = ""
+        self._saved_text, self._fields = None, None
+        self.filled_from, self.editor_note.value = {}, ""
+
+    def _record_edited(self, text: str) -> None:
+        """A record the doctor empties by hand after one is open is another patient: what is
+        pasted next and saved (or opened) is a new record, not a regeneration of the last."""
+        if self.record_ref is not None and not text.strip():
+            self._moved_on()
+            self._saved_text = None
+
     def _generate(self, fields: dict, text: str) -> int:
         self._saved_text, self._fields = text, fields
         return self.start_round(fields)
@@ -180,7 +200,8 @@ class DischargeApp(core.ClinicalApp):
         return {s: box.value for s, box in self.editor.items()}
 
     # ================================================================ scripted demo
-    SCRIPTED_STEPS = ("open", "doctor_actions", "save_unchanged", "edit_and_save", "long_record", "bad_input")
+    SCRIPTED_STEPS = ("open", "doctor_actions", "save_unchanged", "edit_and_save", "new_record", "long_record",
+                      "bad_input")
 
     def scripted_demo(self, step: str, record_id: str = ""):
         """Drive the app through its widgets as a doctor would, for headless runs (notebook 05
@@ -192,6 +213,8 @@ class DischargeApp(core.ClinicalApp):
         it; the status line.
         save_unchanged: press 保存 without a change (stored, nothing generated); the status line.
         edit_and_save: add a course note and press 保存: the drafts regenerate; the drafts.
+        new_record: press 新病历 (the next patient), paste another bundled record as text and
+        press 保存: a new record with its own round, not a regeneration; the drafts.
         long_record: paste a record with three months of daily notes and open it (each model
         keeps the days that matter and says what it left out); the drafts.
         bad_input: open an empty record, then one with no admission part; the status line.
@@ -207,6 +230,13 @@ class DischargeApp(core.ClinicalApp):
         if step == "edit_and_save":
             self.source_editor.value = self.source_editor.value.replace(
                 "\n出院前查房：", "\n第99日，复查血常规：白细胞6.5×10^9/L，血红蛋白128g/L。\n出院前查房：")
+            self.save_button.click()
+            return self.wait()
+        if step == "new_record":
+            was = self.record_ref
+            self.new_button.click()
+            other = next(v for _, v in self.record_picker.options[1:] if v != was)
+            self.source_editor.value = record.record_text(other)
             self.save_button.click()
             return self.wait()
         if step == "long_record":
