@@ -60,7 +60,10 @@ KNOBS = {
                                doc="KV_CACHE_PRECISION"),
     "dynamic_quantization_group_size": Knob("load", (0, 32, 64, 128),
                                             why="the CPU plugin's default; 0 (off) looked 1.28x faster but "
-                                                "the run could not tell it from noise (p=0.064; " + MEASURED + ")",
+                                                "the run could not tell it from noise (p=0.064; " + MEASURED + "); "
+                                                "with AVX-512 and VNNI, off decoded 0.68x as fast and 128 0.84x "
+                                                "(p<0.001; 2026-12-05, TinyLlama's shape, AMD EPYC AVX-512, "
+                                                "docs/compare-and-tuning.md \"Tuning on AVX-512\")",
                                             doc="DYNAMIC_QUANTIZATION_GROUP_SIZE (0: off)"),
     "cpu_pinning": Knob("load", (True, False), why="the CPU plugin's default; off could not be told from it "
                         "(1.05x, p=0.66; " + MEASURED + ")", doc="ENABLE_CPU_PINNING"),
