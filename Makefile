@@ -33,7 +33,7 @@ LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-m
 	-c requirements/constraints.txt --no-emit-package torchvision \
 	$(if $(wildcard $(FIND_LINKS)),--find-links $(FIND_LINKS))
 
-.PHONY: setup cluster run test test-fast lint app browser demo-model demo-model-rebuild lab clean-envs lock bundle
+.PHONY: setup cluster serve run test test-fast lint app browser demo-model demo-model-rebuild lab clean-envs lock bundle
 .DEFAULT_GOAL := run
 
 setup: $(MAIN)/.medwb-ready $(BIGDL)/.medwb-ready $(IPEX)/.medwb-ready $(LLAMACPP)/.medwb-ready
@@ -82,6 +82,19 @@ $(MAIN)/.medwb-cluster: requirements/cluster.lock $(MAIN)/.medwb-ready
 	$(OFFLINE) $(MAIN)/bin/$(PIP) $(SOURCE) --require-hashes --no-deps -r requirements/cluster.lock 2>&1 | $(QUIET)
 	touch $@
 
+# The OpenAI-compatible endpoint's extra (FastAPI, uvicorn; the official openai client for its
+# tests), into the main environment on top of main.lock. `make serve` runs the endpoint on
+# configs/app.yaml's models (SERVE_ARGS: more `medwb serve` options); `make test` installs it.
+SERVE_ARGS ?=
+serve: setup $(MAIN)/.medwb-serve
+	$(MAIN)/bin/medwb serve $(SERVE_ARGS)
+
+$(MAIN)/.medwb-serve: requirements/serve.lock $(MAIN)/.medwb-ready
+	@echo "== endpoint extra (FastAPI, uvicorn, openai) into $(MAIN)"
+	$(if $(WHEELHOUSE),$(PYTHON) -m medwb.bundle check requirements/serve.lock $(WHEELHOUSE))
+	$(OFFLINE) $(MAIN)/bin/$(PIP) $(SOURCE) --require-hashes --no-deps -r requirements/serve.lock 2>&1 | $(QUIET)
+	touch $@
+
 # llama.cpp, the peer users would pick instead: llama-cpp-python built from source for this
 # CPU (a few minutes on 2 cores). A machine that cannot build it records why in
 # $(LLAMACPP)/UNAVAILABLE and setup goes on; its benchmark variants become error records.
@@ -103,6 +116,7 @@ lock: $(UV)
 	$(UV) pip compile requirements/ipex.txt $(LOCK_FLAGS) -o requirements/ipex.lock
 	$(UV) pip compile requirements/llamacpp.txt $(LOCK_FLAGS) -o requirements/llamacpp.lock
 	$(UV) pip compile requirements/cluster.txt $(LOCK_FLAGS) -c requirements/main.lock -o requirements/cluster.lock
+	$(UV) pip compile requirements/serve.txt $(LOCK_FLAGS) -c requirements/main.lock -o requirements/serve.lock
 	$(UV) pip compile requirements/lint.txt $(LOCK_FLAGS) -o requirements/lint.lock
 
 $(UV):
@@ -113,7 +127,7 @@ run: setup
 	$(MAIN)/bin/medwb run
 
 # The whole suite (CI's command): the linter first, then every test.
-test: setup browser cluster lint
+test: setup browser cluster $(MAIN)/.medwb-serve lint
 	$(MAIN)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The edit loop: every test not marked slow (under 3 minutes on 2 cores once set up).

@@ -30,7 +30,8 @@ from pathlib import Path
 from medwb.errors import MedwbError
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCKS = ("requirements/main.lock", "requirements/bigdl.lock", "requirements/ipex.lock", "requirements/cluster.lock")
+LOCKS = ("requirements/main.lock", "requirements/bigdl.lock", "requirements/ipex.lock", "requirements/cluster.lock",
+         "requirements/serve.lock")
 # The platform the locks were compiled for (see LOCK_FLAGS in the Makefile).
 PLATFORM, PYTHON_VERSION = "manylinux_2_28_x86_64", "3.11"
 _REQ = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")

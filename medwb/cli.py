@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,39 @@ def cmd_run(args) -> int:
 def cmd_app(args) -> int:
     from medwb.apps import serve
     return serve.run(args.workflow, args.config, args.run_dir, args.ip, args.port, args.token_file)
+
+
+def _pool_server_args(parser, port: int, token_help: str) -> None:
+    """The options a server on the shared model pool takes (`medwb app`, `medwb serve`)."""
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "app.yaml"),
+                        help="the model pool's YAML file (default: configs/app.yaml)")
+    parser.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+                                                          "machine only; another needs MEDWB_APP_TOKEN or --token-file)")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--token-file", help="file holding " + token_help)
+
+
+def cmd_serve(args) -> int:
+    from medwb.apps import endpoint
+    return endpoint.run(args.config, args.run_dir, args.ip, args.port, args.token_file, args.max_queue,
+                        args.max_tokens)
+
+
+def cmd_serve_load(args) -> int:
+    from medwb import runner
+    from medwb.apps.serve import resolve_token
+    from medwb.bench import serve_load
+    try:
+        rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    except ValueError:
+        raise MedwbError(f"--rates {args.rates!r}: comma-separated requests per second, e.g. 0.5,1,2") from None
+    token, _ = resolve_token("127.0.0.1", args.token_file)
+    if not args.token_file and not os.environ.get("MEDWB_APP_TOKEN"):
+        raise MedwbError("--token-file: give the endpoint's token (a file, or MEDWB_APP_TOKEN)")
+    run_dir = args.run_dir or runner.new_run_dir()
+    serve_load.run(args.url.rstrip("/"), token, args.model or "", rates, args.requests, args.max_tokens, run_dir)
+    print(f"records: {Path(run_dir) / 'records' / 'serve_load.jsonl'}; plot: {Path(run_dir) / 'serve_load.png'}")
+    return 0
 
 
 def cmd_app_load(args) -> int:
@@ -330,15 +364,30 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("app", help="serve a clinical app as a web page for several doctors (Voila, one shared "
                                    "model pool, token, 127.0.0.1 by default)")
     a.add_argument("workflow", nargs="?", default="diagnosis", help="diagnosis (鉴别诊断) or discharge (出院记录)")
-    a.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "app.yaml"),
-                   help="the model pool's YAML file (default: configs/app.yaml)")
-    a.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
-                                                     "only; another needs MEDWB_APP_TOKEN or --token-file)")
-    a.add_argument("--port", type=int, default=8866)
-    a.add_argument("--token-file", help="file holding the access token (default: a random one, printed in the URL)")
+    _pool_server_args(a, 8866, "the access token (default: a random one, printed in the URL)")
     a.add_argument("--run-dir", help="folder for the feedback store, logs and the pool's socket "
                                      "(default: a new runs/<timestamp>)")
     a.set_defaults(func=cmd_app)
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible endpoint (/v1/chat/completions, /v1/completions, "
+                                      "/v1/models, /health, /metrics) for the configured variants, on one shared pool")
+    _pool_server_args(sv, 8000, "the bearer token (default: a random one, printed)")
+    sv.add_argument("--max-queue", type=int, default=4, help="requests that may wait per model beside the one "
+                                                             "it generates; more are answered 429 (default 4)")
+    sv.add_argument("--max-tokens", type=int, default=256, help="max_tokens when a request gives none")
+    sv.add_argument("--run-dir", help="folder for the pool's logs and socket (default: a new runs/<timestamp>)")
+    sv.set_defaults(func=cmd_serve)
+
+    sl = sub.add_parser("serve-load", help="N requests at each request rate against a running `medwb serve` "
+                                           "endpoint: TTFT, TPOT, end to end, p50/p90/p99, throughput, 429s")
+    sl.add_argument("--url", default="http://127.0.0.1:8000", help="the endpoint (default http://127.0.0.1:8000)")
+    sl.add_argument("--token-file", help="file holding the endpoint's bearer token (or MEDWB_APP_TOKEN)")
+    sl.add_argument("--model", help="the model to load (default: the endpoint's first)")
+    sl.add_argument("--rates", default="0.5,1,2", help="requests per second, comma-separated (default 0.5,1,2)")
+    sl.add_argument("--requests", type=int, default=20, help="requests per rate (default 20)")
+    sl.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each request (default 64)")
+    sl.add_argument("--run-dir", help="folder for the records and the plot (default: a new runs/<timestamp>)")
+    sl.set_defaults(func=cmd_serve_load)
 
     al = sub.add_parser("app-load", help="benchmark the app server's shared model pool with N simulated doctors",
                         description="N doctors at once (each a page of its own on one shared pool), each doing "

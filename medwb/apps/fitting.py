@@ -18,7 +18,8 @@ from medwb.errors import MedwbError
 CUT_MARK = "…(已截断)"
 # The workflow module that renders and shortens each kind of prompt (the worker's request
 # names the kind; the worker imports the module it needs).
-FITTERS = {"diagnosis": "medwb.apps.diagnosis.record", "discharge": "medwb.apps.discharge.record"}
+FITTERS = {"diagnosis": "medwb.apps.diagnosis.record", "discharge": "medwb.apps.discharge.record",
+           "chat": "medwb.apps.chat_prompt"}
 
 
 def fitter(kind: str):

@@ -55,19 +55,22 @@ def _compiled(template: str):
     return env.from_string(template)
 
 
-def renderer(chat: dict | None) -> Callable[[str], str]:
-    """str -> the user turn of ``chat`` (``template_of``'s answer) with the assistant's turn
-    opened; the demo template by its own function; no template: the text as it is."""
+def renderer(chat: dict | None) -> Callable[[str | list], str]:
+    """A user's text (or a whole conversation: a list of {"role", "content"}) -> ``chat``'s
+    template (``template_of``'s answer) with the assistant's turn opened; the demo template by
+    its own function; no template: the text as it is (a conversation's contents, one per line)."""
     from medwb.tasks import prompts
     template = (chat or {}).get("chat_template")
+
+    def messages(x):
+        return x if isinstance(x, list) else [{"role": "user", "content": x}]
     if template == prompts.CHAT_TEMPLATE:
-        return lambda text: prompts.render_chat([{"role": "user", "content": text}])
+        return lambda x: prompts.render_chat(messages(x))
     if not template:
-        return lambda text: text
+        return lambda x: "\n".join(m["content"] for m in messages(x))
     compiled = _compiled(template)
     special = {k: v for k, v in chat.items() if k in _SPECIAL}
-    return lambda text: compiled.render(messages=[{"role": "user", "content": text}], add_generation_prompt=True,
-                                        **special)
+    return lambda x: compiled.render(messages=messages(x), add_generation_prompt=True, **special)
 
 
 def chat_prompts(model_dir, inputs: list[str]) -> list[str]:
