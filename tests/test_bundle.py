@@ -53,13 +53,16 @@ def test_make_setup_with_a_wheelhouse_never_asks_an_index():
     res = subprocess.run(["make", "-n", "-B", "setup", "WHEELHOUSE=wheelhouse"], cwd=REPO, capture_output=True,
                          text=True)
     installs = [line for line in res.stdout.splitlines() if "pip install" in line]
-    assert len(installs) == 4 and all("--no-index --find-links" in line and "PIP_CONFIG_FILE=/dev/null" in line
+    # main, bigdl and ipex: each its lock, then medwb itself
+    assert len(installs) == 6 and all("--no-index --find-links" in line and "PIP_CONFIG_FILE=/dev/null" in line
                                       for line in installs)
-    assert res.stdout.count("medwb.bundle check") == 2
-    res = subprocess.run(["make", "-n", "-B", "cluster", "WHEELHOUSE=wheelhouse"], cwd=REPO, capture_output=True,
-                         text=True)
-    installs = [line for line in res.stdout.splitlines() if "pip install" in line and "cluster.lock" in line]
-    assert len(installs) == 1 and "--no-index --find-links" in installs[0] and "PIP_CONFIG_FILE=/dev/null" in installs[0]
+    assert res.stdout.count("medwb.bundle check") == 3
+    for target, lock in (("cluster", "cluster.lock"), ("serve", "serve.lock")):  # the main env's extras
+        res = subprocess.run(["make", "-n", "-B", target, "WHEELHOUSE=wheelhouse"], cwd=REPO, capture_output=True,
+                             text=True)
+        installs = [line for line in res.stdout.splitlines() if "pip install" in line and lock in line]
+        assert len(installs) == 1 and "--no-index --find-links" in installs[0] \
+            and "PIP_CONFIG_FILE=/dev/null" in installs[0], (target, res.stdout)
 
 
 def test_doctor_passes_here_and_fails_on_a_proxy_variable(monkeypatch, capsys):

@@ -193,7 +193,7 @@ class Endpoint:
                 raise _Refused(503, error_body(f"{name} could not answer: {error}", "server_error"))
             rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
             if body.get("stream"):
-                return StreamingResponse(ep._stream(request, job, first, rid, name, chat, slot, started),
+                return StreamingResponse(ep._stream(request, job, first, rid, name, chat, slot, started, max_tokens),
                                          media_type="text/event-stream")
             text, done = "", first if first[0] == "done" else None
             try:
@@ -231,7 +231,7 @@ class Endpoint:
         self.metrics.tokens.labels(name, "prompt").inc(msg.get("prompt_tokens") or 0)
         self.metrics.tokens.labels(name, "completion").inc(msg.get("new_tokens") or 0)
 
-    async def _stream(self, request, job, first, rid, name, chat, slot, started):
+    async def _stream(self, request, job, first, rid, name, chat, slot, started, max_tokens):
         """Server-sent events in the OpenAI chunk format; a client gone mid-stream cancels the
         job (closing its pool client drops and stops it) and frees its place."""
         created = int(time.time())
@@ -259,8 +259,8 @@ class Endpoint:
                 elif kind == "done":
                     finished = True
                     self._finish(slot, name, msg, started)
-                    self.metrics.requests.labels("stream", "200").inc()
-                    yield chunk(None, _finish_reason(msg))
+                    self.metrics.requests.labels(request.url.path, "200").inc()
+                    yield chunk(None, _finish_reason(msg, max_tokens))
                     yield "data: [DONE]\n\n"
                     return
                 if await request.is_disconnected():
@@ -270,7 +270,7 @@ class Endpoint:
             job.close()
             if not finished:
                 self._release(slot, name, None)
-                self.metrics.requests.labels("stream", "499").inc()
+                self.metrics.requests.labels(request.url.path, "499").inc()  # the client went away
 
 
 class _Job:
@@ -315,13 +315,14 @@ def _fields(body: dict, chat: bool) -> dict:
     return {"prompt": prompt}
 
 
-def _finish_reason(msg: dict) -> str:
-    return "length" if msg.get("status") == "ok" and msg.get("new_tokens") and msg.get("length_reached") else "stop"
+def _finish_reason(msg: dict, max_tokens: int) -> str:
+    """"length" when the answer used its whole budget, else "stop" (it ended by itself)."""
+    return "length" if (msg.get("new_tokens") or 0) >= max_tokens else "stop"
 
 
 def _response(rid: str, name: str, text: str, msg: dict, chat: bool, max_tokens: int) -> dict:
     new = msg.get("new_tokens") or 0
-    finish = "length" if new >= max_tokens else "stop"
+    finish = _finish_reason(msg, max_tokens)
     usage = {"prompt_tokens": msg.get("prompt_tokens") or 0, "completion_tokens": new,
              "total_tokens": (msg.get("prompt_tokens") or 0) + new}
     if chat:
