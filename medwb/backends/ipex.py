@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medwb.backends.bigdl import KNOBS, BigDL, BigDLBackend, save_low_bit_main
+from medwb.backends.bigdl import BigDL, BigDLBackend, save_low_bit_main
 from medwb.backends.pytorch import load_tokenizer
 from medwb.backends.registry import register
 from medwb.errors import MedwbError
@@ -74,10 +74,9 @@ class IpexBackend(BigDLBackend):
 class IpexLLM(BigDL):
     name, env, family, route = "ipex-llm", "ipex", "ipex-llm", "ipex-llm-api"
     imports = ("torch", "transformers", "ipex_llm.transformers")
-    kernel_package = "ipex_llm"
+    kernel_package = IpexBackend.package   # its kernel libraries are under its own package
     stands_in_for = "bigdl"
     caveat = ARCHIVED
-    knobs = KNOBS
     runtime = IpexBackend
 
     def model_problems(self, model_dir: Path) -> list[str]:

@@ -196,15 +196,19 @@ def _accuracy(task: str | None, fidelity: str | None) -> tuple[bool, str]:
     return False, f"not enough evidence ({task_words}; {fid_words})"
 
 
-def _is_peer(variant_label: str) -> bool:
+def _entry(variant_label: str):
+    """The registry entry of a variant's backend."""
     from medwb.backends import registry, variants
-    return registry.get(variants.parse_variants(variant_label)[0]["backend"]).peer
+    return registry.get(variants.parse_variants(variant_label)[0]["backend"])
+
+
+def _is_peer(variant_label: str) -> bool:
+    return _entry(variant_label).peer
 
 
 def _caveat(variant_label: str) -> str:
     """What a deployer must know about the variant's library even where it runs (ipex-llm: archived)."""
-    from medwb.backends import registry, variants
-    return registry.get(variants.parse_variants(variant_label)[0]["backend"]).caveat
+    return _entry(variant_label).caveat
 
 
 # An unmaintained library (no security fixes) is recommended only when it is faster than the
