@@ -30,6 +30,15 @@ def cmd_demo_model(args) -> int:
     print(f"(measured when this model was built, {manifest['built_at']} on {manifest.get('cpu', '?')}; "
           f"{tr['steps']} steps on {tr['threads']} thread(s) in {tr['seconds']:.0f} s, "
           f"{manifest['parameters'] / 1e6:.2f} M parameters)")
+    if args.doctor_style:
+        from medwb import sysinfo
+        from medwb.backends.pytorch import PyTorchBackend
+        from medwb.eval import doctor_style
+        figures = doctor_style.evaluate(PyTorchBackend.load(path, "float32"), manifest["recipe"]["eval"]["max_new_tokens"])
+        print(doctor_style.format_figures(figures) + f"\n(measured now, greedy FP32, on {sysinfo.cpu()['model']})")
+    elif "doctor_style" not in manifest["quality"]:
+        print("cases written the way doctors write (data/heldout/doctor_style.jsonl): not measured when this model "
+              "was built; --doctor-style measures them now (about two minutes)")
     print(f"demo model: {path}")
     return 0
 
@@ -351,6 +360,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--rebuild", action="store_true", help="train the recipe here (about an hour on 2 cores)")
     d.add_argument("--force", action="store_true", help="with --rebuild: train even if this machine has "
                                                         "a verified build; with --out: replace the folder")
+    d.add_argument("--doctor-style", action="store_true",
+                   help="also answer the cases written the way doctors write (data/heldout/doctor_style.jsonl) "
+                        "and print task-format, primary-diagnosis and grounding rates with 95%% intervals")
     d.set_defaults(func=cmd_demo_model)
 
     r = sub.add_parser("run", help="execute every notebook into runs/<timestamp>/")

@@ -9,7 +9,7 @@ import pytest
 
 from medwb import runner
 from medwb.backends.variants import parse_variants
-from medwb.bench import config
+from medwb.bench import config, roofline
 from medwb.errors import MedwbError
 from medwb.jsonl import read as read_records
 
@@ -184,6 +184,14 @@ def test_compare_notebook_benchmarks_every_route_and_the_peer_and_writes_the_rep
         assert r["kernels"] and r["cpu"]["model"] and r["threads"] >= 1
         assert "machine_load" in r  # every measured variant says what load it was timed under
         assert {"diagnosis_top3_rate", "discharge_complete_rate", "rouge_l_vs_fp32"} <= set(r["quality"])
+        # The roofline's second ceiling: each runtime whose kernel can be called alone has its
+        # compute floor (medwb.bench.roofline), and the record says which floor binds.
+        if r["variant"].split(":")[0] in ("pytorch", "llama.cpp", "openvino-optimum", "openvino-genai"):
+            assert r["compute_floor_ms"] > 0 and r["kernel_fit"], (r["variant"], r.get("compute_floor_error"))
+            assert r["binding_floor"] in ("bandwidth", "compute")
+            bound = roofline.bounds(r["compute_floor_ms"], r["tpot_ms"])
+            assert r["limit_ms"] == (max(r["compute_floor_ms"], r["decode_floor_ms"]) if bound else r["decode_floor_ms"])
+    assert "bound nothing" in next(r for r in good if r["variant"] == "bigdl:sym_int4")["compute_floor_error"]
     # The peer users would pick instead is in the default matrix, at the routes' INT4 and INT8.
     peer = {r["variant"]: r for r in recs if r.get("peer")}
     assert set(peer) == {"llama.cpp:q4_0"}

@@ -103,6 +103,13 @@ class BigDLBackend(PyTorchBackend):
         super().__init__(model, tokenizer, model_dir, low_bit, threads)
         self.low_bit, self.source = low_bit, source
 
+    def kernel_times(self, plan: list[dict]) -> list[dict]:
+        # Tried (2026-12-05, AMD EPYC AVX-512): its LowBitLinear timed alone, the way the
+        # other runtimes' kernels are, ran 0.09-0.13 ns per weight, 3x slower than the whole
+        # model decodes per weight (its fused decode path is not callable alone): no floor.
+        raise MedwbError(f"{self.dist}'s low-bit kernel timed outside a model runs about 3x slower per weight "
+                         "than its own decode (its fused path is not callable alone), so it would bound nothing")
+
     @classmethod
     def load(cls, model_dir, low_bit: str = "sym_int4", threads: int | None = None,
              optimize_model: bool = True, parameter: str = "model_path") -> "BigDLBackend":

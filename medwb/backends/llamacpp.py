@@ -137,6 +137,10 @@ class LlamaCppBackend:
         used = re.findall(r"(\w+) = 1", info)
         return f"llama.cpp ({' '.join(used)})"
 
+    def kernel_times(self, plan: list[dict]) -> list[dict]:
+        from medwb.backends.toolchain import ggml_kernels
+        return ggml_kernels.kernel_times(plan, self.precision, self.threads)
+
     def describe(self) -> dict:
         import llama_cpp
         return {"backend": self.name, "precision": self.precision, "model_dir": str(self.model_dir),

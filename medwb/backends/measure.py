@@ -122,3 +122,22 @@ def _vm_hwm_kb(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def seconds_per_call(call, budget_s: float = 0.15, blocks: int = 5) -> float:
+    """The fastest of ``blocks`` block means of ``call()`` (after a warm-up), each block about
+    ``budget_s / blocks`` long: a kernel's cost per call with the machine's noise mostly out.
+    The compute-floor probes' timer (``medwb.bench.roofline``)."""
+    for _ in range(3):
+        call()
+    t = time.perf_counter()
+    call()
+    once = max(time.perf_counter() - t, 1e-7)
+    reps = max(1, int(budget_s / blocks / once))
+    best = float("inf")
+    for _ in range(blocks):
+        t = time.perf_counter()
+        for _ in range(reps):
+            call()
+        best = min(best, (time.perf_counter() - t) / reps)
+    return best

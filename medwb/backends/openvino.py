@@ -116,6 +116,45 @@ def compiled_kernels(compiled, execute: bool = False) -> str:
     return ", ".join(f"{k} x{n}" for k, n in kinds.most_common())
 
 
+def kernel_times(plan: list[dict], props: dict, ir_dir: Path) -> list[dict]:
+    """The CPU plugin's matrix-vector kernel timed for the compute floor (medwb.bench.roofline):
+    per ``plan`` entry, r products of one [1, k] activation in one model, each with its own
+    k x n weights (cache-resident together), compressed as the IR's weights are (its
+    export manifest: int8 per channel, int4 with its group size and symmetry; NNCF's own
+    decompression pattern, which the plugin fuses into its FullyConnected kernel), compiled
+    with the variant's properties. Seconds per call."""
+    import json
+
+    import nncf
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from medwb.backends.measure import seconds_per_call
+    manifest = json.loads((Path(ir_dir) / oe.MANIFEST).read_text(encoding="utf-8"))
+    fmt, core, rng = manifest["weight_format"], ov.Core(), np.random.default_rng(0)
+    if fmt not in ("int4", "int8"):
+        raise MedwbError(f"the compute floor is measured for int4 and int8 IRs, not {fmt} weights")
+    out = []
+    for p in plan:
+        # One input: each extra Parameter costs the request ~15 us per call, which the slope
+        # over r would count as kernel work (measured).
+        x = ops.parameter([1, p["k"]], np.float32, name="x")
+        prods = [ops.matmul(x, ops.constant((rng.standard_normal((p["n"], p["k"])) * 0.02).astype(np.float32)),
+                            False, True) for _ in range(p["r"])]
+        model = ov.Model([prods[0] if p["r"] == 1 else ops.concat(prods, 1)], [x])
+        if fmt == "int8":
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        else:
+            mode = nncf.CompressWeightsMode.INT4_SYM if manifest["int4_sym"] else nncf.CompressWeightsMode.INT4_ASYM
+            model = nncf.compress_weights(model, mode=mode, group_size=manifest["int4_group_size"], ratio=1.0,
+                                          all_layers=True)
+        compiled = core.compile_model(model, "CPU", {k: v for k, v in props.items() if k != "CACHE_DIR"})
+        request, feed = compiled.create_infer_request(), {0: rng.standard_normal((1, p["k"])).astype(np.float32)}
+        out.append({**p, "s": seconds_per_call(lambda r=request, f=feed: r.infer(f))})
+    return out
+
+
 class OptimumOVBackend(PyTorchBackend):
     name = "openvino-optimum"
 
@@ -159,6 +198,9 @@ class OptimumOVBackend(PyTorchBackend):
 
     def kernels(self) -> str:
         return compiled_kernels(self.model.request.get_compiled_model())
+
+    def kernel_times(self, plan: list[dict]) -> list[dict]:
+        return kernel_times(plan, self.props, self.model_dir)
 
     def describe(self) -> dict:
         import importlib.metadata

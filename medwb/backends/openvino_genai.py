@@ -117,6 +117,10 @@ class GenAIBackend:
         compiled = core.compile_model(core.read_model(str(self.model_dir / "openvino_model.xml")), "CPU", self.props)
         return compiled_kernels(compiled, execute=True)
 
+    def kernel_times(self, plan: list[dict]) -> list[dict]:
+        from medwb.backends.openvino import kernel_times
+        return kernel_times(plan, self.props, self.model_dir)
+
     def describe(self) -> dict:
         import importlib.metadata
         return {"backend": self.name, "precision": self.precision, "model_dir": str(self.model_dir),

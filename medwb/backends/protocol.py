@@ -114,7 +114,12 @@ class Record(TypedDict, total=False):
     tpot_ms: float | None
     peak_rss_mb: float
     size_bytes: int
-    decode_floor_ms: float
+    decode_floor_ms: float            # the bandwidth floor (medwb.bench.bandwidth)
+    compute_floor_ms: float           # the kernels' floor (medwb.bench.roofline), where measured
+    compute_floor_error: str          # why there is none
+    binding_floor: str                # "bandwidth" | "compute": the larger, which pct_of_limit is against
+    limit_ms: float
+    kernel_fit: dict                  # per inner dimension K: per_matrix_us, ns_per_weight
     pct_of_limit: float | None
     quality: dict
     agreement_vs_fp32: dict
@@ -125,7 +130,9 @@ class Runtime(Protocol):
     """What ``Backend.load`` returns; the probe, the eval worker, the routes and the app
     workers call exactly these. Optional extras (checked with ``hasattr``):
     ``save_low_bit(out_dir)``, ``compiled_properties()``, ``runtime_layer_types()``,
-    ``kernels()`` (the kernels that really ran, read after inference), and
+    ``kernels()`` (the kernels that really ran, read after inference),
+    ``kernel_times(plan)`` (its matrix-vector kernel on cache-resident slices, for the compute
+    floor: medwb.bench.roofline; MedwbError with the reason where it cannot be), and
     ``sequence_logits(ids) -> ndarray [len(ids), vocab]`` (every position's logits, teacher
     forced: what medwb.eval.fidelity compares with FP32; a backend without it says so in its
     registry entry, ``logits_via`` or ``no_logits_reason``)."""

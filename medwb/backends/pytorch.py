@@ -155,6 +155,22 @@ class PyTorchBackend:
                 rows.append(out.logits[0, -1].float().numpy())
             return np.stack(rows)
 
+    def kernel_times(self, plan: list[dict]) -> list[dict]:
+        """torch's linear in the model's dtype, timed for the compute floor (medwb.bench.roofline):
+        per ``plan`` entry, r products of one k-vector, each with its own k x n weights. Seconds per call."""
+        import torch
+        import torch.nn.functional as F
+
+        from medwb.backends.measure import seconds_per_call
+        dtype = getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(self.dtype, self.dtype))
+        gen, out = torch.Generator().manual_seed(0), []
+        for p in plan:
+            x = torch.randn(1, p["k"], generator=gen).to(dtype)
+            ws = [torch.randn(p["n"], p["k"], generator=gen).to(dtype) * 0.02 for _ in range(p["r"])]
+            with torch.inference_mode():
+                out.append({**p, "s": seconds_per_call(lambda x=x, ws=ws: [F.linear(x, w) for w in ws])})
+        return out
+
     def kernels(self) -> str:
         import torch
         return f"torch {torch.backends.cpu.get_cpu_capability()} (oneDNN {torch.backends.mkldnn.is_available()})"

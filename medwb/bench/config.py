@@ -18,6 +18,7 @@ DEFAULT_CONFIG = {
     "threads": 0,               # 0: all cores
     "quality_cases": 4,         # held-out cases per workflow for quality (demo-like models); 0: none
     "bandwidth_mb": 1024,
+    "compute_floor": True,      # time each runtime's kernel for the compute floor (medwb.bench.roofline)
     "kernel_build": "match",    # bigdl kernels: "match" (the CPU's own flags), "" (bigdl decides), a build
     "timeout_s": 1800,          # per variant
     "artifacts_dir": "",        # converted models (IRs, low-bit folders, native files); empty: the medwb cache
@@ -76,6 +77,8 @@ def validate(cfg: dict) -> dict:
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < (1 if key in positive else 0):
             problems.append(f"{key} must be a {'positive' if key in positive else 'non-negative'} "
                             f"integer, got {cfg[key]!r}")
+    if not isinstance(cfg["compute_floor"], bool):
+        problems.append(f"compute_floor must be true or false, got {cfg['compute_floor']!r}")
     kb = cfg.get("kernel_build") or ""
     if kb and kb != "match" and kb not in BUILDS:
         problems.append(f"kernel_build {kb!r} is unknown; use '', 'match' or one of {', '.join(BUILDS)}")

@@ -13,7 +13,8 @@ defaults), kernel_build, save_to, timing_prompt, input_tokens (the timing
 prompt cut or repeated to exactly that many tokens), max_new_tokens (timing; forced
 length), trials, prompts and agreement_new_tokens (greedy outputs for agreement),
 runtime_graph (list the compiled graph's layer types; OpenVINO optimum only), barrier (a
-side-by-side measurement: {dir, n}, see ``barrier``).
+side-by-side measurement: {dir, n}, see ``barrier``), kernel_plan (the runtime's kernel timed
+for the compute floor: ``medwb.bench.roofline.plan``).
 """
 from __future__ import annotations
 
@@ -70,6 +71,9 @@ def probe(spec: ProbeSpec) -> ProbeResult:
             result["pairs"].append({"input_tokens": n_in, "output_tokens": n_out,
                                     **timed(backend, measure.exact_length(base, n_in), n_out, spec.get("trials", 1))})
 
+    if spec.get("kernel_plan"):
+        result.update(kernel_probe(backend, spec["kernel_plan"]))
+
     outputs, last_logits = [], []
     budgets = spec.get("prompt_budgets") or [spec.get("agreement_new_tokens", n_new)] * len(spec.get("prompts", []))
     for prompt, budget in zip(spec.get("prompts", []), budgets):
@@ -84,6 +88,20 @@ def probe(spec: ProbeSpec) -> ProbeResult:
                   peak_rss_mb=round(peak, 1), rss_increase_mb=round(peak - rss_before, 1),
                   kernel_builds=bigdl_kernels.loaded_builds())
     return result
+
+
+def kernel_probe(backend, plan: list[dict]) -> dict:
+    """The runtime's kernel timed on cache-resident slices for the compute floor
+    (medwb.bench.roofline), or why it is not: a record keeps either."""
+    from medwb.errors import MedwbError
+    if not hasattr(backend, "kernel_times"):
+        return {"kernel_probe_error": f"{backend.name}: its kernels cannot be called outside a model here"}
+    started = time.perf_counter()
+    try:
+        times = backend.kernel_times(plan)
+    except MedwbError as e:
+        return {"kernel_probe_error": str(e)}
+    return {"kernel_times": times, "kernel_probe_s": round(time.perf_counter() - started, 2)}
 
 
 def barrier(spec: dict | None, key: str) -> None:

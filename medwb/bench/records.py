@@ -70,6 +70,7 @@ COLUMNS = {
     "inference_precision": lambda r: r.get("inference_precision", r["precision"]),
     "size_MB": _mb, "export_s": "export_s", "load_s": "load_s", "load_compile_s": "load_s",
     "ttft_ms": "ttft_ms", "tpot_ms": "tpot_ms", "tok_s": "throughput_tok_s", "floor_ms": "decode_floor_ms",
+    "compute_floor_ms": "compute_floor_ms", "binding": "binding_floor",
     "pct_of_limit": "pct_of_limit", "peak_rss_MB": "peak_rss_mb", "load_peak_rss_MB": "peak_rss_mb_load",
     "kernels": "kernels",
     # Measured with N copies decoding at once (bench --concurrent N): the slowest copy, and all together.

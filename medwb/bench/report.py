@@ -91,11 +91,28 @@ def plots(records: list[dict]) -> dict:
 
     pct = ok.pivot_table(index="variant", columns="tokens", values="pct_of_limit", sort=False)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(pct) + 2))
-    pct.plot.barh(ax=ax, title="next-token latency as % of the memory-bandwidth limit (higher: closer)")
+    pct.plot.barh(ax=ax, title="next-token latency as % of its binding floor (bandwidth or compute: the larger; "
+                               "higher: closer)")
     ax.axvline(100, color="grey", linestyle="--", linewidth=1)
     fig.tight_layout()
     figs["pct_of_limit"] = fig
+    if "compute_floor_ms" in ok:
+        figs["floors"] = floors_figure(ok[ok["tokens"] == first_pair])
     return figs
+
+
+def floors_figure(rows):
+    """The roofline per variant at one token pair: the measured next-token time beside the
+    bandwidth floor and the compute floor (medwb.bench.roofline); the larger floor binds."""
+    import matplotlib.pyplot as plt
+    data = rows.set_index("variant")[["tpot_ms", "floor_ms", "compute_floor_ms"]].rename(
+        columns={"tpot_ms": "measured", "floor_ms": "bandwidth floor", "compute_floor_ms": "compute floor"})
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(data) + 2))
+    data.plot.barh(ax=ax, color=["#4c72b0", "#c0c0c0", "#dd8452"],
+                   title=f"next-token time and its two floors at {rows['tokens'].iloc[0]} tokens (ms/token)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
 
 
 # ---------------------------------------------------------------- recommendation
@@ -345,8 +362,9 @@ def peer_comparison(records: list[dict]):
             groups.setdefault((r.get("server") or "", r["input_tokens"], r["output_tokens"], r["weight_bits"]),
                               []).append(r)
 
-    def x_floor(r):
-        return round(r["tpot_ms"] / r["decode_floor_ms"], 2) if r.get("decode_floor_ms") else None
+    def x_floor(r):  # times its binding floor (the bandwidth floor where no compute floor was measured)
+        floor = r.get("limit_ms") or r.get("decode_floor_ms")
+        return round(r["tpot_ms"] / floor, 2) if floor else None
     out = []
     for (server, n_in, n_out, bits), same in sorted(groups.items()):
         route = min((r for r in same if not r.get("peer")), key=lambda r: r["tpot_ms"], default=None)

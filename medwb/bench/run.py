@@ -29,7 +29,7 @@ from pathlib import Path
 from medwb import envs
 from medwb.backends import knobs, registry
 from medwb.backends.variants import base_label, label, load_spec, parse_variants, prepare
-from medwb.bench import bandwidth
+from medwb.bench import bandwidth, roofline
 from medwb.bench.config import validate
 from medwb.bench.probe import against_reference, run_probe
 from medwb import jsonl
@@ -108,6 +108,7 @@ def records_for(v: Variant, art: dict, result: ProbeResult, reference: ProbeResu
         basis = f"size x the weights a {shape.family} token reads ({shape.read_share:.3f})"
         weights_read = size * shape.read_share
     kv_elem = _kv_bytes(v, result)
+    compute = compute_fields(shape, result)
     qual = None
     if cases and result.get("texts") and not ctx["speed_only"]:  # random weights: agreement only
         qual = score_outputs(result["texts"], cases, reference.get("texts") if reference else None)
@@ -124,6 +125,13 @@ def records_for(v: Variant, art: dict, result: ProbeResult, reference: ProbeResu
                        kv_bytes_per_element=kv_elem,
                        decode_floor_ms=round(floor, 4),
                        pct_of_limit=round(100 * floor / rec["tpot_ms"], 1) if rec.get("tpot_ms") else None)
+        if compute:  # the roofline: the larger floor binds, and pct_of_limit is against it
+            rec.update(compute, **roofline.limit(rec.get("decode_floor_ms"), compute.get("compute_floor_ms"),
+                                                 rec.get("tpot_ms")))
+            if compute.get("compute_floor_ms") and not roofline.bounds(compute["compute_floor_ms"], rec.get("tpot_ms")):
+                rec["compute_floor_error"] = (f"the kernels' floor ({compute['compute_floor_ms']:.2f} ms) is above "
+                                              f"the measured {rec['tpot_ms']:.2f} ms/token: it bounds nothing here "
+                                              "(the kernel alone ran slower than in the model)")
         builds = sorted(set((result.get("kernel_builds") or {}).values()))
         rec["kernel_build"] = pair.get("kernel_build") or ",".join(builds) or None
         known = entry.kernels_label(rec["kernel_build"])  # e.g. bigdl's own ISA build of its kernels
@@ -133,6 +141,21 @@ def records_for(v: Variant, art: dict, result: ProbeResult, reference: ProbeResu
             rec["quality"] = qual
         records.append(rec)
     return records
+
+
+def compute_fields(shape, result: ProbeResult) -> dict:
+    """The compute floor's fields of a record from the probe's kernel timings (or why there
+    is none); empty when the kernel was not probed."""
+    if result.get("kernel_probe_error"):
+        return {"compute_floor_error": result["kernel_probe_error"]}
+    if not result.get("kernel_times"):
+        return {}
+    fits = roofline.fit(result["kernel_times"])
+    floor = roofline.compute_floor_ms(shape.matmuls(), fits)
+    if floor is None:
+        return {"compute_floor_error": "the kernel's timings gave no positive cost per weight (noise): rerun on "
+                                       "an idle machine", "kernel_fit": fits}
+    return {"compute_floor_ms": round(floor, 4), "kernel_fit": fits}
 
 
 def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[Record]:
@@ -181,12 +204,20 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[Recor
         records += records_for(parse_variants(name)[0], {}, {"error": f"not run: {why}"}, None, [], ctx)
     bar = tqdm(total=len(cfg["variants"]) * cfg["rounds"], desc="bench", unit="variant", disable=not progress)
     current = {"round": 0}  # quality is answered in the first round only
+    kernels: dict[str, dict] = {}  # the first round's kernel timings, for every round's floors
 
     def measure(v: Variant, reference: ProbeResult | None) -> tuple[list[Record], ProbeResult]:
         bar.set_postfix_str(label(v))
         art, started = arts[label(v)], time.perf_counter()
-        spec = probe_spec(v, art, cfg, threads, pair_prompt, [] if current["round"] else cases, matching)
+        # quality cases and the compute floor's kernel probe in the first round only
+        spec = probe_spec(v, art, cfg, threads, pair_prompt, [] if current["round"] else cases, matching,
+                          None if current["round"] else model_dir)
         result, side = measure_variant(v, art, spec, cfg, threads)
+        probed = {k: result[k] for k in ("kernel_times", "kernel_probe_error") if k in result}
+        if current["round"] == 0:
+            kernels[label(v)] = probed
+        elif "error" not in result:
+            result = {**result, **kernels.get(label(v), {})}
         if v is ref and "error" not in result:
             reference = result  # its own row: agreement left out, ROUGE-L vs itself
         new = records_for(v, art, result, reference, cases, ctx)
@@ -224,12 +255,15 @@ def matching_kernel_build(cfg: dict) -> str | None:
 
 
 def probe_spec(v: Variant, art: dict, cfg: dict, threads: int, pair_prompt: str, cases: list[dict],
-               matching: str | None) -> ProbeSpec:
+               matching: str | None, model_dir: Path | None = None) -> ProbeSpec:
     """What one variant's probe is asked: the variant's own knobs (the backend fills in the
     defaults), its artifact, the token pairs, and the quality cases (none: speed only)."""
     spec = load_spec(v, art, threads, cfg.get("kernel_build") or None)
     if spec["kernel_build"] == "match":
         spec["kernel_build"] = matching
+    if cfg.get("compute_floor") and model_dir:  # the runtime's kernel on slices of this model's matrices
+        bits = registry.get(v["backend"]).weight_bits(v) or 32
+        spec["kernel_plan"] = roofline.plan(architectures.shape(model_config(model_dir)).matmuls(), bits / 8)
     # The artifact's own spec keys stay last, as load_spec leaves them.
     return {**spec, "token_pairs": cfg["token_pairs"], "pair_prompt": pair_prompt, "trials": cfg["trials"],
             "prompts": [c["prompt"] for c in cases], "prompt_budgets": [c["budget"] for c in cases],
@@ -270,7 +304,7 @@ def side_by_side(v: Variant, spec: ProbeSpec, n: int, threads: int, timeout_s: i
         return {"n": n, "error": f"{entry.name} runs a one-shot native tool per call: not timed side by side"}
     each = max(1, threads // n)  # as medwb.apps.workers.split_threads shares the cores out
     with tempfile.TemporaryDirectory(prefix="medwb-side-by-side-") as folder:
-        copy = {**spec, "threads": each, "prompts": [], "prompt_budgets": [],
+        copy = {**spec, "threads": each, "prompts": [], "prompt_budgets": [], "kernel_plan": None,
                 "barrier": {"dir": folder, "n": n, "timeout_s": timeout_s}}
         python, env = str(envs.python_of(entry.env)), entry.process_env(copy)
         with ThreadPoolExecutor(n) as pool:
@@ -324,7 +358,7 @@ def load(run_dir) -> list[Record]:
     return jsonl.read(Path(run_dir) / "records" / "bench.jsonl")
 
 
-TABLE_COLUMNS = ["server", "variant", "round", "tokens", "load_s", "ttft_ms", "tpot_ms", "tok_s", "floor_ms", "pct_of_limit",
+TABLE_COLUMNS = ["server", "variant", "round", "tokens", "load_s", "ttft_ms", "tpot_ms", "tok_s", "floor_ms", "compute_floor_ms", "binding", "pct_of_limit",
                  "side_by_side_n", "tpot_side_by_side_ms", "side_by_side_tok_s",
                  "peak_rss_MB", "size_MB", "kernels", "exact_vs_fp32", "first_diff", "rougeL_vs_fp32", "dx_top3",
                  "dc_complete", "error"]

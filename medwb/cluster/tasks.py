@@ -94,7 +94,7 @@ def measure(job: dict, tracker) -> dict:
         model_dir = _model_here(cfg["model"], job["model_identity"])
         art = _prepare(model_dir, v, {**cfg, "threads": threads}, lines.append)
         matching = matching_kernel_build({**cfg, "variants": [v]})  # this node's own CPU flags
-        spec = probe_spec(v, art, cfg, threads, job["pair_prompt"], job["cases"], matching)
+        spec = probe_spec(v, art, cfg, threads, job["pair_prompt"], job["cases"], matching, model_dir)
         result, side = measure_variant(v, art, spec, cfg, threads)
     except MedwbError as e:
         result = {"error": str(e)}

@@ -72,6 +72,16 @@ class Shape:
         """``read_per_token`` / ``parameters``: scales an artifact's size to the bytes read."""
         return self.read_per_token / self.parameters
 
+    def matmuls(self) -> list[tuple[int, int, int]]:
+        """The weight matrices one generated token multiplies, as (inner dimension K, outputs N,
+        how many per token): the compute floor's work (``medwb.bench.roofline``). Q, K, V and
+        gate/up are counted as separate matrices; a runtime that fuses them does the same
+        multiply-adds in fewer, wider calls."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        per_layer = [(self.hidden, q, 1), (self.hidden, kv, 2), (q, self.hidden, 1),
+                     (self.hidden, self.intermediate, 2), (self.intermediate, self.hidden, 1)]
+        return [(k, n, c * self.layers) for k, n, c in per_layer] + [(self.hidden, self.vocab, 1)]
+
     def kv_bytes_per_token(self, context_tokens: float, bytes_per_element: float) -> float:
         """Bytes of KV cache read to generate one token at a context of ``context_tokens``
         (grouped-query attention: the KV heads, not the query heads)."""

@@ -354,10 +354,23 @@ def save_checkpoint(model, out_dir: Path, with_bin: bool = True) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
 
 
+def _interval(q: dict, key: str) -> str:
+    """The 95% Wilson interval of a figure: over cases for rates per answer, over findings
+    for grounding (findings of one answer are not independent: read it as a lower bound
+    on the width)."""
+    from medwb.quality.intervals import wilson
+    task = key.split("_", 1)[0]
+    n = q.get(f"{task}_findings") if key.endswith("grounding_rate") else q.get("n_cases")
+    if not n:
+        return ""
+    lo, hi = wilson(round(q[key] * n), n)
+    return f"[{lo:.0%}, {hi:.0%}]"
+
+
 def format_quality(q: dict, targets: dict | None = None) -> str:
     targets = RECIPE["targets"] if targets is None else targets
     lines = [f"demo model quality (greedy FP32; standard held-out set: {q['n_cases']} cases, "
-             f"varied set: {q.get('varied', {}).get('n_cases', 0)} cases):"]
+             f"varied set: {q.get('varied', {}).get('n_cases', 0)} cases; 95% intervals):"]
     for key, label in TARGET_LABELS.items():
         if key not in q:
             continue
@@ -366,7 +379,8 @@ def format_quality(q: dict, targets: dict | None = None) -> str:
         if key in GOALS and GOALS[key] != t:
             mark += f" ({'meets' if q[key] >= GOALS[key] else 'below'} the goal of {GOALS[key]:.0%})"
         varied = q.get("varied", {}).get(key)
-        lines.append(f"  {label}: {q[key]:.1%}{mark}" + (f"; varied style {varied:.1%}" if varied is not None else ""))
+        lines.append(f"  {label}: {q[key]:.1%} {_interval(q, key)}{mark}"
+                     + (f"; varied style {varied:.1%} {_interval(q['varied'], key)}" if varied is not None else ""))
     if q.get("tasks"):
         floors = RECIPE.get("continued", {}).get("task_floors", {})
         lines.append("evaluation set (data/eval, official PromptCBLUE metrics, greedy FP32):")
