@@ -131,6 +131,9 @@ def kernel_times(plan: list[dict], props: dict, ir_dir: Path) -> list[dict]:
     from openvino import opset13 as ops
 
     from medwb.backends.measure import seconds_per_call
+    if not (Path(ir_dir) / oe.MANIFEST).exists():
+        raise MedwbError(f"the IR in '{ir_dir}' was not exported by MedWB (no {oe.MANIFEST}): its weight "
+                         "compression is unknown, so its kernel cannot be reproduced for the compute floor")
     manifest = json.loads((Path(ir_dir) / oe.MANIFEST).read_text(encoding="utf-8"))
     fmt, core, rng = manifest["weight_format"], ov.Core(), np.random.default_rng(0)
     if fmt not in ("int4", "int8"):

@@ -101,6 +101,8 @@ def kernel_probe(backend, plan: list[dict]) -> dict:
         times = backend.kernel_times(plan)
     except MedwbError as e:
         return {"kernel_probe_error": str(e)}
+    except Exception as e:  # an extra measurement: its failure must not cost the variant's record
+        return {"kernel_probe_error": f"the kernel probe failed: {type(e).__name__}: {e}"}
     return {"kernel_times": times, "kernel_probe_s": round(time.perf_counter() - started, 2)}
 
 
