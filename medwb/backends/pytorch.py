@@ -162,7 +162,7 @@ class PyTorchBackend:
         import torch.nn.functional as F
 
         from medwb.backends.measure import seconds_per_call
-        dtype = getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(self.dtype, self.dtype))
+        dtype = getattr(torch, self.dtype)  # the torch dtype name the model was loaded in
         gen, out = torch.Generator().manual_seed(0), []
         for p in plan:
             x = torch.randn(1, p["k"], generator=gen).to(dtype)
