@@ -60,4 +60,6 @@ def test_the_larger_floor_binds_and_the_percentage_is_against_it():
     assert roofline.limit(None, None, 18.0) == {}
     # A kernels' floor above the measured time bounds nothing (10% is noise): bandwidth binds.
     assert roofline.limit(9.0, 21.7, 21.5)["binding_floor"] == "compute"
-    assert roofline.limit(9.0, 37.4, 30.2)["binding_floor"] == "bandwidth" and not roofline.bounds(37.4, 30.2)
+    above = roofline.limit(9.0, 37.4, 30.2)
+    assert above["binding_floor"] == "bandwidth" and not roofline.bounds(37.4, 30.2)
+    assert "bounds nothing" in above["compute_floor_error"]

@@ -109,12 +109,18 @@ def bounds(compute_floor_ms_: float | None, tpot_ms: float | None) -> bool:
 
 def limit(bandwidth_floor_ms: float | None, compute_floor_ms_: float | None, tpot_ms: float | None) -> dict:
     """The binding floor (the larger of the two; a compute floor that does not ``bounds`` the
-    measurement is left out), and the next-token time's percentage of it."""
-    floors = {"bandwidth": bandwidth_floor_ms,
-              "compute": compute_floor_ms_ if bounds(compute_floor_ms_, tpot_ms) else None}
+    measurement is left out, and ``compute_floor_error`` says why), and the next-token time's
+    percentage of it."""
+    bound = bounds(compute_floor_ms_, tpot_ms)
+    floors = {"bandwidth": bandwidth_floor_ms, "compute": compute_floor_ms_ if bound else None}
     known = {k: v for k, v in floors.items() if v}
     if not known:
         return {}
     binding = max(known, key=known.get)
-    return {"binding_floor": binding, "limit_ms": round(known[binding], 4),
-            "pct_of_limit": round(100 * known[binding] / tpot_ms, 1) if tpot_ms else None}
+    out = {"binding_floor": binding, "limit_ms": round(known[binding], 4),
+           "pct_of_limit": round(100 * known[binding] / tpot_ms, 1) if tpot_ms else None}
+    if compute_floor_ms_ and not bound:
+        out["compute_floor_error"] = (f"the kernels' floor ({compute_floor_ms_:.2f} ms) is above the measured "
+                                      f"{tpot_ms:.2f} ms/token: it bounds nothing here (the kernel alone ran "
+                                      "slower than in the model)")
+    return out

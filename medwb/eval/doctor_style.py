@@ -10,16 +10,16 @@ Each case is put to the model as the apps' free-text path does: a diagnosis case
 主诉 + 病历特点 (``prompts.DIAGNOSIS_PROMPT_FREE_TEXT``); a discharge case as the record
 pasted whole after its task line and chief complaint, with the discharge instruction. The
 figures, each with a 95% interval: the **task-format rate** (a diagnosis answer with its
-three headings and no discharge sections; a discharge record with its five sections and
+初步诊断 and 诊断依据 headings and no discharge sections; a discharge record with its five sections and
 no diagnosis headings), the **primary-diagnosis rate** and top-3 (diagnosis), and
 **grounding** (the findings written that occur in the case), its interval bootstrapped
 over cases since one answer's findings are not independent.
 """
 from __future__ import annotations
 
-import json
 import random
 
+from medwb import jsonl
 from medwb.paths import DATA_DIR
 from medwb.tasks import corpus, prompts, workflow
 from medwb.quality import grounding
@@ -31,8 +31,7 @@ BOOTSTRAP = 2000
 
 
 def load() -> list[dict]:
-    with open(SET, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return jsonl.read(SET)
 
 
 def user_prompt(sample: dict) -> str:
