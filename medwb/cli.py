@@ -426,8 +426,9 @@ def parser() -> argparse.ArgumentParser:
                        description="Benchmark variants (backend:precision) of one model; records go to "
                                    "<run>/records/bench.jsonl and bench.csv. Flags override the config file.")
     b.add_argument("--config", help="YAML/JSON file with any of: " + ", ".join(DEFAULT_BENCH_CONFIG))
+    from medwb.models.random_weights import SHAPES
     b.add_argument("--model", help="demo (default), shape:<name> (random weights, speed only: "
-                                   "tinyllama-1.1b, llama-26l-1.3b, llama2-7b) or a local checkpoint folder")
+                                   f"{', '.join(SHAPES)}) or a local checkpoint folder")
     b.add_argument("--variants", help="comma-separated backend:[weights/]precision[knobs], e.g. "
                                       "pytorch:fp32,bigdl:sym_int4,bigdl-cli:int4,openvino-genai:int4/bf16,"
                                       "'openvino-genai:int4/bf16[int4_sym=true threads=1]' (knobs: "

@@ -107,6 +107,16 @@ def checkpoint_bytes(model_dir) -> int:
     return sum(p.stat().st_size for p in files)
 
 
+def checkpoint_dtype(model_dir) -> str:
+    """The weights' dtype as config.json names it (``torch_dtype`` for transformers 4.x,
+    ``dtype`` for 5.x): float32 when it says nothing or cannot be read."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "float32"
+    return str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
+
+
 def dir_size_bytes(path) -> int:
     """Bytes of every regular file below ``path`` (links not followed)."""
     total = 0

@@ -243,7 +243,8 @@ def _tree(root: Path) -> dict:
 @pytest.mark.parametrize("argv, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_naming_the_parameter_status_2_and_nothing_written(argv, expected, inputs,
                                                                                  monkeypatch, capsys):
-    monkeypatch.chdir(inputs)  # the default runs/ folder would appear here
+    monkeypatch.chdir(inputs)
+    monkeypatch.setenv("MEDWB_RUNS", str(inputs / "runs"))  # a default run folder would appear here
     before = _tree(inputs)
     argv = [a.replace("{tmp}", str(inputs)) for a in argv]
     try:

@@ -48,6 +48,59 @@ def test_real_shapes_and_what_a_tied_table_costs_the_floor():
     assert qwen.kv_bytes_per_token(1000, 2) == 2 * 28 * 2 * 128 * 1000 * 2
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3", "glm"])
+def test_a_shape_is_written_shard_by_shard_from_the_meta_device(family, tmp_path, monkeypatch):
+    """How a 7-9 B shape is built on a machine that cannot hold its FP32 copy: the shards
+    transformers reads back hold every parameter of the family's model once, in the dtype
+    asked, with transformers' init (norms 1, biases 0, weights ~N(0, 0.02))."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from medwb.models import demo_model
+    arch = architectures.ARCHITECTURES[family]
+    cfg = {**arch.tiny, "vocab_size": 1024, "tie_word_embeddings": family == "qwen3"}
+    monkeypatch.setattr(random_weights, "SHARD_BYTES", 64 << 10)  # several shards of a tiny model
+    with torch.device("meta"):
+        meta = random_weights.build(arch, cfg)
+    nbytes = random_weights.write_streamed(meta, tmp_path, "bfloat16")
+    demo_model.write_config(meta, tmp_path, "bfloat16")
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1 and index["metadata"]["total_size"] == nbytes
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype="auto")
+    reference = random_weights.build(arch, cfg)
+    assert {n: tuple(p.shape) for n, p in loaded.named_parameters()} == \
+        {n: tuple(p.shape) for n, p in reference.named_parameters()}
+    assert nbytes == 2 * sum(p.numel() for p in reference.parameters())  # bf16, a tied table once
+    assert loaded.dtype == torch.bfloat16 and json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == \
+        "bfloat16"
+    params = dict(loaded.named_parameters())
+    assert all(float(p.detach().float().std()) == pytest.approx(0.02, rel=0.2) for n, p in params.items()
+               if n.endswith("proj.weight"))
+    assert all(bool((p == 1).all()) for n, p in params.items() if "norm" in n)
+    assert all(bool((p == 0).all()) for n, p in params.items() if n.endswith(".bias"))
+    out = loaded.generate(torch.tensor([[1, 5, 6]]), max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 6)
+    # Converters keep the 16-bit type: a BF16 GGUF, and the Intel route loads it as it is.
+    from medwb.backends.toolchain import gguf_export
+    from medwb.paths import checkpoint_dtype
+    assert checkpoint_dtype(tmp_path) == "bfloat16" and gguf_export.outtype(tmp_path) == "bf16"
+
+
+def test_a_shape_gets_pytorch_model_bin_only_when_llm_cli_may_run(monkeypatch):
+    """llm-convert reads only pytorch_model.bin, which torch.save writes from memory whole:
+    a 7B shape's bench without bigdl-cli must not need it (it would not fit 24 GiB)."""
+    from medwb.backends import variants
+    from medwb.bench.config import load_config, validate
+    asked = []
+    monkeypatch.setattr(random_weights, "ensure", lambda name, with_bin=False, log=print: asked.append(with_bin)
+                        or (_ for _ in ()).throw(MedwbError("stop here")))
+    for chosen, expected in ((["llama.cpp:q4_0", "bigdl:sym_int4"], False), (["bigdl-cli:int4"], True), (None, True)):
+        cfg = load_config(model="shape:llama2-7b", **({"variants": variants.parse_variants(",".join(chosen))} if chosen else {}))
+        with pytest.raises(MedwbError, match="stop here"):
+            validate(cfg)
+        assert asked.pop() is expected, chosen
+
+
 def test_an_unknown_architecture_is_one_line_naming_the_supported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
     (tmp_path / "model.safetensors").write_bytes(b"")

@@ -130,14 +130,17 @@ class BigDLBackend(PyTorchBackend):
         else:
             check_low_bit(low_bit)
             _check_linear_dims(model_dir)
-            from medwb.paths import checkpoint_bytes
+            from medwb.paths import checkpoint_bytes, checkpoint_dtype
             from medwb.sysinfo import check_ram
             check_ram(int(checkpoint_bytes(model_dir) * CONVERT_RAM_FACTOR), f"converting '{model_dir}' to {low_bit}",
                       f"{CONVERT_RAM_FACTOR:g}x the checkpoint", "free memory, convert on a larger machine, or "
                       "load a save_low_bit folder made elsewhere")
             kwargs = {"load_in_4bit": True} if low_bit == "sym_int4" else {"load_in_low_bit": low_bit}
-            model = AutoModelForCausalLM.from_pretrained(
-                str(model_dir), optimize_model=optimize_model, torch_dtype=torch.float32, **kwargs)
+            # A 16-bit checkpoint loads in its own dtype (the library's default, "auto"): layer
+            # by layer, the layers left unquantized staying 16-bit. Forcing FP32 on Llama-2-7B's
+            # BF16 shape filled this 24 GiB machine and was killed (AMD EPYC, 2026-12-06).
+            kwargs["torch_dtype"] = torch.float32 if checkpoint_dtype(model_dir) == "float32" else "auto"
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), optimize_model=optimize_model, **kwargs)
             source = "from_pretrained(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
         model.eval()
         if not optimize_model:

@@ -27,6 +27,7 @@ class BigDLCli(Backend):
     knobs = {"kernel_build": KNOBS["kernel_build"]}
     serves = False
     measures_itself = True
+    reads_torch_bin = True
     no_logits_reason = ("llm-cli prints text only, and its ggml file is read by no runtime here that "
                         "gives logits: its greedy output is compared with FP32's instead (agreement)")
     kv_bytes = 2  # llama.cpp keeps an F16 KV cache

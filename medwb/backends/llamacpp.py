@@ -173,24 +173,25 @@ class LlamaCpp(Backend):
         return LlamaCppBackend.load(spec["model_path"], spec["precision"], spec.get("threads"))
 
     def prepare(self, model_dir: Path, variant: Variant, root: Path, cfg: dict, log=print) -> dict:
-        """F32 GGUF once per model (llama.cpp's converter, main env), then the precision
-        (llama.cpp's quantizer, llamacpp env); both reused."""
+        """The checkpoint's own-precision GGUF once per model (llama.cpp's converter, main
+        env: F32, or BF16/F16 for a 16-bit checkpoint), then the precision (llama.cpp's
+        quantizer, llamacpp env); both reused."""
         from medwb import envs
         from medwb.backends.toolchain import gguf_export as ge
         why = unavailable()
         if why:
             return {"error": why}
-        f32, out = root / "gguf-f32", root / f"gguf-{variant['precision']}"
+        base, out = root / f"gguf-{ge.outtype(model_dir)}", root / f"gguf-{variant['precision']}"
         timeout = cfg.get("timeout_s", 1800)
-        conv = ge.built(f32)  # made before: read here, no child process
+        conv = ge.built(base)  # made before: read here, no child process
         if conv is None:
-            log(f"converting to GGUF (F32) in {f32} ...")
-            conv = envs.query_json("main", ["-m", ge.__name__, "convert", str(model_dir), str(f32)],
+            log(f"converting to GGUF ({ge.outtype(model_dir).upper()}) in {base} ...")
+            conv = envs.query_json("main", ["-m", ge.__name__, "convert", str(model_dir), str(base)],
                                    timeout=timeout, raise_error=False)
             if "error" in conv:
                 return {"error": conv["error"]}
         quant = ge.built(out) or envs.query_json(
-            ENV, ["-m", ge.__name__, "quantize", str(f32), str(out), variant["precision"]],
+            ENV, ["-m", ge.__name__, "quantize", str(base), str(out), variant["precision"]],
             timeout=timeout, raise_error=False)
         if "error" in quant:
             return {"error": quant["error"]}

@@ -52,6 +52,7 @@ class Backend:
     caveat = ""               # what a deployer must know even where it runs (ipex-llm: archived)
     peer = False              # True: what users would pick instead of the two routes (llama.cpp)
     measures_itself = False   # True: ``probe`` runs a one-shot native tool (no side-by-side timing)
+    reads_torch_bin = False   # True: its converter reads only pytorch_model.bin (llm-convert)
     # Fidelity to FP32 (medwb.eval.fidelity) needs logits at every position (the runtime's
     # ``sequence_logits``). A backend without them names the backend that reads the same
     # artifact and gives them (``logits_via``), or says why it cannot be measured.

@@ -64,9 +64,11 @@ def parse_variants(text: str) -> list[Variant]:
     return out
 
 
-def resolve_model(model: str) -> Path:
+def resolve_model(model: str, with_bin: bool | None = None) -> Path:
     """"demo" (or empty): the shipped demo model; "shape:<name>": a random-weight checkpoint
-    of a real model's shape (speed only); otherwise a local checkpoint folder."""
+    of a real model's shape (speed only; ``with_bin``: also the pytorch_model.bin llm-convert
+    reads, by default whenever llm-convert can take the shape); otherwise a local checkpoint
+    folder."""
     if model in ("", "demo"):
         from medwb.models import demo_model
         return demo_model.ensure()
@@ -75,7 +77,8 @@ def resolve_model(model: str) -> Path:
         from medwb.models import random_weights
         name = model.split(":", 1)[1]
         # pytorch_model.bin too when llm-convert can take the shape (it reads only .bin).
-        return random_weights.ensure(name, with_bin=llm_cli.takes_shape(random_weights.SHAPES.get(name, {})))
+        takes = llm_cli.takes_shape(random_weights.SHAPES.get(name, {}))
+        return random_weights.ensure(name, with_bin=takes if with_bin is None else with_bin and takes)
     folder = check_model_dir(model, "model")
     from medwb.models import architectures
     architectures.detect(folder)  # an architecture MedWB does not know: one line, naming those it does

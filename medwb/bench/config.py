@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from medwb.backends import registry
 from medwb.backends.variants import DEFAULT_MATRIX, label, resolve_model, routes_taking, variant_problems
 from medwb.errors import MedwbError
 from medwb.models import random_weights
@@ -59,7 +60,11 @@ def validate(cfg: dict) -> dict:
     model = cfg["model"]
     if isinstance(model, str) and model.startswith("shape:") and model[6:] not in random_weights.SHAPES:
         raise MedwbError(f"model: shape {model[6:]!r} is unknown; use one of {', '.join(random_weights.SHAPES)}")
-    model_dir = resolve_model(model)
+    # A shape's pytorch_model.bin only when llm-cli is asked for (or may be: the default matrix)
+    chosen = cfg["variants"] if isinstance(cfg["variants"], list) and cfg["variants"] != DEFAULT_VARIANTS else None
+    model_dir = resolve_model(model, with_bin=None if chosen is None else any(
+        isinstance(v, dict) and v.get("backend") in registry.names() and registry.get(v["backend"]).reads_torch_bin
+        for v in chosen))
     context = model_config(model_dir).get("max_position_embeddings", 2048)
     problems = []
     pairs = cfg["token_pairs"]

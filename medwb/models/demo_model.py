@@ -343,13 +343,24 @@ def save_checkpoint(model, out_dir: Path, with_bin: bool = True) -> None:
     if with_bin:
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         torch.save(state, out_dir / "pytorch_model.bin")
-    cfg_path = out_dir / "config.json"
+    write_config(model, out_dir, "float32")
+
+
+def write_config(model, out_dir: Path, dtype: str) -> None:
+    """config.json (and generation_config.json) of ``model`` with its weights' ``dtype``,
+    written so that transformers 4.31 (bigdl env) and 4.47 (ipex env) read it as 5.x does."""
+    model.config.save_pretrained(out_dir)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out_dir)
+    cfg_path = Path(out_dir) / "config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    # save_pretrained names the class; config.save_pretrained alone does not (converters read it)
+    cfg["architectures"] = [type(model).__name__]
     # transformers 5 keeps the base in rope_parameters; 4.31 (bigdl env) reads rope_theta.
     rope = getattr(model.config, "rope_parameters", None)
     theta = rope.get("rope_theta") if isinstance(rope, dict) else None
     cfg["rope_theta"] = theta or getattr(model.config, "rope_theta", None) or RECIPE["model"]["rope_theta"]
-    cfg["torch_dtype"] = "float32"
+    cfg["torch_dtype"] = cfg["dtype"] = dtype  # 4.x reads torch_dtype, 5.x dtype; export tools load in it
     cfg.setdefault("pretraining_tp", 1)
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
 

@@ -6,11 +6,15 @@ exactly the same kernels on the same amount of memory. Its text is meaningless, 
 such checkpoint carries ``"medwb_speed_only": true`` in its config.json, and every record
 made from it says so. The demo model's tokenizer is reused (its ids fit any vocabulary).
 
-Built once per shape into the medwb cache (``<cache>/shapes/<name>``), atomically.
+Built once per shape into the medwb cache (``<cache>/shapes/<name>``), atomically, one
+safetensors shard at a time from a model laid out on torch's meta device: memory holds one
+shard, never the model, so a 7-9 B shape is built on a machine whose RAM could not hold
+its FP32 copy. The large presets are built in bfloat16, as their publishers ship them.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -33,13 +37,15 @@ SHAPES = {
     # the smallest llama shape llm-cli's loader accepts, so the CLI route can be measured.
     "llama-26l-1.3b": {**_LLAMA, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 26,
                        "num_attention_heads": 16, "num_key_value_heads": 16},
-    # Llama-2-7B: needs ~27 GB for FP32 weights alone; for machines with the RAM.
+    # Llama-2-7B: 13.5 GB in bfloat16 (27 GB in FP32, more than a 24 GiB machine holds).
     "llama2-7b": {**_LLAMA, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                  "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096},
+                  "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096,
+                  "torch_dtype": "bfloat16"},
     # Llama-3.2-3B: grouped-query (8 KV heads), tied embeddings, a 128k vocabulary.
     "llama3.2-3b": {**_LLAMA, "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
                     "num_attention_heads": 24, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
-                    "tie_word_embeddings": True, "rope_theta": 500000.0, "max_position_embeddings": 8192},
+                    "tie_word_embeddings": True, "rope_theta": 500000.0, "max_position_embeddings": 8192,
+                    "torch_dtype": "bfloat16"},
     # Qwen2.5-1.5B(-Instruct): tied embeddings (15% of its weights), 2 KV heads, qkv bias.
     "qwen2.5-1.5b": {**_QWEN, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 1536,
                      "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
@@ -49,15 +55,17 @@ SHAPES = {
                    "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16,
                    "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 40960},
     # GLM-4-9B (the transformers-native glm format of glm-4-9b-chat-hf): 2 KV heads, qkv
-    # bias, half-dimension rotary; ~38 GB in FP32, so for machines with the RAM.
+    # bias, half-dimension rotary; 18.8 GB in bfloat16 (38 GB in FP32).
     "glm-4-9b": {"model_type": "glm", "architectures": ["GlmForCausalLM"], "hidden_act": "silu",
                  "hidden_size": 4096, "intermediate_size": 13696, "num_hidden_layers": 40,
                  "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128, "vocab_size": 151552,
                  "attention_bias": True, "partial_rotary_factor": 0.5, "rms_norm_eps": 1.5625e-07,
                  "rope_theta": 10000.0, "max_position_embeddings": 131072, "tie_word_embeddings": False,
-                 "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2},
+                 "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "torch_dtype": "bfloat16"},
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SHARD_BYTES = 1 << 30  # written and freed one at a time: the build's memory
+INIT_STD = 0.02  # transformers' initializer_range for every family here
 
 
 def parameter_count(config: dict) -> int:
@@ -66,14 +74,64 @@ def parameter_count(config: dict) -> int:
 
 
 def build(arch, config: dict):
-    """A random-weight transformers model of ``arch`` (a native family) with ``config``."""
+    """A random-weight transformers model of ``arch`` (a native family) with ``config``
+    (on the meta device, no memory, when built inside ``torch.device("meta")``)."""
     import transformers
     if not arch.transformers_class:
         raise MedwbError(f"{arch.name} models need their own code (remote code): no random-weight checkpoint "
                          "of them is built here")
     model_class = getattr(transformers, arch.transformers_class)
     config_class = transformers.AutoConfig.for_model(config["model_type"]).__class__
-    return model_class(config_class(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")}))
+    skip = ("architectures", "model_type", "torch_dtype")
+    return model_class(config_class(**{k: v for k, v in config.items() if k not in skip}))
+
+
+def _random_tensor(name: str, shape, dtype):
+    """What transformers' own init gives a tensor of this name: norms' weights 1, biases 0,
+    every other weight N(0, 0.02); speed does not depend on the values."""
+    import torch
+    if name.endswith(".bias"):
+        return torch.zeros(shape, dtype=dtype)
+    if "norm" in name.rsplit(".", 2)[-2]:
+        return torch.ones(shape, dtype=dtype)
+    return (torch.randn(shape, dtype=torch.float32) * INIT_STD).to(dtype)
+
+
+def write_streamed(model, out_dir: Path, dtype: str) -> int:
+    """The random weights of ``model`` (laid out on the meta device) as sharded safetensors
+    in ``dtype``, each shard made, written and freed before the next; a tied table once
+    (as save_pretrained writes it). Returns the bytes written."""
+    import torch
+    from safetensors.torch import save_file
+    torch_dtype = getattr(torch, dtype)
+    every = dict(model.named_parameters(remove_duplicate=False))
+    unique = dict(model.named_parameters())  # a tied output layer is the input table
+    buffers = [k for k in model.state_dict() if k not in every]
+    if buffers:  # none of the native families has persistent buffers; never guess their values
+        raise MedwbError(f"random weights for {type(model).__name__}: persistent buffers {buffers[:3]} not built")
+    names = sorted(unique, key=lambda n: (not n.startswith("model.embed"), n))
+    shards, current, size = [], {}, 0
+    for name in names:
+        nbytes = unique[name].numel() * torch_dtype.itemsize
+        if current and size + nbytes > SHARD_BYTES:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tuple(unique[name].shape)
+        size += nbytes
+    shards.append(current)
+    total, weight_map = 0, {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1 else "model.safetensors"
+        tensors = {n: _random_tensor(n, s, torch_dtype) for n, s in shard.items()}
+        save_file(tensors, str(out_dir / fname), metadata={"format": "pt"})
+        os.chmod(out_dir / fname, 0o644)  # safetensors writes 0600; other users' runs read the cache
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        weight_map.update({n: fname for n in shard})
+        del tensors
+    if len(shards) > 1:
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True))
+    return total
 
 
 def is_speed_only(model_dir) -> bool:
@@ -84,37 +142,66 @@ def is_speed_only(model_dir) -> bool:
 
 
 def ensure(name: str, with_bin: bool = False, log=print) -> Path:
-    """The checkpoint of shape ``name``, built on first use (FP32 safetensors; plus
-    pytorch_model.bin with ``with_bin``: the caller knows whether a converter needs it)."""
+    """The checkpoint of shape ``name``, built on first use (safetensors in the preset's
+    dtype, FP32 unless it says otherwise; plus pytorch_model.bin with ``with_bin``: the
+    caller knows whether a converter needs it). A build of another dtype is built again."""
     if name not in SHAPES:
         raise MedwbError(f"model shape {name!r} is unknown; use one of {', '.join(SHAPES)}")
-    out = cache_dir() / "shapes" / name
-    if (out / "medwb_shape.json").exists():
-        return out
     config = SHAPES[name]
-    from medwb.sysinfo import check_ram
-    check_ram(int(parameter_count(config) * 4 * (2 if with_bin else 1) * 1.2), f"building model shape {name!r}",
-              "its FP32 weights" + (" twice (safetensors and .bin)" if with_bin else "") + ", +20%",
-              "use a smaller shape or a larger machine")
+    dtype = config.get("torch_dtype", "float32")
+    out = cache_dir() / "shapes" / name
+    try:
+        built = json.loads((out / "medwb_shape.json").read_text())
+    except (OSError, ValueError):
+        built = {}
+    params = parameter_count(config)
+    if built.get("dtype", "float32") != dtype or built.get("shape") != name:
+        log(f"building random-weight checkpoint '{name}' ({params / 1e9:.2f} B parameters, {dtype}, speed only) ...")
+        _build(name, config, dtype, out)
+    if with_bin and not (out / "pytorch_model.bin").exists():
+        _add_bin(name, out, params * (2 if dtype != "float32" else 4), log)
+    return out
+
+
+def _build(name: str, config: dict, dtype: str, out: Path) -> None:
     import torch
 
     from medwb.models import architectures, demo_model
-    log(f"building random-weight checkpoint '{name}' ({parameter_count(config) / 1e9:.2f} B parameters, "
-        "speed only) ...")
     torch.manual_seed(0)
-    model = build(architectures.of_config(config), config)
-    model.eval()
+    with torch.device("meta"):
+        model = build(architectures.of_config(config), config)
     demo = demo_model.ensure()
     with atomic_dir(out, overwrite=True) as tmp:
-        demo_model.save_checkpoint(model, tmp, with_bin=with_bin)
+        nbytes = write_streamed(model, tmp, dtype)
+        demo_model.write_config(model, tmp, dtype)
         cfg = json.loads((tmp / "config.json").read_text())
         cfg.update(medwb_speed_only=True, medwb_shape=name)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         for f in TOKENIZER_FILES:
             shutil.copy2(demo / f, tmp / f)
         (tmp / "medwb_shape.json").write_text(json.dumps({"shape": name, "parameters": parameter_count(config),
-                                                          "speed_only": True}))
-    return out
+                                                          "dtype": dtype, "bytes": nbytes, "speed_only": True}))
+
+
+def _add_bin(name: str, out: Path, nbytes: int, log) -> None:
+    """pytorch_model.bin beside the shards (llm-convert reads only it): torch.save holds the
+    whole state dict, so RAM is checked for it first; written to a temporary name, renamed."""
+    import torch
+    from safetensors.torch import load_file
+
+    from medwb.sysinfo import check_ram
+    check_ram(int(nbytes * 1.2), f"writing pytorch_model.bin for model shape {name!r}", "its weights, +20%",
+              "use a smaller shape or a larger machine")
+    log(f"writing pytorch_model.bin for '{name}' (llm-convert reads only it) ...")
+    state = {}
+    for f in sorted(out.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    tmp = out / f".pytorch_model.bin.tmp-{os.getpid()}"
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, out / "pytorch_model.bin")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def tiny(family: str, log=print) -> Path:

@@ -1,7 +1,8 @@
 """GGUF files for llama.cpp: convert a local checkpoint (main env), quantize it (llamacpp env).
 
 The tools are llama.cpp's own, from the locked source archive (see llamacpp_setup):
-``convert_hf_to_gguf.py`` writes an F32 GGUF once per model, run in the main environment
+``convert_hf_to_gguf.py`` writes a GGUF in the checkpoint's own precision once per model
+(F32, or BF16/F16 for a 16-bit checkpoint: lossless either way), run in the main environment
 (it needs torch and transformers); llama.cpp's quantizer (``llama_model_quantize``, what
 ``llama-quantize`` calls) makes each precision from it, in the llamacpp environment. This is
 the route llama.cpp documents for a Hugging Face checkpoint.
@@ -18,7 +19,7 @@ worker fits a record to) and ``medwb_gguf.json`` (written last: a folder without
 incomplete and rebuilt), made in a temporary folder and renamed.
 
     python -m medwb.backends.toolchain.gguf_export convert MODEL_DIR OUT_DIR
-    python -m medwb.backends.toolchain.gguf_export quantize F32_DIR OUT_DIR PRECISION
+    python -m medwb.backends.toolchain.gguf_export quantize CONVERTED_DIR OUT_DIR PRECISION
 """
 from __future__ import annotations
 
@@ -36,8 +37,12 @@ MODEL_FILE = "model.gguf"
 MANIFEST = "medwb_gguf.json"
 # medwb precision -> llama.cpp file type (LLAMA_FTYPE_*): what `llama-quantize` calls them.
 FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}
-# Conversion holds the FP32 torch weights and the GGUF being written.
-CONVERT_RAM_FACTOR = 2.0
+# The converter streams tensor by tensor: converting Llama-3.2-3B's BF16 shape (6.4 GB) to a
+# BF16 GGUF peaked at 3.5 GB RSS, mapped checkpoint pages included (AMD EPYC, 2026-12-06).
+# The output keeps the checkpoint's precision: an F32 GGUF of a 16-bit 7B is 27 GB of disk.
+CONVERT_RAM_FACTOR = 0.75
+# config.json's weight dtype -> the converter's --outtype that keeps it exactly.
+OUTTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 
 def source_dir() -> Path:
@@ -94,16 +99,26 @@ def tensor_table(gguf_file: Path) -> dict:
     return {"tensor_bytes": total, "bytes_by_type": by_type, "types": types, "weights_read_bytes": read}
 
 
+def outtype(model_dir: Path) -> str:
+    """The GGUF type that holds the checkpoint's weights exactly (its config's dtype; F32
+    when the config does not say)."""
+    from medwb.paths import checkpoint_dtype
+    return OUTTYPES.get(checkpoint_dtype(model_dir), "f32")
+
+
 def convert(model_dir: Path, out_dir: Path) -> dict:
-    """The F32 GGUF of a checkpoint, with llama.cpp's converter (main env)."""
+    """The GGUF of a checkpoint in its own precision (:func:`outtype`), with llama.cpp's
+    converter (main env)."""
     from medwb.paths import checkpoint_bytes, check_model_dir
     model_dir = check_model_dir(model_dir, "model_path")
     out_dir = Path(out_dir)
     if (done := built(out_dir)) is not None:
         return done
+    kind = outtype(model_dir)
     from medwb.sysinfo import check_ram
     check_ram(int(checkpoint_bytes(model_dir) * CONVERT_RAM_FACTOR), f"converting '{model_dir}' to GGUF",
-              f"{CONVERT_RAM_FACTOR:g}x the checkpoint", "free memory or convert on a larger machine")
+              f"{CONVERT_RAM_FACTOR:g}x the checkpoint",
+              "free memory or convert on a larger machine")
     src = source_dir()
     _use_vendored(src)
     import convert_hf_to_gguf as converter
@@ -128,13 +143,13 @@ def convert(model_dir: Path, out_dir: Path) -> dict:
     started = time.perf_counter()
     with atomic_dir(out_dir, overwrite=True) as tmp:
         argv = sys.argv
-        sys.argv = ["convert_hf_to_gguf.py", str(model_dir), "--outfile", str(tmp / MODEL_FILE), "--outtype", "f32"]
+        sys.argv = ["convert_hf_to_gguf.py", str(model_dir), "--outfile", str(tmp / MODEL_FILE), "--outtype", kind]
         try:
             converter.main()
         finally:
             sys.argv = argv
         shutil.copyfile(model_dir / "config.json", tmp / "config.json")  # the context an app worker fits to
-        manifest = {"precision": "f32", "source": str(model_dir), "bytes": (tmp / MODEL_FILE).stat().st_size,
+        manifest = {"precision": kind, "source": str(model_dir), "bytes": (tmp / MODEL_FILE).stat().st_size,
                     "seconds": round(time.perf_counter() - started, 1), "tool": "convert_hf_to_gguf.py",
                     "tool_dir": str(src), **tensor_table(tmp / MODEL_FILE)}
         write_json_atomic(tmp / MANIFEST, manifest)
@@ -142,7 +157,8 @@ def convert(model_dir: Path, out_dir: Path) -> dict:
 
 
 def quantize(f32_dir: Path, out_dir: Path, precision: str, threads: int = 0) -> dict:
-    """``precision`` from the F32 GGUF with llama.cpp's quantizer (llamacpp env)."""
+    """``precision`` from the converter's GGUF (``f32_dir``: F32, or the 16-bit checkpoint's
+    own type) with llama.cpp's quantizer (llamacpp env)."""
     import llama_cpp
 
     if precision not in FTYPES:
@@ -152,7 +168,7 @@ def quantize(f32_dir: Path, out_dir: Path, precision: str, threads: int = 0) -> 
         return done
     _use_vendored(source_dir())
     if built(f32_dir) is None:
-        raise MedwbError(f"'{f32_dir}' holds no complete F32 GGUF (gguf_export convert makes it)")
+        raise MedwbError(f"'{f32_dir}' holds no complete GGUF from the converter (gguf_export convert makes it)")
     started = time.perf_counter()
     with atomic_dir(out_dir, overwrite=True) as tmp:
         params = llama_cpp.llama_model_quantize_default_params()
