@@ -26,6 +26,12 @@ CPU_LOW_BITS = ("sym_int4", "asym_int4", "sym_int5", "sym_int8")
 # TinyLlama's 4.40 GB FP32 shape peaked at 5.09 GB RSS (1.16x; AMD EPYC, 2026-11-30), so
 # 1.3x leaves room for the libraries and larger embeddings.
 CONVERT_RAM_FACTOR = 1.3
+# A 16-bit checkpoint is loaded in its own dtype from memory-mapped shards, layer by layer:
+# Llama-2-7B's 13.5 GB BF16 shape peaked at 17.3 GB RSS with bigdl-llm and GLM-4-9B's 18.8 GB
+# at 23.6 GB with ipex-llm, but most of that RSS is the mapped shards, which the kernel takes
+# back under pressure; the memory in use beside them stayed under 11.3 GB (0.6x) (AMD EPYC,
+# 2026-12-06). Checked at 1.3x, the 9 B was refused on 22.7 GiB free and then converted fine.
+CONVERT_RAM_FACTOR_16BIT = 0.75
 # Accepted by bigdl's API but unusable on CPU: refused up front with the reason.
 NOT_ON_CPU = {
     "nf4": "raises 'not supported on CPU'", "nf3": "raises 'not supported on CPU'",
@@ -132,14 +138,16 @@ class BigDLBackend(PyTorchBackend):
             _check_linear_dims(model_dir)
             from medwb.paths import checkpoint_bytes, checkpoint_dtype
             from medwb.sysinfo import check_ram
-            check_ram(int(checkpoint_bytes(model_dir) * CONVERT_RAM_FACTOR), f"converting '{model_dir}' to {low_bit}",
-                      f"{CONVERT_RAM_FACTOR:g}x the checkpoint", "free memory, convert on a larger machine, or "
+            fp32 = checkpoint_dtype(model_dir) == "float32"
+            factor = CONVERT_RAM_FACTOR if fp32 else CONVERT_RAM_FACTOR_16BIT
+            check_ram(int(checkpoint_bytes(model_dir) * factor), f"converting '{model_dir}' to {low_bit}",
+                      f"{factor:g}x the checkpoint", "free memory, convert on a larger machine, or "
                       "load a save_low_bit folder made elsewhere")
             kwargs = {"load_in_4bit": True} if low_bit == "sym_int4" else {"load_in_low_bit": low_bit}
             # A 16-bit checkpoint loads in its own dtype (the library's default, "auto"): layer
             # by layer, the layers left unquantized staying 16-bit. Forcing FP32 on Llama-2-7B's
             # BF16 shape filled this 24 GiB machine and was killed (AMD EPYC, 2026-12-06).
-            kwargs["torch_dtype"] = torch.float32 if checkpoint_dtype(model_dir) == "float32" else "auto"
+            kwargs["torch_dtype"] = torch.float32 if fp32 else "auto"
             model = AutoModelForCausalLM.from_pretrained(str(model_dir), optimize_model=optimize_model, **kwargs)
             source = "from_pretrained(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
         model.eval()

@@ -167,9 +167,10 @@ def _build(name: str, config: dict, dtype: str, out: Path) -> None:
     import torch
 
     from medwb.models import architectures, demo_model
+    arch = architectures.of_config(config)
     torch.manual_seed(0)
     with torch.device("meta"):
-        model = build(architectures.of_config(config), config)
+        model = build(arch, config)
     demo = demo_model.ensure()
     with atomic_dir(out, overwrite=True) as tmp:
         nbytes = write_streamed(model, tmp, dtype)
@@ -177,8 +178,7 @@ def _build(name: str, config: dict, dtype: str, out: Path) -> None:
         cfg = json.loads((tmp / "config.json").read_text())
         cfg.update(medwb_speed_only=True, medwb_shape=name)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        for f in TOKENIZER_FILES:
-            shutil.copy2(demo / f, tmp / f)
+        write_tokenizer(arch, demo, tmp)
         (tmp / "medwb_shape.json").write_text(json.dumps({"shape": name, "parameters": parameter_count(config),
                                                           "dtype": dtype, "bytes": nbytes, "speed_only": True}))
 
@@ -202,6 +202,19 @@ def _add_bin(name: str, out: Path, nbytes: int, log) -> None:
         os.replace(tmp, out / "pytorch_model.bin")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_tokenizer(arch, demo: Path, out: Path) -> None:
+    """The demo model's tokenizer into ``out``, with the special tokens every real folder of
+    ``arch``'s family carries (llama.cpp's GLM converter looks them up by name)."""
+    if not arch.special_tokens:
+        for f in TOKENIZER_FILES:
+            shutil.copy2(demo / f, out / f)
+        return
+    from transformers import PreTrainedTokenizerFast
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(demo)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(arch.special_tokens)})
+    tokenizer.save_pretrained(out)
 
 
 def tiny(family: str, log=print) -> Path:
@@ -234,11 +247,7 @@ def tiny(family: str, log=print) -> Path:
         cfg = json.loads((tmp / "config.json").read_text())
         cfg.update(medwb_speed_only=True, medwb_shape=f"tiny-{family}")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        if arch.special_tokens:
-            tokenizer.save_pretrained(tmp)
-        else:
-            for f in TOKENIZER_FILES:
-                shutil.copy2(demo / f, tmp / f)
+        write_tokenizer(arch, demo, tmp)
         (tmp / "medwb_shape.json").write_text(json.dumps({"shape": f"tiny-{family}", "speed_only": True,
                                                           "parameters": architectures.shape(config).parameters}))
     return out
