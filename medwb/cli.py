@@ -104,7 +104,6 @@ def cmd_serve(args) -> int:
 
 
 def cmd_serve_load(args) -> int:
-    from medwb import runner
     from medwb.apps.serve import resolve_token
     from medwb.bench import serve_load
     try:
@@ -114,9 +113,12 @@ def cmd_serve_load(args) -> int:
     token, _ = resolve_token("127.0.0.1", args.token_file)
     if not args.token_file and not os.environ.get("MEDWB_APP_TOKEN"):
         raise MedwbError("--token-file: give the endpoint's token (a file, or MEDWB_APP_TOKEN)")
-    run_dir = args.run_dir or runner.new_run_dir()
-    serve_load.run(args.url.rstrip("/"), token, args.model or "", rates, args.requests, args.max_tokens, run_dir)
-    print(f"records: {Path(run_dir) / 'records' / 'serve_load.jsonl'}; plot: {Path(run_dir) / 'serve_load.png'}")
+    if args.run_dir:
+        from medwb.paths import check_writable_dir
+        check_writable_dir(args.run_dir, "--run-dir")
+    run_dir = serve_load.run(args.url.rstrip("/"), token, args.model or "", rates, args.requests, args.max_tokens,
+                             args.run_dir)
+    print(f"records: {run_dir / 'records' / 'serve_load.jsonl'}; plot: {run_dir / 'serve_load.png'}")
     return 0
 
 

@@ -178,6 +178,9 @@ def test_serve_load_records_latency_percentiles_and_a_plot(server, tmp_path):
     first = summaries[0]
     assert first["ok"] == 6 and first["ttft_p50_ms"] > 0 and first["tpot_p50_ms"] > 0 and first["e2e_p99_ms"] > 0
     assert (tmp_path / "run" / "serve_load.png").stat().st_size > 10_000
+    runs = tmp_path / "runs"  # where a run folder without --run-dir would go
     bad = subprocess.run([sys.executable, "-m", "medwb", "serve-load", "--url", server["base"], "--token-file",
-                          str(tmp_path / "token"), "--rates", "0"], capture_output=True, text=True, timeout=120)
+                          str(tmp_path / "token"), "--rates", "0"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MEDWB_RUNS": str(runs)})
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--rates" in bad.stderr
+    assert not runs.exists()  # refused before any run folder is made

@@ -30,6 +30,8 @@ def test_notebook_is_clean_and_parameterized(nb):
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
         "commit notebooks without outputs"
     assert doc["metadata"]["kernelspec"]["name"] in KERNELS.values()
+    ids = [c.get("id") for c in doc["cells"]]  # nbformat 4.5: every cell has its own id
+    assert None not in ids and len(set(ids)) == len(ids), f"cells without an id or sharing one: {ids}"
     sources = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in code]
     assert all(len(src.splitlines()) <= 15 for src in sources), "logic belongs in medwb"
 

@@ -94,9 +94,10 @@ def summarize(rate: float, rows: list[dict], wall_s: float) -> dict:
     return out
 
 
-def run(base: str, token: str, model: str, rates: list[float], requests: int, max_tokens: int, run_dir,
-        seed: int = 0, log=print) -> list[dict]:
-    """Every rate in turn; records and the summary written after each."""
+def run(base: str, token: str, model: str, rates: list[float], requests: int, max_tokens: int, run_dir=None,
+        seed: int = 0, log=print) -> Path:
+    """Every rate in turn; records and the summary written after each into ``run_dir`` (a new
+    runs/<timestamp> when empty, made only once every argument checked out); returns it."""
     import httpx
     for r in rates:
         if not isinstance(r, (int, float)) or r <= 0:
@@ -113,7 +114,8 @@ def run(base: str, token: str, model: str, rates: list[float], requests: int, ma
     model = model or names[0]
     if model not in names:
         raise MedwbError(f"--model {model!r}: the endpoint serves {', '.join(names)}")
-    run_dir = Path(run_dir)
+    from medwb import runner
+    run_dir = Path(run_dir) if run_dir else runner.new_run_dir()
     (run_dir / "records").mkdir(parents=True, exist_ok=True)
     texts = prompts(requests)
     rng = random.Random(seed)
@@ -144,7 +146,7 @@ def run(base: str, token: str, model: str, rates: list[float], requests: int, ma
         s["queueing"] = bool(base_ttft and s["ttft_p50_ms"] and s["ttft_p50_ms"] > 2 * base_ttft)
     write_text_atomic(run_dir / "records" / "serve_load.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     plot(summaries, run_dir / "serve_load.png", model)
-    return records
+    return run_dir
 
 
 def plot(summaries: list[dict], path: Path, model: str) -> None:
