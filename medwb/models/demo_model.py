@@ -343,15 +343,21 @@ def save_checkpoint(model, out_dir: Path, with_bin: bool = True) -> None:
     if with_bin:
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         torch.save(state, out_dir / "pytorch_model.bin")
-    write_config(model, out_dir, "float32")
+    _complete_config(model, out_dir, "float32")
 
 
 def write_config(model, out_dir: Path, dtype: str) -> None:
-    """config.json (and generation_config.json) of ``model`` with its weights' ``dtype``,
-    written so that transformers 4.31 (bigdl env) and 4.47 (ipex env) read it as 5.x does."""
+    """config.json (and generation_config.json) of a model whose weights were written
+    without save_pretrained (random_weights' shards), in ``dtype``."""
     model.config.save_pretrained(out_dir)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out_dir)
+    _complete_config(model, out_dir, dtype)
+
+
+def _complete_config(model, out_dir: Path, dtype: str) -> None:
+    """What config.json must also say so that transformers 4.31 (bigdl env) and 4.47 (ipex
+    env) read it as 5.x does, and converters find the class and the weights' dtype."""
     cfg_path = Path(out_dir) / "config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     # save_pretrained names the class; config.save_pretrained alone does not (converters read it)

@@ -156,8 +156,8 @@ def convert(model_dir: Path, out_dir: Path) -> dict:
     return manifest
 
 
-def quantize(f32_dir: Path, out_dir: Path, precision: str, threads: int = 0) -> dict:
-    """``precision`` from the converter's GGUF (``f32_dir``: F32, or the 16-bit checkpoint's
+def quantize(converted_dir: Path, out_dir: Path, precision: str, threads: int = 0) -> dict:
+    """``precision`` from the converter's GGUF (``converted_dir``: F32, or the 16-bit checkpoint's
     own type) with llama.cpp's quantizer (llamacpp env)."""
     import llama_cpp
 
@@ -167,20 +167,20 @@ def quantize(f32_dir: Path, out_dir: Path, precision: str, threads: int = 0) -> 
     if (done := built(out_dir)) is not None:
         return done
     _use_vendored(source_dir())
-    if built(f32_dir) is None:
-        raise MedwbError(f"'{f32_dir}' holds no complete GGUF from the converter (gguf_export convert makes it)")
+    if built(converted_dir) is None:
+        raise MedwbError(f"'{converted_dir}' holds no complete GGUF from the converter (gguf_export convert makes it)")
     started = time.perf_counter()
     with atomic_dir(out_dir, overwrite=True) as tmp:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = FTYPES[precision]
         params.nthread = threads or os.cpu_count() or 1
-        rc = llama_cpp.llama_model_quantize(str(Path(f32_dir) / MODEL_FILE).encode(),
+        rc = llama_cpp.llama_model_quantize(str(Path(converted_dir) / MODEL_FILE).encode(),
                                             str(tmp / MODEL_FILE).encode(), params)
         if rc != 0:
-            raise MedwbError(f"llama.cpp could not quantize {f32_dir} to {precision} (llama_model_quantize "
+            raise MedwbError(f"llama.cpp could not quantize {converted_dir} to {precision} (llama_model_quantize "
                              f"returned {rc})")
-        shutil.copyfile(Path(f32_dir) / "config.json", tmp / "config.json")
-        manifest = {"precision": precision, "source": str(f32_dir), "bytes": (tmp / MODEL_FILE).stat().st_size,
+        shutil.copyfile(Path(converted_dir) / "config.json", tmp / "config.json")
+        manifest = {"precision": precision, "source": str(converted_dir), "bytes": (tmp / MODEL_FILE).stat().st_size,
                     "seconds": round(time.perf_counter() - started, 1), "tool": "llama_model_quantize",
                     "llama_cpp_python": llama_cpp.__version__, **tensor_table(tmp / MODEL_FILE)}
         write_json_atomic(tmp / MANIFEST, manifest)
