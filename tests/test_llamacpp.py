@@ -44,6 +44,35 @@ def test_llamacpp_on_the_demo_model_matches_fp32_and_its_floor_counts_each_tenso
     assert q4["size_bytes"] < f32["size_bytes"] / 3
 
 
+def test_a_benchmark_sizes_llamacpps_context_as_its_tools_do_and_an_app_keeps_the_models(tmp_path):
+    """llama.cpp allocates its KV cache for the whole context at load: a bench probe asks for
+    4096 tokens (llama.cpp's default) or its longest pair, never more than the model has; an
+    app worker (no token pairs) gets the model's context."""
+    import shutil
+
+    from medwb.paths import cache_dir
+    recs = _bench(tmp_path, "llama.cpp:q4_0")
+    if llamacpp.unavailable():
+        pytest.skip(f"llama.cpp is not built on this machine: {llamacpp.unavailable()}")
+    assert not recs["llama.cpp:q4_0"].get("error")
+    built = sorted((cache_dir() / "bench").glob("*/gguf-q4_0/model.gguf"), key=lambda p: p.stat().st_mtime)[-1]
+    folder = tmp_path / "long-context"
+    shutil.copytree(built.parent, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 32768}))
+    code = ("import json, sys; from medwb.backends.llamacpp import LlamaCpp; "
+            "print(json.dumps([LlamaCpp().load({'model_path': sys.argv[1], 'precision': 'q4_0', 'threads': 1, "
+            "**({'token_pairs': p} if p else {})}).llm.n_ctx() for p in ([[16, 8]], [[5000, 100], [32, 64]], None)]))")
+    from medwb import envs
+    proc = subprocess.run([str(envs.python_of("llamacpp")), "-c", code, str(folder)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    default, longest, app = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (default, app) == (4096, 32768) and 5100 <= longest < 5100 + 256  # llama.cpp rounds up to 256
+    assert cfg["max_position_embeddings"] < 4096  # the demo model's own: a bench never asks beyond it
+    assert recs["llama.cpp:q4_0"]["tpot_ms"] > 0
+
+
 def test_a_machine_without_llamacpp_gets_an_error_record_and_the_run_goes_on(tmp_path):
     fake = tmp_path / "llamacpp"
     (fake / "bin").mkdir(parents=True)

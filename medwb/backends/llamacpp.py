@@ -25,6 +25,7 @@ from medwb.errors import MedwbError
 from medwb.backends.protocol import ProbeSpec, StreamResult, TimedRun, Variant
 
 ENV = "llamacpp"
+BENCH_CONTEXT = 4096  # llama-cli's and llama-server's default --ctx-size
 
 
 class LlamaCppBackend:
@@ -35,6 +36,7 @@ class LlamaCppBackend:
 
     @classmethod
     def load(cls, gguf_file, precision: str, threads: int | None = None, n_ctx: int = 0) -> "LlamaCppBackend":
+        """``n_ctx`` 0: the model's context; else at most that (never beyond the model's)."""
         from llama_cpp import Llama
         gguf_file = Path(gguf_file)
         if gguf_file.is_dir():
@@ -48,8 +50,9 @@ class LlamaCppBackend:
         # No mmap, so that the load (and its peak RSS) includes reading the weights, as the
         # other backends' loads do.
         config = gguf_file.parent / "config.json"
-        if not n_ctx and config.exists():
-            n_ctx = int(json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings") or 0)
+        if config.exists():
+            model_ctx = int(json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings") or 0)
+            n_ctx = min(n_ctx, model_ctx) if n_ctx and model_ctx else n_ctx or model_ctx
         llm = Llama(model_path=str(gguf_file), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                     n_batch=512, use_mmap=False, logits_all=False, verbose=False, seed=0)
         return cls(llm, gguf_file, precision, threads)
@@ -170,7 +173,14 @@ class LlamaCpp(Backend):
     peer = True
 
     def load(self, spec: ProbeSpec):
-        return LlamaCppBackend.load(spec["model_path"], spec["precision"], spec.get("threads"))
+        # A benchmark sizes the context as llama.cpp's own tools do by default (4096 tokens),
+        # or to its longest token pair: llama.cpp allocates the KV cache for its whole context
+        # at load, and a model's full one (GLM-4-9B: 131,072 tokens, 5.4 GB) would be charged
+        # to its peak memory where OpenVINO and the Intel route grow theirs. An app worker
+        # (no token pairs) keeps the model's context: it fits records to it.
+        pairs = spec.get("token_pairs") or []
+        n_ctx = max([BENCH_CONTEXT] + [sum(p) for p in pairs]) if pairs else 0
+        return LlamaCppBackend.load(spec["model_path"], spec["precision"], spec.get("threads"), n_ctx=n_ctx)
 
     def prepare(self, model_dir: Path, variant: Variant, root: Path, cfg: dict, log=print) -> dict:
         """The checkpoint's own-precision GGUF once per model (llama.cpp's converter, main
