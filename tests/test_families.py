@@ -84,6 +84,15 @@ def test_a_shape_is_written_shard_by_shard_from_the_meta_device(family, tmp_path
     from medwb.backends.toolchain import gguf_export
     from medwb.paths import checkpoint_dtype
     assert checkpoint_dtype(tmp_path) == "bfloat16" and gguf_export.outtype(tmp_path) == "bf16"
+    # llm-convert's pytorch_model.bin, added beside the shards: the same tensors
+    from safetensors.torch import load_file
+    random_weights._add_bin(family, tmp_path, log=lambda *_: None)
+    state = torch.load(tmp_path / "pytorch_model.bin")
+    shards = {}
+    for f in tmp_path.glob("*.safetensors"):
+        shards.update(load_file(str(f)))
+    assert state.keys() == shards.keys() and all(torch.equal(state[k], shards[k]) for k in shards)
+    assert not list(tmp_path.glob(".pytorch_model.bin.tmp-*"))
 
 
 def test_a_shape_gets_pytorch_model_bin_only_when_llm_cli_may_run(monkeypatch):

@@ -191,11 +191,12 @@ class LlamaCpp(Backend):
         why = unavailable()
         if why:
             return {"error": why}
-        base, out = root / f"gguf-{ge.outtype(model_dir)}", root / f"gguf-{variant['precision']}"
+        kind = ge.outtype(model_dir)
+        base, out = root / f"gguf-{kind}", root / f"gguf-{variant['precision']}"
         timeout = cfg.get("timeout_s", 1800)
         conv = ge.built(base)  # made before: read here, no child process
         if conv is None:
-            log(f"converting to GGUF ({ge.outtype(model_dir).upper()}) in {base} ...")
+            log(f"converting to GGUF ({kind.upper()}) in {base} ...")
             conv = envs.query_json("main", ["-m", ge.__name__, "convert", str(model_dir), str(base)],
                                    timeout=timeout, raise_error=False)
             if "error" in conv:

@@ -157,13 +157,13 @@ def ensure(name: str, with_bin: bool = False, log=print) -> Path:
     params = parameter_count(config)
     if built.get("dtype", "float32") != dtype or built.get("shape") != name:
         log(f"building random-weight checkpoint '{name}' ({params / 1e9:.2f} B parameters, {dtype}, speed only) ...")
-        _build(name, config, dtype, out)
+        _build(name, config, dtype, params, out)
     if with_bin and not (out / "pytorch_model.bin").exists():
-        _add_bin(name, out, params * (2 if dtype != "float32" else 4), log)
+        _add_bin(name, out, log)
     return out
 
 
-def _build(name: str, config: dict, dtype: str, out: Path) -> None:
+def _build(name: str, config: dict, dtype: str, params: int, out: Path) -> None:
     import torch
 
     from medwb.models import architectures, demo_model
@@ -179,18 +179,19 @@ def _build(name: str, config: dict, dtype: str, out: Path) -> None:
         cfg.update(medwb_speed_only=True, medwb_shape=name)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         write_tokenizer(arch, demo, tmp)
-        (tmp / "medwb_shape.json").write_text(json.dumps({"shape": name, "parameters": parameter_count(config),
-                                                          "dtype": dtype, "bytes": nbytes, "speed_only": True}))
+        (tmp / "medwb_shape.json").write_text(json.dumps({"shape": name, "parameters": params, "dtype": dtype,
+                                                          "bytes": nbytes, "speed_only": True}))
 
 
-def _add_bin(name: str, out: Path, nbytes: int, log) -> None:
+def _add_bin(name: str, out: Path, log) -> None:
     """pytorch_model.bin beside the shards (llm-convert reads only it): torch.save holds the
     whole state dict, so RAM is checked for it first; written to a temporary name, renamed."""
     import torch
     from safetensors.torch import load_file
 
+    from medwb.paths import checkpoint_bytes
     from medwb.sysinfo import check_ram
-    check_ram(int(nbytes * 1.2), f"writing pytorch_model.bin for model shape {name!r}", "its weights, +20%",
+    check_ram(int(checkpoint_bytes(out) * 1.2), f"writing pytorch_model.bin for model shape {name!r}", "its weights, +20%",
               "use a smaller shape or a larger machine")
     log(f"writing pytorch_model.bin for '{name}' (llm-convert reads only it) ...")
     state = {}
