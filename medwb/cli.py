@@ -87,8 +87,17 @@ def cmd_app(args) -> int:
     return serve.run(args.workflow, args.config, args.run_dir, args.ip, args.port, args.token_file)
 
 
+def _trust_arg(parser) -> None:
+    """--trust-remote-code: the user's consent to run a model folder's own Python code
+    (ChatGLM3, GLM-4 chat), for this command and every process it starts."""
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the model folder's own Python code (modeling_*.py: ChatGLM2/3, GLM-4 chat); "
+                             "read it first. Without it such a folder is refused")
+
+
 def _pool_server_args(parser, port: int, token_help: str) -> None:
     """The options a server on the shared model pool takes (`medwb app`, `medwb serve`)."""
+    _trust_arg(parser)
     parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "app.yaml"),
                         help="the model pool's YAML file (default: configs/app.yaml)")
     parser.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
@@ -331,6 +340,7 @@ def _matrix_command(sub, name: str, help: str, func, model_help: str,
     p.add_argument("--variants", help="comma-separated backend:[weights/]precision (default: the benchmark's "
                                       "default matrix, what notebook 03 compares)")
     p.add_argument("--threads", type=int, default=threads_default, help="CPU threads (0: all cores)")
+    _trust_arg(p)
     return p
 
 
@@ -450,6 +460,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--cluster", metavar="HOST:PORT", help="run the matrix on every server kind of a Ray cluster "
                                                            "(its head's address: `medwb cluster head`)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _trust_arg(b)
     b.set_defaults(func=cmd_bench)
 
     e = _matrix_command(sub, "eval", "accuracy of every variant on PromptCBLUE-format medical tasks, vs FP32",
@@ -543,6 +554,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--model", nargs="+", help="planned checkpoint folders (or demo, shape:<name>): the RAM and disk "
                                               "checks, and each folder's family and which routes take it")
     d.add_argument("--json", action="store_true", help="print the checks as JSON")
+    _trust_arg(d)
     d.set_defaults(func=cmd_doctor)
 
     from medwb import bundle  # standard library only: cheap, and the defaults live there
@@ -565,6 +577,9 @@ def main(argv=None) -> int:
     if argv[:2] == ["feedback", "simulate"]:  # `medwb feedback simulate` is a command of its own
         argv = ["feedback-simulate"] + argv[2:]
     args = parser().parse_args(argv)
+    if getattr(args, "trust_remote_code", False):
+        from medwb.models import architectures
+        architectures.trust_remote_code()
     try:
         return args.func(args)
     except MedwbError as e:

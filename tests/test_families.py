@@ -4,6 +4,7 @@ tied table whole), unknown architectures are refused in one line, the default ma
 the routes that take a family and records the others with why, and (slow) every route the
 registry says takes a family decodes a tiny checkpoint of it as PyTorch FP32 does."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -119,7 +120,7 @@ def test_an_unknown_architecture_is_one_line_naming_the_supported(tmp_path):
     assert proc.returncode == 2 and len(err) == 1, proc.stderr
     assert "mamba (MambaForCausalLM) is not supported" in err[0] and "qwen2 (Qwen2ForCausalLM)" in err[0]
     with pytest.raises(MedwbError, match="remote-code family"):
-        random_weights.tiny("chatglm")
+        random_weights.tiny("baichuan")
 
 
 def test_the_default_matrix_keeps_the_routes_that_take_the_family(tiny_dirs):
@@ -316,3 +317,135 @@ def test_prompts_go_through_the_models_own_chat_template(name, tiny_dirs, tmp_pa
                                              chat=chat.renderer(chat.template_of(folder)))
     assert prompt == tok.apply_chat_template([{"role": "user", "content": record.prompts.DIAGNOSIS_PROMPT.format(
         **fields)}], tokenize=False, add_generation_prompt=True) and warning is None
+
+
+# A remote-code family (#33): ChatGLM2/3 / GLM-4 chat folders carry their own modeling code.
+# None can be fetched offline, so the tiny checkpoint carries the ChatGLM-layout code written
+# in medwb/models/remote_code/chatglm; the routes' own ChatGLM implementations (bigdl-llm's and
+# ipex-llm's fused kernels, llama.cpp's graph) are checked against it.
+@pytest.fixture(scope="module")
+def chatglm_dir():
+    return random_weights.tiny("chatglm", log=lambda *_: None)
+
+
+def _without_consent() -> dict:
+    import os
+    return {k: v for k, v in os.environ.items() if k != architectures.TRUST_ENV}
+
+
+def test_a_remote_code_folder_runs_only_with_the_users_consent(chatglm_dir, tmp_path, monkeypatch):
+    from safetensors import safe_open
+    from medwb import doctor
+    from medwb.backends.variants import resolve_model
+    cfg = json.loads((chatglm_dir / "config.json").read_text())
+    with safe_open(str(chatglm_dir / "model.safetensors"), "pt") as f:  # the weights the code loads, counted
+        written = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    assert written == architectures.shape(cfg).parameters
+    assert {"modeling_chatglm.py", "configuration_chatglm.py"} <= {p.name for p in chatglm_dir.iterdir()}
+    # Without --trust-remote-code: one line naming it, status 2, no run folder.
+    proc = subprocess.run([sys.executable, "-m", "medwb", "bench", "--model", str(chatglm_dir), "--run-dir",
+                           str(tmp_path / "bench")], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**_without_consent(), "MEDWB_RUNS": str(tmp_path / "runs")})
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert "--trust-remote-code" in proc.stderr and "modeling_" in proc.stderr
+    assert not any(tmp_path.iterdir())
+    # The same check wherever a folder is given (evaluation, fidelity, apps: resolve_model).
+    monkeypatch.delenv(architectures.TRUST_ENV, raising=False)
+    with pytest.raises(MedwbError, match="--trust-remote-code"):
+        resolve_model(str(chatglm_dir))
+    # doctor: what each route would do with the consent, and that it is missing; then given.
+    rows = {}
+    for consent in (False, True):
+        if consent:
+            monkeypatch.setenv(architectures.TRUST_ENV, "1")  # what --trust-remote-code sets
+        rows[consent] = {r["variant"]: r for r in doctor.routes(str(chatglm_dir))["routes"]}
+    assert architectures.trust_kwargs() == {"trust_remote_code": True}
+    monkeypatch.delenv(architectures.TRUST_ENV)
+    assert architectures.trust_kwargs() == {} and resolve_model(str(chatglm_dir), consent=False) == chatglm_dir
+    for name in ("bigdl:sym_int4", "llama.cpp:q4_0"):
+        assert not rows[False][name]["takes"] and "needs --trust-remote-code" in rows[False][name]["why"]
+        assert rows[True][name]["takes"]
+    for name in ("pytorch:fp32", "openvino-genai:int4/bf16", "bigdl-cli:int4"):  # refused with the reason either way
+        assert not rows[True][name]["takes"] and rows[True][name]["why"] == rows[False][name]["why"]
+    assert "has 5.5" in rows[True]["pytorch:fp32"]["why"]
+
+
+_REMOTE_CHILD = r"""
+import json, sys, torch, importlib
+package, folder, ids = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+from transformers import AutoModelForCausalLM
+x = torch.tensor([ids])
+with torch.inference_mode():  # the folder's own code on this environment's transformers, FP32
+    ref = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, torch_dtype=torch.float32)
+    out = ref.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, min_new_tokens=12,
+                       do_sample=False, pad_token_id=2)
+res = {"tokens": out[0, len(ids):].tolist(), "attention": []}
+Low = importlib.import_module(package + ".transformers").AutoModelForCausalLM
+seq, logits = torch.tensor([[(i * 37) % 1000 + 5 for i in range(48)]]), {}
+for fused in (True, False):  # the library's ChatGLM kernels, then the folder's attention, same int8 weights
+    m = Low.from_pretrained(folder, load_in_low_bit="sym_int8", optimize_model=fused, torch_dtype=torch.float32,
+                            trust_remote_code=True)
+    f = m.transformer.encoder.layers[0].self_attention.forward
+    res["attention"].append(getattr(f, "__func__", f).__module__)
+    with torch.inference_mode():
+        step = m(input_ids=seq[:, :40], position_ids=torch.arange(40)[None], use_cache=True)
+        rows, past = [step.logits[0, -1]], step.past_key_values
+        for i in range(40, 48):
+            step = m(input_ids=seq[:, i:i + 1], position_ids=torch.tensor([[i]]), past_key_values=past,
+                     use_cache=True)
+            rows.append(step.logits[0, -1]); past = step.past_key_values
+    logits[fused] = torch.stack(rows)
+res["max_diff"] = (logits[True] - logits[False]).abs().max().item()
+res["scale"] = logits[False].abs().max().item()
+print(json.dumps(res))
+"""
+_GGUF_CHILD = r"""
+import json, sys, llama_cpp
+m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_threads=2, verbose=False)
+m.eval(json.loads(sys.argv[2])); out = []
+for _ in range(12):
+    out.append(m.sample(temp=0.0)); m.eval([out[-1]])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_the_chatglm_routes_agree_with_the_folders_own_code(chatglm_dir, tmp_path):
+    """The folder's code (transformers 4.31 and 4.47), bigdl-llm's and ipex-llm's fused ChatGLM2/3
+    kernels (prefill and cached decode, against the folder's attention on the same int8 weights),
+    and llama.cpp's ChatGLM graph on the F32 GGUF: the same greedy tokens; then a benchmark with
+    --trust-remote-code runs each route and its F32 floor reads what the registry counts."""
+    from medwb import envs
+    from medwb.backends.pytorch import load_tokenizer
+    from medwb.backends.toolchain import gguf_export
+    ids = load_tokenizer(chatglm_dir).encode("患者发热三天，咳嗽。")
+    tokens = {}
+    for env, package in (("bigdl", "bigdl.llm"), ("ipex", "ipex_llm")):
+        proc = subprocess.run([str(envs.require(env)), "-c", _REMOTE_CHILD, package, str(chatglm_dir), json.dumps(ids)],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert got["attention"][0].startswith(package.split(".")[0] + ".") and "modeling_chatglm" in got["attention"][1]
+        assert got["max_diff"] <= 1e-4 * got["scale"], (env, got)
+        tokens[env] = got["tokens"]
+    gguf = gguf_export.convert(chatglm_dir, tmp_path / "gguf")
+    proc = subprocess.run([str(envs.require("llamacpp")), "-c", _GGUF_CHILD, str(tmp_path / "gguf" / gguf_export.MODEL_FILE),
+                           json.dumps(ids)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tokens["llama.cpp f32"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert tokens["bigdl"] == tokens["ipex"] == tokens["llama.cpp f32"], tokens
+    assert gguf["precision"] == "f32"
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "medwb", "bench", "--trust-remote-code", "--no-progress",
+                           "--model", str(chatglm_dir), "--variants", "bigdl:sym_int8,llama.cpp:f32",
+                           "--token-pairs", "16-8", "--trials", "1", "--quality-cases", "0", "--run-dir", str(run)],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200, env=_without_consent())
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    recs = {r["variant"]: r for r in map(json.loads, (run / "records" / "bench.jsonl").read_text().splitlines())
+            if r["record_type"] == "variant"}
+    shape = architectures.shape(json.loads((chatglm_dir / "config.json").read_text()))
+    for name, rec in recs.items():
+        assert not rec.get("error") and rec["tpot_ms"] > 0, (name, rec.get("error"))
+    assert recs["llama.cpp:f32"]["weights_read_bytes"] == pytest.approx(4 * shape.read_per_token, rel=0.01)
+    # int8 blocks and one FP32 row of the input table (ChatGLM names it embedding.word_embeddings)
+    assert 1.0 < recs["bigdl:sym_int8"]["weights_read_bytes"] / shape.read_per_token < 1.2

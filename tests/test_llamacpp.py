@@ -169,3 +169,45 @@ def test_an_archived_library_is_recommended_only_when_clearly_faster():
     ranked.loc[1, "tpot_ms"] = 1.5
     text = report.recommendation_text(ranked, 100, 16, side_by_side=3)
     assert "deploy ipex-llm:sym_int4" in text and "Note: ipex-llm 2.2.0" in text
+
+
+_TOKENIZE = r"""
+import json, sys, llama_cpp
+m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_threads=1, verbose=False, vocab_only=True)
+print(json.dumps(m.tokenize(sys.argv[2].encode("utf-8"), add_bos=True)))
+"""
+
+
+def test_a_sentencepiece_folder_converts_with_its_own_vocabulary(tmp_path):
+    """A Llama 2 folder ships tokenizer.model (SentencePiece), which llama.cpp's converter reads
+    with the sentencepiece package before any other tokenizer file. The main environment lacked
+    it: a folder whose tokenizer is only tokenizer.model fell through to the converter's BPE
+    path and stopped ("BPE pre-tokenizer was not recognized"). The GGUF's vocabulary must be
+    the folder's: llama.cpp tokenizes a case as SentencePiece does."""
+    import shutil
+    import sentencepiece as spm
+    from medwb import envs
+    from medwb.backends.toolchain import gguf_export
+    from medwb.models import random_weights
+    folder = tmp_path / "llama2-style"
+    shutil.copytree(random_weights.tiny("llama", log=lambda *_: None), folder)
+    for f in random_weights.TOKENIZER_FILES:
+        (folder / f).unlink(missing_ok=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "data", "heldout", "diagnosis.jsonl"), encoding="utf-8") as f:
+        texts = [json.loads(line)["input"] for line in f][:200]
+    (tmp_path / "corpus.txt").write_text("\n".join(texts), encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(folder / "tokenizer"),
+                                   vocab_size=2000, model_type="bpe", character_coverage=0.9995, byte_fallback=True,
+                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+                                   # as Llama 2's tokenizer.model: no NFKC folding of full-width
+                                   # punctuation (llama.cpp applies none), whitespace kept
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False)
+    (folder / "tokenizer.vocab").unlink()
+    gguf_export.convert(folder, tmp_path / "gguf")
+    text = texts[-1][:200]
+    proc = subprocess.run([str(envs.require("llamacpp")), "-c", _TOKENIZE, str(tmp_path / "gguf" / gguf_export.MODEL_FILE),
+                           text], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = [1] + spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).encode(text)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected

@@ -7,6 +7,7 @@ Generation reuses the transformers ``generate`` of :class:`PyTorchBackend`.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -100,6 +101,25 @@ def _check_linear_dims(model_dir: Path) -> None:
                          f"that are multiples of 64, got {bad}")
 
 
+def tokenizer_from_files(model_dir: Path):
+    """tokenizer.json with tokenizer_config.json's special tokens, for folders whose
+    tokenizer_config the bigdl and ipex environments' transformers (4.31, 4.47) cannot read
+    (written by transformers 5)."""
+    from transformers import PreTrainedTokenizerFast
+    cfg_path = model_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
+    special = {k: cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if isinstance(cfg.get(k), str)}
+    extra = cfg.get("extra_special_tokens") or cfg.get("additional_special_tokens") or []
+    if isinstance(extra, dict):
+        extra = list(extra.values())
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"),
+                                        additional_special_tokens=list(extra), **special)
+    if cfg.get("chat_template"):
+        tokenizer.chat_template = cfg["chat_template"]
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
 class BigDLBackend(PyTorchBackend):
     name = "bigdl"
     package, dist = "bigdl.llm", "bigdl-llm"   # ipex-llm: the same API under another name
@@ -129,9 +149,10 @@ class BigDLBackend(PyTorchBackend):
         optimize_model = optimize_model and cls.fused(model_dir)
         threads = threads or os.cpu_count() or 1
         torch.set_num_threads(threads)
+        from medwb.models.architectures import trust_kwargs
         saved = is_low_bit_dir(model_dir)
         if saved:
-            model = AutoModelForCausalLM.load_low_bit(str(model_dir), optimize_model=optimize_model)
+            model = AutoModelForCausalLM.load_low_bit(str(model_dir), optimize_model=optimize_model, **trust_kwargs())
             low_bit, source = saved, "load_low_bit"
         else:
             check_low_bit(low_bit)
@@ -148,6 +169,7 @@ class BigDLBackend(PyTorchBackend):
             # by layer, the layers left unquantized staying 16-bit. Forcing FP32 on Llama-2-7B's
             # BF16 shape filled this 24 GiB machine and was killed (AMD EPYC, 2026-12-06).
             kwargs["torch_dtype"] = torch.float32 if fp32 else "auto"
+            kwargs.update(trust_kwargs())  # a remote-code folder (ChatGLM2/3), with the user's consent only
             model = AutoModelForCausalLM.from_pretrained(str(model_dir), optimize_model=optimize_model, **kwargs)
             source = "from_pretrained(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
         model.eval()
@@ -162,7 +184,10 @@ class BigDLBackend(PyTorchBackend):
 
     @classmethod
     def tokenizer_of(cls, model_dir: Path):
-        return load_tokenizer(model_dir)
+        try:
+            return load_tokenizer(model_dir)
+        except (ValueError, AttributeError):  # written by transformers 5 (TokenizersBackend): too new here
+            return tokenizer_from_files(Path(model_dir))
 
     def save_low_bit(self, out_dir) -> Path:
         """Write the converted weights and the tokenizer; atomic (temp dir, then rename)."""
@@ -173,6 +198,11 @@ class BigDLBackend(PyTorchBackend):
             for extra in ("generation_config.json",):
                 if (self.model_dir / extra).exists() and not (tmp / extra).exists():
                     shutil.copy2(self.model_dir / extra, tmp / extra)
+            # A remote-code folder's own modeling files: load_low_bit runs them again (its
+            # config's auto_map names them) and save_low_bit does not copy them.
+            for code in sorted(self.model_dir.glob("*.py")):
+                if not (tmp / code.name).exists():
+                    shutil.copy2(code, tmp / code.name)
         return out_dir
 
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int = 1,
@@ -197,10 +227,12 @@ def low_bit_weights_read(folder: Path) -> int | None:
     path = Path(folder) / "pytorch_model.bin"
     if not path.exists():
         return None
+    from medwb.models.architectures import weight_names
+    table, _ = weight_names(folder)
     state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
     read = 0
     for name, t in state.items():
-        read += t.nbytes // t.shape[0] if name.endswith("embed_tokens.weight") and t.dim() == 2 else t.nbytes
+        read += t.nbytes // t.shape[0] if name.endswith(table) and t.dim() == 2 else t.nbytes
     return read
 
 

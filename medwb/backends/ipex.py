@@ -14,40 +14,21 @@ What differs from bigdl, measured on tiny checkpoints of each family (2026-12-05
   and the record's ``load`` says so.
 - Folders saved by transformers 5 name ``TokenizersBackend`` and list extra special tokens,
   which 4.47 cannot read: the tokenizer is then built from tokenizer.json and the special
-  tokens of tokenizer_config.json (the same ids, checked against the main env in the tests).
+  tokens of tokenizer_config.json (the same ids, checked against the main env in the tests;
+  ``medwb.backends.bigdl.tokenizer_from_files``, which bigdl's 4.31 needs too).
 - Its kernels are bigdl's per-ISA builds under ``ipex_llm/libs``, chosen by CPU vendor as
   bigdl's are: the ``kernel_build`` knob applies the same way.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from medwb.backends.bigdl import BigDL, BigDLBackend, save_low_bit_main
-from medwb.backends.pytorch import load_tokenizer
 from medwb.backends.registry import register
 from medwb.errors import MedwbError
 
 ARCHIVED = ("ipex-llm 2.2.0 (April 2025) is the last release and the project is archived upstream: no "
             "fixes and no security updates; prefer a maintained route when it is about as fast")
-
-
-def _tokenizer_from_files(model_dir: Path):
-    """tokenizer.json with tokenizer_config.json's special tokens, for folders whose
-    tokenizer_config transformers 4.47 cannot read (written by transformers 5)."""
-    from transformers import PreTrainedTokenizerFast
-    cfg_path = model_dir / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
-    special = {k: cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token") if isinstance(cfg.get(k), str)}
-    extra = cfg.get("extra_special_tokens") or cfg.get("additional_special_tokens") or []
-    if isinstance(extra, dict):
-        extra = list(extra.values())
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"),
-                                        additional_special_tokens=list(extra), **special)
-    if cfg.get("chat_template"):
-        tokenizer.chat_template = cfg["chat_template"]
-    tokenizer.padding_side = "left"
-    return tokenizer
 
 
 class IpexBackend(BigDLBackend):
@@ -61,13 +42,6 @@ class IpexBackend(BigDLBackend):
             return not architectures.detect(model_dir).unfused.get(cls.name)
         except MedwbError:  # a low-bit folder whose config names no known family: the library decides
             return True
-
-    @classmethod
-    def tokenizer_of(cls, model_dir: Path):
-        try:
-            return load_tokenizer(model_dir)
-        except (ValueError, AttributeError):
-            return _tokenizer_from_files(Path(model_dir))
 
 
 @register

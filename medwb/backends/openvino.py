@@ -226,10 +226,12 @@ def ir_weights_read(ir_dir: Path) -> int:
         data = layer.find("data")
         if layer.get("type") == "Const" and data is not None and data.get("size"):
             consts.setdefault(int(data.get("offset")), (layer.get("name", ""), int(data.get("size")), data.get("shape", "")))
+    from medwb.models.architectures import weight_names
+    table, output = weight_names(ir_dir)
     read = 0
-    tied = not any("lm_head" in name for name, _, _ in consts.values())
+    tied = not any(output in name for name, _, _ in consts.values())
     for name, size, shape in consts.values():
-        if "embed_tokens.weight" in name and shape and not tied:
+        if table in name and shape and not tied:
             rows = int(shape.split(",")[0])
             read += size // rows if rows else size
         else:

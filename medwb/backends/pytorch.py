@@ -19,7 +19,8 @@ def dtype_kwarg(dtype) -> dict:
 
 def load_tokenizer(model_dir):
     from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    from medwb.models.architectures import trust_kwargs
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, **trust_kwargs())
     tokenizer.padding_side = "left"  # batched greedy decoding needs left padding
     return tokenizer
 
@@ -43,8 +44,9 @@ class PyTorchBackend:
         threads = threads or os.cpu_count() or 1
         torch.set_num_threads(threads)
         tokenizer = load_tokenizer(model_dir)
+        from medwb.models.architectures import trust_kwargs
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, local_files_only=True, **dtype_kwarg(getattr(torch, dtype)))
+            model_dir, local_files_only=True, **dtype_kwarg(getattr(torch, dtype)), **trust_kwargs())
         model.eval()
         return cls(model, tokenizer, model_dir, dtype, threads)
 

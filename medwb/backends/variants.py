@@ -64,11 +64,12 @@ def parse_variants(text: str) -> list[Variant]:
     return out
 
 
-def resolve_model(model: str, with_bin: bool | None = None) -> Path:
+def resolve_model(model: str, with_bin: bool | None = None, consent: bool = True) -> Path:
     """"demo" (or empty): the shipped demo model; "shape:<name>": a random-weight checkpoint
     of a real model's shape (speed only; ``with_bin``: also the pytorch_model.bin llm-convert
     reads, by default whenever llm-convert can take the shape); otherwise a local checkpoint
-    folder."""
+    folder, refused in one line when it runs its own code without the user's consent
+    (``consent=False``: only describe it, as ``medwb doctor`` does)."""
     if model in ("", "demo"):
         from medwb.models import demo_model
         return demo_model.ensure()
@@ -81,17 +82,22 @@ def resolve_model(model: str, with_bin: bool | None = None) -> Path:
         return random_weights.ensure(name, with_bin=takes if with_bin is None else with_bin and takes)
     folder = check_model_dir(model, "model")
     from medwb.models import architectures
-    architectures.detect(folder)  # an architecture MedWB does not know: one line, naming those it does
+    arch = architectures.detect(folder)  # an architecture MedWB does not know: one line, naming those it does
+    if consent and arch.remote_code and not architectures.remote_code_trusted():
+        raise MedwbError(f"model '{model}': a {arch.name} folder runs its own Python code (its modeling_*.py), "
+                         "which MedWB runs only with your consent: read it, then pass --trust-remote-code "
+                         "(notebooks: trust_remote_code=True)")
     return folder
 
 
-def route_problems(entry: registry.Backend, model_dir) -> list[str]:
+def route_problems(entry: registry.Backend, model_dir, trusted: bool | None = None) -> list[str]:
     """Why ``entry``'s route cannot take the checkpoint: its family's reason
-    (medwb.models.architectures), else the folder's own (the backend's model_problems).
+    (medwb.models.architectures; ``trusted``: the user's consent to a folder's own code, None
+    for this run's), else the folder's own (the backend's model_problems).
     A folder without config.json (an artifact, a placeholder) is checked where it is given."""
     from medwb.models import architectures
     if (Path(model_dir) / "config.json").exists():
-        why = architectures.route_problem(model_dir, entry.name)
+        why = architectures.route_problem(model_dir, entry.name, trusted)
         if why:
             return [why]
     return entry.model_problems(Path(model_dir))

@@ -89,6 +89,9 @@ def connect(address: str):
     if ray.is_initialized():
         return ray
     extra = {"_node_ip_address": "127.0.0.1"} if is_loopback(address) else {}
+    from medwb.models import architectures
+    if architectures.remote_code_trusted():  # the user's consent to a folder's own code reaches every task
+        extra["runtime_env"] = {"env_vars": {architectures.TRUST_ENV: "1"}}
     try:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False,
                  namespace="medwb", **extra)

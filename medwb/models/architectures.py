@@ -19,6 +19,7 @@ library, its version here and what would lift it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -121,9 +122,52 @@ _LLM_CONVERT = "llm-convert/llm-cli convert llama, bloom, gptneox, starcoder and
 _OPTIMUM_GLM = ("optimum-intel 2.2 refuses to export the native glm architecture under transformers newer than "
                 "5.0 (the main env has 5.5.4: 'Maximum required is 5.0', measured); a GLM-4-0414 folder (glm4) "
                 "exports, and llama.cpp takes this one")
-_REMOTE = ("the folder's own Python code (trust_remote_code) is not run by MedWB yet; transformers 5.5 "
-           "(main env) also breaks this family's remote code. Use the transformers-native format of the "
-           "same model where one exists")
+_BAICHUAN = ("not checked, so not run: a Baichuan2 folder's own code (modeling and SentencePiece tokenizer) cannot "
+             "be fetched offline and no model of its layout is written here yet (ChatGLM's is); upstream reports "
+             "its tokenizer code breaking from transformers 4.34, and the main env has 5.5")
+# ChatGLM2/3 and GLM-4 chat folders (remote code): what each environment's transformers allows.
+_CHATGLM_MAIN = ("its own code is written for transformers 4.3x-4.4x (upstream reports: ChatGLM3's tokenizer "
+                 "breaks from 4.45, GLM-4 chat's modeling from 4.49) and the main env, where the PyTorch reference "
+                 "and the OpenVINO export run, has 5.5; optimum-intel also exports chatglm only under "
+                 "transformers 4.51-4.55. bigdl-llm, ipex-llm and llama.cpp take it; the transformers-native "
+                 "glm format of the same model (e.g. glm-4-9b-chat-hf) runs the PyTorch reference")
+_CHATGLM_IPEX = ("runs the folder's modeling code on transformers 4.47 (ipex env) with ipex-llm's fused ChatGLM2/3 "
+                 "kernels (a padded vocabulary of 65,024; GLM-4 chat's only at 28 or 40 layers, glm-4-9b); a folder "
+                 "whose tokenizer is only ChatGLM3's own code needs transformers < 4.45 (upstream report), one "
+                 "with tokenizer.json is read from it")
+_CHATGLM_BIGDL = ("runs the folder's modeling code on transformers 4.31 (bigdl env: the versions ChatGLM2/3's own "
+                  "code was written for) with bigdl-llm's fused ChatGLM2/3 kernels (a padded vocabulary of 65,024); "
+                  "GLM-4 chat's own code was published for newer transformers than 4.31 (not checked: no such folder "
+                  "offline); the ipex-llm route runs 4.47")
+_CHATGLM_CLI = ("llm-convert's chatglm converter embeds ChatGLM2/3's own SentencePiece tokenizer (tokenizer.model, "
+                "through the folder's tokenizer code) and llm-cli's ChatGLM graph has no rope_ratio (GLM-4 chat's "
+                "would decode wrongly); no such folder is available offline to check it, so MedWB does not run it. "
+                "The Intel route's Python API (bigdl, ipex-llm) takes these folders")
+_CHATGLM_GGUF = ("the converter reads the folder's tokenizer through the folder's own code under the main env's "
+                 "transformers 5.5; checked here on a folder whose tokenizer is tokenizer.json")
+TRUST_ENV = "MEDWB_TRUST_REMOTE_CODE"
+_CONSENT = "with --trust-remote-code only (the folder's own Python code runs)"
+
+
+def remote_code_trusted() -> bool:
+    """Whether the user consented to running a model folder's own Python code in this run
+    (``--trust-remote-code``, a notebook's ``trust_remote_code``): inherited by every child
+    process the run starts, so a conversion or a worker in another environment sees it too."""
+    return os.environ.get(TRUST_ENV) == "1"
+
+
+def trust_remote_code(allow: bool = True) -> None:
+    """Record (or withdraw) that consent for this process and the processes it starts."""
+    if allow:
+        os.environ[TRUST_ENV] = "1"
+    else:
+        os.environ.pop(TRUST_ENV, None)
+
+
+def trust_kwargs() -> dict:
+    """What transformers' ``from_pretrained`` is given: ``trust_remote_code=True`` only with
+    the user's consent (a folder without its own code ignores it)."""
+    return {"trust_remote_code": True} if remote_code_trusted() else {}
 
 
 @dataclass(frozen=True)
@@ -144,13 +188,23 @@ class Architecture:
     # Special tokens every real folder of the family carries and a converter looks up by name
     # (llama.cpp's GLM converter: <|endoftext|>, <|user|>): added to a tiny checkpoint's tokenizer.
     special_tokens: tuple[str, ...] = ()
+    # The input token table's weight (name suffix) and the output layer's (name part), as a
+    # converted artifact keeps them: the floor reads one row of the first (medwb.backends).
+    embedding_weight: str = "embed_tokens.weight"
+    output_weight: str = "lm_head"
 
-    def route_problem(self, route: str) -> str | None:
-        """Why ``route`` does not take this family (None: it does)."""
+    def route_problem(self, route: str, trusted: bool | None = None) -> str | None:
+        """Why ``route`` does not take this family (None: it does). A family that runs its
+        own code is refused on every route until the user consents (``trusted``: that
+        consent; None reads it from the run, ``remote_code_trusted``)."""
         if route not in ROUTES:
             raise MedwbError(f"route {route!r} is unknown to the architecture registry: use one of "
                              f"{', '.join(ROUTES)}")
-        return self.not_taken.get(route)
+        why = self.not_taken.get(route)
+        if why or not self.remote_code or (remote_code_trusted() if trusted is None else trusted):
+            return why
+        return ("these folders run their own Python code (the folder's modeling_*.py), which MedWB runs only "
+                "with your consent: read it, then pass --trust-remote-code (notebooks: trust_remote_code=True)")
 
 
 # Tiny checkpoints: 2 layers, 4 heads, 2 KV heads (grouped-query), widths multiples of 128.
@@ -203,11 +257,27 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
     Architecture(
         "chatglm", "ChatGLM2/3, GLM-4 chat (remote-code `chatglm` format; the case study's ChatGLM-6B lineage)",
         ("chatglm",), ("ChatGLMModel", "ChatGLMForConditionalGeneration"), _chatglm_shape, remote_code=True,
-        not_taken={r: _REMOTE for r in ROUTES}),
+        not_taken={"pytorch": _CHATGLM_MAIN, "openvino-optimum": _CHATGLM_MAIN, "openvino-genai": _CHATGLM_MAIN,
+                   "bigdl-cli": _CHATGLM_CLI},
+        conditions={"bigdl": _CHATGLM_BIGDL, "ipex-llm": _CHATGLM_IPEX, "llama.cpp": _CHATGLM_GGUF},
+        embedding_weight="embedding.word_embeddings.weight", output_weight="output_layer",
+        special_tokens=("<|endoftext|>", "[gMASK]", "<sop>", "<|user|>", "<|assistant|>", "<|observation|>"),
+        # ChatGLM3's padded vocabulary (ipex-llm picks its ChatGLM2/3 kernels by it), two KV
+        # groups, rotary on half of each 32-wide head with GLM-4's base ratio.
+        tiny={"model_type": "chatglm", "num_layers": 2, "hidden_size": 128, "ffn_hidden_size": 384,
+              "kv_channels": 32, "num_attention_heads": 4, "multi_query_attention": True,
+              "multi_query_group_num": 2, "padded_vocab_size": 65024, "vocab_size": 65024, "seq_length": 1024,
+              "layernorm_epsilon": 1e-5, "rmsnorm": True, "post_layer_norm": True, "add_bias_linear": False,
+              "add_qkv_bias": True, "original_rope": True, "apply_residual_connection_post_layernorm": False,
+              "rope_ratio": 500.0, "use_cache": True,
+              "auto_map": {"AutoConfig": "configuration_chatglm.ChatGLMConfig",
+                           "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+                           "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration"},
+              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}),
     Architecture(
         "baichuan", "Baichuan2 (remote code)", ("baichuan",), ("BaichuanForCausalLM",),
         lambda c: _hf_shape("baichuan", c),
-        remote_code=True, not_taken={r: _REMOTE for r in ROUTES}),
+        remote_code=True, not_taken={r: _BAICHUAN for r in ROUTES}),
 ]}
 
 
@@ -250,10 +320,21 @@ def shape(cfg: dict) -> Shape:
         raise MedwbError(f"config.json of a {arch.name} model lacks {e.args[0]!r}: is the folder complete?") from None
 
 
-def route_problem(model_dir, route: str) -> str | None:
-    """Why ``route`` cannot take the checkpoint's family (None: it can)."""
+def weight_names(model_dir) -> tuple[str, str]:
+    """(input table suffix, output layer part) of the weight names in a checkpoint or an
+    artifact made from it (its config.json); Llama's when the family is not known."""
+    try:
+        arch = detect(model_dir)
+    except MedwbError:
+        return Architecture.embedding_weight, Architecture.output_weight
+    return arch.embedding_weight, arch.output_weight
+
+
+def route_problem(model_dir, route: str, trusted: bool | None = None) -> str | None:
+    """Why ``route`` cannot take the checkpoint's family (None: it can); ``trusted`` as
+    :meth:`Architecture.route_problem` takes it."""
     arch = detect(model_dir)
-    why = arch.route_problem(route)
+    why = arch.route_problem(route, trusted)
     return f"{arch.name} models: {why}" if why else None
 
 
@@ -265,9 +346,9 @@ def matrix_markdown() -> str:
     lines = [head, "|" + "---|" * (len(ROUTES) + 1)]
     for arch in ARCHITECTURES.values():
         cells = []
-        for route in ROUTES:
-            why = arch.route_problem(route)
-            note = why or arch.conditions.get(route)
+        for route in ROUTES:  # as with the user's consent; the consent itself is a note of its own
+            why = arch.route_problem(route, trusted=True)
+            note = why or "; ".join(filter(None, (_CONSENT if arch.remote_code else "", arch.conditions.get(route))))
             n = notes.setdefault(note, len(notes) + 1) if note else None
             cells.append(("no" if why else "yes") + (f" ({n})" if n else ""))
         lines.append(f"| {arch.name}: {arch.title} | " + " | ".join(cells) + " |")

@@ -207,28 +207,41 @@ def _add_bin(name: str, out: Path, log) -> None:
 
 def write_tokenizer(arch, demo: Path, out: Path) -> None:
     """The demo model's tokenizer into ``out``, with the special tokens every real folder of
-    ``arch``'s family carries (llama.cpp's GLM converter looks them up by name)."""
+    ``arch``'s family carries (llama.cpp's GLM converter looks them up by name), appended to
+    its tokenizer.json as added tokens. The files are edited, not re-saved through the main
+    env's transformers, whose newer tokenizer.json the bigdl env's tokenizers cannot parse."""
+    for f in TOKENIZER_FILES:
+        shutil.copy2(demo / f, out / f)
     if not arch.special_tokens:
-        for f in TOKENIZER_FILES:
-            shutil.copy2(demo / f, out / f)
         return
-    from transformers import PreTrainedTokenizerFast
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(demo)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(arch.special_tokens)})
-    tokenizer.save_pretrained(out)
+    tok = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    known = {t["content"] for t in tok["added_tokens"]}
+    next_id = 1 + max([*tok["model"]["vocab"].values(), *(t["id"] for t in tok["added_tokens"])])
+    for content in arch.special_tokens:
+        if content in known:
+            continue
+        tok["added_tokens"].append({"id": next_id, "content": content, "single_word": False, "lstrip": False,
+                                    "rstrip": False, "normalized": False, "special": True})
+        next_id += 1
+    (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False, indent=2), encoding="utf-8")
+    cfg = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg["additional_special_tokens"] = list(arch.special_tokens)
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 def tiny(family: str, log=print) -> Path:
     """A tiny random-weight checkpoint of ``family`` (medwb.models.architectures: 2 layers,
     grouped-query, widths multiples of 128), with the demo model's tokenizer, built once
     into the cache (``<cache>/tiny/<family>``): what the tests and the route matrix run
-    every route on. Speed only, like the shapes."""
-    from medwb.models import architectures, demo_model
-    if family not in architectures.ARCHITECTURES or not architectures.ARCHITECTURES[family].transformers_class:
-        native = [a.name for a in architectures.ARCHITECTURES.values() if a.transformers_class]
-        raise MedwbError(f"family {family!r}: tiny checkpoints are built for {', '.join(native)} (a remote-code "
+    every route on. Speed only, like the shapes. A remote-code family's folder carries the
+    modeling code written for it here (medwb.models.remote_code)."""
+    from medwb.models import architectures, demo_model, remote_code
+    arch = architectures.ARCHITECTURES.get(family)
+    if arch is None or not (arch.transformers_class or remote_code.code_dir(family)):
+        buildable = [a.name for a in architectures.ARCHITECTURES.values()
+                     if a.transformers_class or remote_code.code_dir(a.name)]
+        raise MedwbError(f"family {family!r}: tiny checkpoints are built for {', '.join(buildable)} (a remote-code "
                          "family needs its own code)")
-    arch = architectures.ARCHITECTURES[family]
     out = cache_dir() / "tiny" / family
     if (out / "medwb_shape.json").exists():
         return out
@@ -238,17 +251,36 @@ def tiny(family: str, log=print) -> Path:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(demo)
     if arch.special_tokens:  # those a real folder of the family carries (a converter asks for them)
         tokenizer.add_special_tokens({"additional_special_tokens": list(arch.special_tokens)})
-    config = {**arch.tiny, "vocab_size": -(-len(tokenizer) // 64) * 64, "architectures": list(arch.classes[:1])}
+    config = {"vocab_size": -(-len(tokenizer) // 64) * 64, **arch.tiny, "architectures": list(arch.classes[:1])}
     log(f"building a tiny random-weight {family} checkpoint ({architectures.shape(config).parameters:,} parameters)")
     torch.manual_seed(0)
-    model = build(arch, config)
-    model.eval()
     with atomic_dir(out, overwrite=True) as tmp:
-        demo_model.save_checkpoint(model, tmp, with_bin=False)
-        cfg = json.loads((tmp / "config.json").read_text())
+        if arch.transformers_class:
+            model = build(arch, config)
+            model.eval()
+            demo_model.save_checkpoint(model, tmp, with_bin=False)
+            cfg = json.loads((tmp / "config.json").read_text())
+        else:
+            cfg = _write_remote_code_tiny(family, config, tmp)
         cfg.update(medwb_speed_only=True, medwb_shape=f"tiny-{family}")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         write_tokenizer(arch, demo, tmp)
         (tmp / "medwb_shape.json").write_text(json.dumps({"shape": f"tiny-{family}", "speed_only": True,
                                                           "parameters": architectures.shape(config).parameters}))
     return out
+
+
+def _write_remote_code_tiny(family: str, config: dict, out: Path) -> dict:
+    """A remote-code family's tiny folder: its modeling files (written here), random FP32
+    weights under the names they load, and the config that maps transformers' Auto classes
+    to them (``auto_map``, as a real folder's does). Returns the config."""
+    import torch
+    from safetensors.torch import save_file
+    from medwb.models import remote_code
+    code = remote_code.code_dir(family)
+    for f in sorted(code.glob("*.py")):
+        shutil.copy2(f, out / f.name)
+    tensors = {n: _random_tensor(n, s, torch.float32) for n, s in remote_code.tensors(family, config).items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(out / "model.safetensors", 0o644)
+    return {**config, "torch_dtype": "float32"}

