@@ -24,13 +24,18 @@ def bench(cfg: dict, run_dir=None, log=print, progress: bool = True, cluster: st
 
 
 def bench_or_load(config_file="", records_from="", run_dir="", log=print, cluster: str = "",
-                  **overrides) -> list[dict]:
+                  trust_remote_code: bool | None = None, **overrides) -> list[dict]:
     """Notebook 03's entry: load the records of an earlier run folder, or run the benchmark
     (config file, then the notebook's parameters; empty parameters keep the config's), on
-    this machine or, with ``cluster``, on a Ray cluster's servers."""
+    this machine or, with ``cluster``, on a Ray cluster's servers. ``trust_remote_code``: the
+    user's consent to run a model folder's own code (ChatGLM), as ``--trust-remote-code``
+    gives it; None keeps this process's."""
     from medwb.backends import variants
     from medwb.bench import run as local
     from medwb.bench.config import load_config
+    from medwb.models import architectures
+    if trust_remote_code is not None:
+        architectures.trust_remote_code(trust_remote_code)
     if records_from:
         if not (Path(records_from) / "records" / "bench.jsonl").exists():
             raise MedwbError(f"records_from '{records_from}' has no records/bench.jsonl: give a run folder "
@@ -44,9 +49,14 @@ def bench_or_load(config_file="", records_from="", run_dir="", log=print, cluste
 
 
 def evaluate(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True, cluster: str = "",
-             **overrides) -> dict:
-    """``medwb.eval.run.run``; with ``cluster``, the missing answers in shards on its servers."""
+             trust_remote_code: bool | None = None, **overrides) -> dict:
+    """``medwb.eval.run.run``; with ``cluster``, the missing answers in shards on its servers.
+    ``trust_remote_code`` (notebook 06): the consent ``--trust-remote-code`` gives; None keeps
+    this process's."""
     from medwb.eval import run as evaluation
+    from medwb.models import architectures
+    if trust_remote_code is not None:
+        architectures.trust_remote_code(trust_remote_code)
     cluster = cluster or (cfg or {}).get("cluster") or ""
     if not cluster:
         return evaluation.run(cfg, run_dir, log=log, progress=progress, **overrides)

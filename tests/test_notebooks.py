@@ -33,7 +33,9 @@ def test_notebook_is_clean_and_parameterized(nb):
     ids = [c.get("id") for c in doc["cells"]]  # nbformat 4.5: every cell has its own id
     assert None not in ids and len(set(ids)) == len(ids), f"cells without an id or sharing one: {ids}"
     sources = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in code]
-    assert all(len(src.splitlines()) <= 15 for src in sources), "logic belongs in medwb"
+    # Short calls into medwb; the parameters cell holds only assignments (checked above), as
+    # many as the notebook takes.
+    assert all(len(src.splitlines()) <= 15 for src in sources[1:]), "logic belongs in medwb"
 
 
 def test_environment_check_runs_headless(tmp_path, demo_model_dir):
