@@ -422,6 +422,7 @@ def parser() -> argparse.ArgumentParser:
     al.add_argument("--doctors", default="1,5,10", help="comma-separated numbers of doctors at once")
     al.add_argument("--rounds", type=int, default=3, help="rounds per doctor")
     al.add_argument("--think-s", type=float, default=2.0, help="mean pause between a doctor's rounds, seconds")
+    _trust_arg(al)
     _records_command(al, cmd_app_load)
 
     o = sub.add_parser("overhead", help="what the apps' worker path adds to calling a backend directly",
@@ -432,6 +433,7 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--cases", type=int, default=8, help="held-out diagnosis records")
     o.add_argument("--max-new-tokens", type=int, default=200)
     o.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    _trust_arg(o)
     _records_command(o, cmd_overhead)
 
     b = sub.add_parser("bench", help="benchmark a matrix of variants, each in a fresh process",
@@ -538,6 +540,7 @@ def parser() -> argparse.ArgumentParser:
     fs.add_argument("--models", nargs="+", help="models as in notebooks 04/05 (default: openvino-genai:int8/f32)")
     fs.add_argument("--threads", type=int, default=0, help="threads per worker (0: the cores shared out)")
     fs.add_argument("--quiet", action="store_true", help="no line per simulated day")
+    _trust_arg(fs)
     fs.set_defaults(func=cmd_feedback_simulate)
 
     c = sub.add_parser("compare-runs", help="which greedy outputs and figures differ between two run folders, and why",

@@ -368,6 +368,11 @@ def test_a_remote_code_folder_runs_only_with_the_users_consent(chatglm_dir, tmp_
     for name in ("pytorch:fp32", "openvino-genai:int4/bf16", "bigdl-cli:int4"):  # refused with the reason either way
         assert not rows[True][name]["takes"] and rows[True][name]["why"] == rows[False][name]["why"]
     assert "has 5.5" in rows[True]["pytorch:fp32"]["why"]
+    # Every command that takes a model takes the consent the refusal asks for.
+    from medwb.cli import parser
+    for argv in (["bench"], ["eval"], ["fidelity"], ["doctor"], ["app"], ["serve"], ["overhead"], ["app-load"],
+                 ["feedback-simulate", "--db", "x.sqlite"]):
+        assert parser().parse_args(argv + ["--trust-remote-code"]).trust_remote_code, argv
 
 
 _REMOTE_CHILD = r"""
