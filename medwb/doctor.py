@@ -179,11 +179,11 @@ def routes(model: str) -> dict:
     rows = []
     # A folder running its own code: each route as it would be with the user's consent, and
     # that the consent is missing (so that the matrix says what --trust-remote-code gives).
-    consent = arch.remote_code and not architectures.remote_code_trusted()
+    missing_consent = arch.remote_code and not architectures.remote_code_trusted()
     for v in DEFAULT_MATRIX:
         entry = registry.get(v["backend"])
         why = "; ".join(route_problems(entry, folder, trusted=True)) or None
-        if why is None and consent:
+        if why is None and missing_consent:
             why = "needs --trust-remote-code (runs the folder's own Python code: read it first)"
         bits = entry.weight_bits(v) or 32
         ram = shape.parameters * bits / 8 / GIB + RUNTIME_OVERHEAD_GIB
@@ -193,7 +193,7 @@ def routes(model: str) -> dict:
         rows.append({"variant": label(v), "takes": why is None, "why": why or "", "ram_gib": round(ram, 1),
                      "install": install, "note": note})
     return {"model": str(folder), "family": arch.name, "title": arch.title, "remote_code": arch.remote_code,
-            "remote_code_trusted": arch.remote_code and not consent,
+            "remote_code_trusted": arch.remote_code and not missing_consent,
             "parameters": shape.parameters, "tied_embeddings": shape.tied, "read_share": round(shape.read_share, 3),
             "routes": rows}
 

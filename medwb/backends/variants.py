@@ -84,9 +84,7 @@ def resolve_model(model: str, with_bin: bool | None = None, consent: bool = True
     from medwb.models import architectures
     arch = architectures.detect(folder)  # an architecture MedWB does not know: one line, naming those it does
     if consent and arch.remote_code and not architectures.remote_code_trusted():
-        raise MedwbError(f"model '{model}': a {arch.name} folder runs its own Python code (its modeling_*.py), "
-                         "which MedWB runs only with your consent: read it, then pass --trust-remote-code "
-                         "(notebooks: trust_remote_code=True)")
+        raise MedwbError(f"model '{model}' ({arch.name}): {architectures.CONSENT_NEEDED}")
     return folder
 
 

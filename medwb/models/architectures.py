@@ -146,6 +146,8 @@ _CHATGLM_CLI = ("llm-convert's chatglm converter embeds ChatGLM2/3's own Sentenc
 _CHATGLM_GGUF = ("the converter reads the folder's tokenizer through the folder's own code under the main env's "
                  "transformers 5.5; checked here on a folder whose tokenizer is tokenizer.json")
 TRUST_ENV = "MEDWB_TRUST_REMOTE_CODE"
+CONSENT_NEEDED = ("these folders run their own Python code (the folder's modeling_*.py), which MedWB runs only "
+                  "with your consent: read it, then pass --trust-remote-code (notebooks: trust_remote_code=True)")
 _CONSENT = "with --trust-remote-code only (the folder's own Python code runs)"
 
 
@@ -203,8 +205,7 @@ class Architecture:
         why = self.not_taken.get(route)
         if why or not self.remote_code or (remote_code_trusted() if trusted is None else trusted):
             return why
-        return ("these folders run their own Python code (the folder's modeling_*.py), which MedWB runs only "
-                "with your consent: read it, then pass --trust-remote-code (notebooks: trust_remote_code=True)")
+        return CONSENT_NEEDED
 
 
 # Tiny checkpoints: 2 layers, 4 heads, 2 KV heads (grouped-query), widths multiples of 128.
