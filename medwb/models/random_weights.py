@@ -205,18 +205,19 @@ def _add_bin(name: str, out: Path, log) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_tokenizer(arch, demo: Path, out: Path) -> None:
+def write_tokenizer(arch, demo: Path, out: Path) -> int:
     """The demo model's tokenizer into ``out``, with the special tokens every real folder of
     ``arch``'s family carries (llama.cpp's GLM converter looks them up by name), appended to
     its tokenizer.json as added tokens. The files are edited, not re-saved through the main
-    env's transformers, whose newer tokenizer.json the bigdl env's tokenizers cannot parse."""
+    env's transformers, whose newer tokenizer.json the bigdl env's tokenizers cannot parse.
+    Returns the number of token ids (the highest + 1): what the model's vocabulary must hold."""
     for f in TOKENIZER_FILES:
         shutil.copy2(demo / f, out / f)
-    if not arch.special_tokens:
-        return
     tok = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
-    known = {t["content"] for t in tok["added_tokens"]}
     next_id = 1 + max([*tok["model"]["vocab"].values(), *(t["id"] for t in tok["added_tokens"])])
+    if not arch.special_tokens:
+        return next_id
+    known = {t["content"] for t in tok["added_tokens"]}
     for content in arch.special_tokens:
         if content in known:
             continue
@@ -227,6 +228,7 @@ def write_tokenizer(arch, demo: Path, out: Path) -> None:
     cfg = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
     cfg["additional_special_tokens"] = list(arch.special_tokens)
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=2), encoding="utf-8")
+    return next_id
 
 
 def tiny(family: str, log=print) -> Path:
@@ -246,15 +248,15 @@ def tiny(family: str, log=print) -> Path:
     if (out / "medwb_shape.json").exists():
         return out
     import torch
-    from transformers import PreTrainedTokenizerFast
     demo = demo_model.ensure()
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(demo)
-    if arch.special_tokens:  # those a real folder of the family carries (a converter asks for them)
-        tokenizer.add_special_tokens({"additional_special_tokens": list(arch.special_tokens)})
-    config = {"vocab_size": -(-len(tokenizer) // 64) * 64, **arch.tiny, "architectures": list(arch.classes[:1])}
-    log(f"building a tiny random-weight {family} checkpoint ({architectures.shape(config).parameters:,} parameters)")
-    torch.manual_seed(0)
     with atomic_dir(out, overwrite=True) as tmp:
+        # The tokenizer first (with the special tokens a real folder of the family carries):
+        # its ids set the vocabulary, rounded up to a multiple of 64.
+        n_tokens = write_tokenizer(arch, demo, tmp)
+        config = {"vocab_size": -(-n_tokens // 64) * 64, **arch.tiny, "architectures": list(arch.classes[:1])}
+        log(f"building a tiny random-weight {family} checkpoint "
+            f"({architectures.shape(config).parameters:,} parameters)")
+        torch.manual_seed(0)
         if arch.transformers_class:
             model = build(arch, config)
             model.eval()
@@ -264,7 +266,6 @@ def tiny(family: str, log=print) -> Path:
             cfg = _write_remote_code_tiny(family, config, tmp)
         cfg.update(medwb_speed_only=True, medwb_shape=f"tiny-{family}")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        write_tokenizer(arch, demo, tmp)
         (tmp / "medwb_shape.json").write_text(json.dumps({"shape": f"tiny-{family}", "speed_only": True,
                                                           "parameters": architectures.shape(config).parameters}))
     return out
