@@ -119,8 +119,8 @@ def test_an_unknown_architecture_is_one_line_naming_the_supported(tmp_path):
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1, proc.stderr
     assert "mamba (MambaForCausalLM) is not supported" in err[0] and "qwen2 (Qwen2ForCausalLM)" in err[0]
-    with pytest.raises(MedwbError, match="remote-code family"):
-        random_weights.tiny("baichuan")
+    with pytest.raises(MedwbError, match="tiny checkpoints are built for llama"):
+        random_weights.tiny("mamba")
 
 
 def test_the_default_matrix_keeps_the_routes_that_take_the_family(tiny_dirs):
@@ -377,7 +377,10 @@ def test_a_remote_code_folder_runs_only_with_the_users_consent(chatglm_dir, tmp_
 
 _REMOTE_CHILD = r"""
 import json, sys, torch, importlib
-package, folder, ids = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+package, folder, ids, attention = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+# "hidden": compare the last hidden state, not the logits (an output layer the library
+# quantizes only when it optimizes: Baichuan2's NormHead)
+hidden = sys.argv[5:] == ["hidden"]
 from transformers import AutoModelForCausalLM
 x = torch.tensor([ids])
 with torch.inference_mode():  # the folder's own code on this environment's transformers, FP32
@@ -390,15 +393,18 @@ seq, logits = torch.tensor([[(i * 37) % 1000 + 5 for i in range(48)]]), {}
 for fused in (True, False):  # the library's ChatGLM kernels, then the folder's attention, same int8 weights
     m = Low.from_pretrained(folder, load_in_low_bit="sym_int8", optimize_model=fused, torch_dtype=torch.float32,
                             trust_remote_code=True)
-    f = m.transformer.encoder.layers[0].self_attention.forward
+    f = m.get_submodule(attention).forward
     res["attention"].append(getattr(f, "__func__", f).__module__)
     with torch.inference_mode():
-        step = m(input_ids=seq[:, :40], position_ids=torch.arange(40)[None], use_cache=True)
-        rows, past = [step.logits[0, -1]], step.past_key_values
+        def last(step):
+            return step.hidden_states[-1][0, -1] if hidden else step.logits[0, -1]
+        step = m(input_ids=seq[:, :40], position_ids=torch.arange(40)[None], use_cache=True,
+                 output_hidden_states=hidden)
+        rows, past = [last(step)], step.past_key_values
         for i in range(40, 48):
             step = m(input_ids=seq[:, i:i + 1], position_ids=torch.tensor([[i]]), past_key_values=past,
-                     use_cache=True)
-            rows.append(step.logits[0, -1]); past = step.past_key_values
+                     use_cache=True, output_hidden_states=hidden)
+            rows.append(last(step)); past = step.past_key_values
     logits[fused] = torch.stack(rows)
 res["max_diff"] = (logits[True] - logits[False]).abs().max().item()
 res["scale"] = logits[False].abs().max().item()
@@ -426,7 +432,8 @@ def test_the_chatglm_routes_agree_with_the_folders_own_code(chatglm_dir, tmp_pat
     ids = load_tokenizer(chatglm_dir).encode("患者发热三天，咳嗽。")
     tokens = {}
     for env, package in (("bigdl", "bigdl.llm"), ("ipex", "ipex_llm")):
-        proc = subprocess.run([str(envs.require(env)), "-c", _REMOTE_CHILD, package, str(chatglm_dir), json.dumps(ids)],
+        proc = subprocess.run([str(envs.require(env)), "-c", _REMOTE_CHILD, package, str(chatglm_dir), json.dumps(ids),
+                               "transformer.encoder.layers.0.self_attention"],
                               cwd=REPO, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -445,9 +452,14 @@ def test_the_chatglm_routes_agree_with_the_folders_own_code(chatglm_dir, tmp_pat
     # The benchmark's path: consent from the flag into the bigdl env's conversion and probe
     # (the low-bit folder keeps the code), and a floor of int8 blocks plus one FP32 row of
     # the input table (ChatGLM names it embedding.word_embeddings).
-    run = tmp_path / "run"
+    _bench_with_consent(chatglm_dir, "bigdl:sym_int8", shape, tmp_path / "run")
+
+
+def _bench_with_consent(folder: Path, variant: str, shape, run: Path) -> None:
+    """`medwb bench --trust-remote-code` on one variant, from a shell without the consent: a
+    record with a speed and a floor of int8 blocks plus one FP32 row of the input table."""
     proc = subprocess.run([sys.executable, "-m", "medwb", "bench", "--trust-remote-code", "--no-progress",
-                           "--model", str(chatglm_dir), "--variants", "bigdl:sym_int8", "--token-pairs", "16-8",
+                           "--model", str(folder), "--variants", variant, "--token-pairs", "16-8",
                            "--trials", "1", "--quality-cases", "0", "--run-dir", str(run)],
                           cwd=REPO, capture_output=True, text=True, timeout=1200, env=_without_consent())
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -455,3 +467,120 @@ def test_the_chatglm_routes_agree_with_the_folders_own_code(chatglm_dir, tmp_pat
                if r["record_type"] == "variant")
     assert not rec.get("error") and rec["tpot_ms"] > 0, rec.get("error")
     assert 1.0 < rec["weights_read_bytes"] / shape.read_per_token < 1.2
+
+
+# Baichuan2 (#33): a remote-code folder whose tokenizer is SentencePiece (tokenizer.model and
+# the folder's own class), whose output layer normalises its rows (NormHead) and whose chat
+# turns are marked by two reserved pieces (generation_config.json's user/assistant token ids).
+# The tiny checkpoint carries the Baichuan2-7B-layout code written in
+# medwb/models/remote_code/baichuan, at the 7B's depth (llama.cpp picks its graph by it).
+@pytest.fixture(scope="module")
+def baichuan_dir():
+    return random_weights.tiny("baichuan", log=lambda *_: None)
+
+
+def _published_tokenizer(folder: Path, out: Path) -> Path:
+    """A copy of ``folder`` whose tokenizer code loads the SentencePiece model after the base
+    class's __init__, as Baichuan2's published tokenization_baichuan.py does."""
+    import shutil
+    shutil.copytree(folder, out)
+    code = out / "tokenization_baichuan.py"
+    text = code.read_text(encoding="utf-8")
+    load = "        self.sp_model = spm.SentencePieceProcessor(model_file=vocab_file)\n"
+    text = text.replace(load, "").replace("**kwargs)\n\n    @property", "**kwargs)\n" + load + "\n    @property", 1)
+    assert text.count("self.sp_model = ") == 1 and text.index("super().__init__(") < text.index("self.sp_model = ")
+    code.write_text(text, encoding="utf-8")
+    return out
+
+
+def test_a_baichuan2_folder_is_read_as_its_own_code_reads_it(baichuan_dir, tmp_path, monkeypatch):
+    import sentencepiece as spm
+    from safetensors import safe_open
+    from medwb import doctor
+    from medwb.backends.pytorch import load_tokenizer
+    from medwb.models import chat
+    cfg = json.loads((baichuan_dir / "config.json").read_text())
+    with safe_open(str(baichuan_dir / "model.safetensors"), "pt") as f:
+        written = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    assert written == architectures.shape(cfg).parameters
+    # The chat format Baichuan2's folders carry no template for: its two markers, tokenized
+    # to the ids its generation_config.json names, around the user's text as SentencePiece
+    # encodes it (no BOS, no leading space).
+    monkeypatch.setenv(architectures.TRUST_ENV, "1")
+    gen = json.loads((baichuan_dir / "generation_config.json").read_text())
+    text = "患者发热三天，咳嗽 38.5℃。"
+    prompt = chat.renderer(chat.template_of(baichuan_dir))(text)
+    sp = spm.SentencePieceProcessor(model_file=str(baichuan_dir / "tokenizer.model"))
+    expected = [gen["user_token_id"]] + sp.encode(text) + [gen["assistant_token_id"]]
+    own = load_tokenizer(baichuan_dir)
+    assert type(own).__name__ == "BaichuanTokenizer" and own.encode(prompt) == expected
+    # Baichuan2's published tokenizer code fails on this transformers (5.5): MedWB reads
+    # tokenizer.model itself, to the same ids and text.
+    published = _published_tokenizer(baichuan_dir, tmp_path / "published")
+    from transformers import AutoTokenizer
+    with pytest.raises((AttributeError, TypeError)):  # sp_model used before it is set
+        AutoTokenizer.from_pretrained(published, trust_remote_code=True)
+    read = load_tokenizer(published)
+    assert type(read).__name__ == "SentencePieceTokenizer" and read.encode(prompt) == expected
+    assert read.decode(expected) == own.decode(expected) == prompt
+    # Routes: ipex-llm and llama.cpp (at the 7B's depth), the rest refused with the reason.
+    rows = {r["variant"]: r for r in doctor.routes(str(baichuan_dir))["routes"]}
+    assert rows["ipex-llm:sym_int4"]["takes"] and rows["llama.cpp:q4_0"]["takes"]
+    assert not rows["bigdl:sym_int4"]["takes"] and "load_low_bit" in rows["bigdl:sym_int4"]["why"]
+    assert not rows["pytorch:fp32"]["takes"] and "4.34" in rows["pytorch:fp32"]["why"]
+    shallow = tmp_path / "shallow"
+    shallow.mkdir()
+    (shallow / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 2}))
+    assert "2 layers would decode with none" in architectures.route_problem(shallow, "llama.cpp")
+    assert architectures.route_problem(baichuan_dir, "llama.cpp") is None
+
+
+_GGUF_LOGITS = r"""
+import json, sys, llama_cpp
+m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_threads=2, verbose=False)
+ids = m.tokenize(sys.argv[2].encode("utf-8"), add_bos=True, special=True)
+m.eval(ids); out = []
+for _ in range(12):
+    out.append(m.sample(temp=0.0)); m.eval([out[-1]])
+print(json.dumps({"ids": ids, "tokens": out}))
+"""
+
+
+@pytest.mark.slow
+def test_the_baichuan2_routes_agree_with_the_folders_own_code(baichuan_dir, tmp_path):
+    """The folder's code in the ipex env (FP32) and ipex-llm's Baichuan2 handling (low-bit,
+    against the folder's own modules on the same int8 weights), llama.cpp's graph on the F32
+    GGUF MedWB converts (NormHead rows normalised, chat markers and SentencePiece settings
+    kept): the same prompt ids and greedy tokens; then a benchmark with --trust-remote-code
+    runs the ipex-llm route from its saved low-bit folder."""
+    import numpy as np
+    from medwb import envs
+    from medwb.backends.pytorch import load_tokenizer
+    from medwb.backends.toolchain import gguf_export
+    from medwb.models import chat
+    import os
+    os.environ[architectures.TRUST_ENV] = "1"
+    try:
+        prompt = chat.renderer(chat.template_of(baichuan_dir))("患者发热三天，咳嗽。")
+        ids = load_tokenizer(baichuan_dir).encode(prompt)
+    finally:
+        os.environ.pop(architectures.TRUST_ENV)
+    proc = subprocess.run([str(envs.require("ipex")), "-c", _REMOTE_CHILD, "ipex_llm", str(baichuan_dir),
+                           json.dumps(ids), "model.layers.0.mlp", "hidden"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["attention"][0].startswith("ipex_llm.") and "modeling_baichuan" in got["attention"][1]
+    assert got["max_diff"] <= 1e-4 * got["scale"], got
+    gguf = gguf_export.convert(baichuan_dir, tmp_path / "gguf")
+    gguf_file = tmp_path / "gguf" / gguf_export.MODEL_FILE
+    proc = subprocess.run([str(envs.require("llamacpp")), "-c", _GGUF_LOGITS, str(gguf_file), prompt],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cpp = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert cpp["ids"] == ids and cpp["tokens"] == got["tokens"], (ids, cpp, got["tokens"])
+    import gguf as gguf_py
+    output = next(t for t in gguf_py.GGUFReader(str(gguf_file)).tensors if t.name == "output.weight")
+    assert np.allclose(np.linalg.norm(np.asarray(output.data, dtype=np.float32), axis=-1), 1.0, atol=1e-5)
+    shape = architectures.shape(json.loads((baichuan_dir / "config.json").read_text()))
+    assert gguf["weights_read_bytes"] == pytest.approx(4 * shape.read_per_token, rel=0.01)
+    _bench_with_consent(baichuan_dir, "ipex-llm:sym_int8", shape, tmp_path / "run")

@@ -19,8 +19,17 @@ def dtype_kwarg(dtype) -> dict:
 
 def load_tokenizer(model_dir):
     from transformers import AutoTokenizer
+    from medwb.models import sp_tokenizer
     from medwb.models.architectures import trust_kwargs
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, **trust_kwargs())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, **trust_kwargs())
+    except (AttributeError, TypeError, ValueError):
+        # A folder's own SentencePiece tokenizer class written for older transformers
+        # (Baichuan2's), or the class MedWB read it with (a low-bit folder saved from one):
+        # read its tokenizer.model (medwb.models.sp_tokenizer).
+        if not sp_tokenizer.available(model_dir):
+            raise
+        return sp_tokenizer.load(model_dir)
     tokenizer.padding_side = "left"  # batched greedy decoding needs left padding
     return tokenizer
 

@@ -122,9 +122,41 @@ _LLM_CONVERT = "llm-convert/llm-cli convert llama, bloom, gptneox, starcoder and
 _OPTIMUM_GLM = ("optimum-intel 2.2 refuses to export the native glm architecture under transformers newer than "
                 "5.0 (the main env has 5.5.4: 'Maximum required is 5.0', measured); a GLM-4-0414 folder (glm4) "
                 "exports, and llama.cpp takes this one")
-_BAICHUAN = ("not checked, so not run: a Baichuan2 folder's own code (modeling and SentencePiece tokenizer) cannot "
-             "be fetched offline and no model of its layout is written here yet (ChatGLM's is); upstream reports "
-             "its tokenizer code breaking from transformers 4.34, and the main env has 5.5")
+# Baichuan2 folders (remote code, 7B layout: rotary; the routes' own code tells it by its
+# vocabulary of 125,696 and its NormHead output layer).
+_BAICHUAN_MAIN = ("its own code was written for transformers 4.29-4.33 (upstream reports: Baichuan2's tokenizer "
+                  "breaks from 4.34) and the main env, where the PyTorch reference and the OpenVINO export run, "
+                  "has 5.5; optimum-intel also exports baichuan only up to transformers 4.57. ipex-llm and "
+                  "llama.cpp take it")
+_BAICHUAN_IPEX = ("runs the folder's modeling code with ipex-llm 2.2's Baichuan2 handling (the NormHead output layer "
+                  "normalised once on load) and low-bit linear layers; its fused attention is used at Baichuan2-7B's "
+                  "width (2048 or 4096) only, so a tiny checkpoint checks the folder's own attention. Baichuan2's "
+                  "tokenizer code breaks from transformers 4.34 (upstream reports; the main env has 5.5, ipex's "
+                  "4.47): where it does, MedWB reads the folder's tokenizer.model itself (the same ids)")
+_BAICHUAN_BIGDL = ("bigdl-llm 2.4 quantizes a Baichuan2 folder on load, but cannot load the low-bit folder it saves "
+                   "(load_low_bit normalises the NormHead of a model built on the meta device: RuntimeError "
+                   "set_data, measured), and MedWB converts once and loads the saved folder; ipex-llm 2.2 fixed "
+                   "it: the ipex-llm route takes it")
+_BAICHUAN_GGUF = ("llama.cpp's converter copies Baichuan2's NormHead output layer as stored and drops two settings "
+                  "of its tokenizer.model (the chat markers' user-defined type, no leading space): MedWB mends all "
+                  "three while converting; llama.cpp's Baichuan graph applies rotary positions only at the 7B's 32 "
+                  "layers and ALiBi at the 13B's 40 (by depth): other depths are refused, and the 13B layout is not "
+                  "checked here")
+
+
+def _baichuan_depth(cfg: dict) -> str | None:
+    layers = cfg.get("num_hidden_layers")
+    if layers in (32, 40):
+        return None
+    return (f"llama.cpp's Baichuan graph picks its position encoding by depth (rotary at 32 layers, ALiBi at 40); "
+            f"this folder's {layers} layers would decode with none (measured): use the bigdl or ipex-llm route")
+# Baichuan2's chat format (its generation_utils: user_token_id 195, assistant_token_id 196 in
+# generation_config.json, pieces <reserved_106> and <reserved_107>), for folders whose
+# tokenizer_config.json has no chat template (Baichuan2's published ones have none).
+_BAICHUAN_CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}<reserved_106>{{ m['content'] }}"
+                  "{% elif m['role'] == 'assistant' %}<reserved_107>{{ m['content'] }}{{ eos_token }}"
+                  "{% elif m['role'] == 'system' %}{{ m['content'] }}{% endif %}{% endfor %}"
+                  "{% if add_generation_prompt %}<reserved_107>{% endif %}")
 # ChatGLM2/3 and GLM-4 chat folders (remote code): what each environment's transformers allows.
 _CHATGLM_MAIN = ("its own code is written for transformers 4.3x-4.4x (upstream reports: ChatGLM3's tokenizer "
                  "breaks from 4.45, GLM-4 chat's modeling from 4.49) and the main env, where the PyTorch reference "
@@ -185,6 +217,8 @@ class Architecture:
     # (it still decodes correctly; slower): ipex-llm loads it with optimize_model=False.
     unfused: dict[str, str] = field(default_factory=dict)
     conditions: dict[str, str] = field(default_factory=dict)  # route -> what a folder must also meet
+    # route -> the check of that condition on a folder's config (None: met; else why not)
+    checks: dict[str, Callable[[dict], str | None]] = field(default_factory=dict)
     transformers_class: str = ""          # builds tiny checkpoints (native families)
     tiny: dict = field(default_factory=dict)
     # Special tokens every real folder of the family carries and a converter looks up by name
@@ -194,6 +228,16 @@ class Architecture:
     # converted artifact keeps them: the floor reads one row of the first (medwb.backends).
     embedding_weight: str = "embed_tokens.weight"
     output_weight: str = "lm_head"
+    # Whether the output layer's rows are L2-normalised before use (Baichuan2's NormHead), for
+    # a config: a converter that copies the weight as stored must normalise it.
+    normalized_output: Callable[[dict], bool] | None = None
+    # "demo": a tiny checkpoint carries the demo tokenizer (tokenizer.json); "sentencepiece":
+    # a tokenizer.model and the family's tokenizer code, as its real folders do.
+    tokenizer: str = "demo"
+    # The family's published chat format, for folders whose tokenizer_config.json has none
+    # (medwb.models.chat), and the pieces it names (a tiny tokenizer carries them).
+    chat_template: str = ""
+    chat_tokens: tuple[str, ...] = ()
 
     def route_problem(self, route: str, trusted: bool | None = None) -> str | None:
         """Why ``route`` does not take this family (None: it does). A family that runs its
@@ -276,9 +320,23 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
                            "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration"},
               "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}),
     Architecture(
-        "baichuan", "Baichuan2 (remote code)", ("baichuan",), ("BaichuanForCausalLM",),
-        lambda c: _hf_shape("baichuan", c),
-        remote_code=True, not_taken={r: _BAICHUAN for r in ROUTES}),
+        "baichuan", "Baichuan2 (remote code, 7B layout)", ("baichuan",), ("BaichuanForCausalLM",),
+        lambda c: _hf_shape("baichuan", c), remote_code=True,
+        not_taken={"pytorch": _BAICHUAN_MAIN, "openvino-optimum": _BAICHUAN_MAIN, "openvino-genai": _BAICHUAN_MAIN,
+                   "bigdl": _BAICHUAN_BIGDL, "bigdl-cli": _LLM_CONVERT},
+        conditions={"ipex-llm": _BAICHUAN_IPEX,
+                    "llama.cpp": _BAICHUAN_GGUF},
+        checks={"llama.cpp": _baichuan_depth},
+        normalized_output=lambda c: c.get("vocab_size") == 125696, tokenizer="sentencepiece",
+        chat_template=_BAICHUAN_CHAT, chat_tokens=("<reserved_106>", "<reserved_107>"),
+        # Baichuan2's vocabulary (the routes' Baichuan2 code recognises the family by it), full
+        # multi-head attention and the 7B's 32 layers: llama.cpp picks Baichuan's rotary graph
+        # by that depth (at 2 layers it applies no position encoding at all: measured).
+        tiny={**_TINY, "model_type": "baichuan", "num_hidden_layers": 32, "num_key_value_heads": 4,
+              "vocab_size": 125696,
+              "rms_norm_eps": 1e-6, "pad_token_id": 0, "tie_word_embeddings": False, "model_max_length": 1024,
+              "auto_map": {"AutoConfig": "configuration_baichuan.BaichuanConfig",
+                           "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"}}),
 ]}
 
 
@@ -336,6 +394,8 @@ def route_problem(model_dir, route: str, trusted: bool | None = None) -> str | N
     :meth:`Architecture.route_problem` takes it."""
     arch = detect(model_dir)
     why = arch.route_problem(route, trusted)
+    if not why and route in arch.checks:
+        why = arch.checks[route](json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")))
     return f"{arch.name} models: {why}" if why else None
 
 

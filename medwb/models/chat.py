@@ -8,7 +8,8 @@ the template is rendered with jinja2 the way transformers' ``apply_chat_template
 (the same sandbox, whitespace settings and special-token variables; a test compares both),
 not through a tokenizer that some environments cannot load. The demo model's template
 (medwb.tasks.prompts.CHAT_TEMPLATE) is rendered by its own function; a folder with no
-template gets the raw text.
+template gets its family's published format where the registry has one (Baichuan2's), else
+the raw text.
 """
 from __future__ import annotations
 
@@ -37,10 +38,22 @@ def template_of(model_path) -> dict:
     if not template:
         template_file = folder / "chat_template.jinja"  # transformers 5 writes it beside the config
         template = template_file.read_text(encoding="utf-8") if template_file.exists() else None
+    template = template or _family_template(folder)
     if not template:
         return {}
     special = {k: v if isinstance(v, str) else (v or {}).get("content", "") for k, v in cfg.items() if k in _SPECIAL}
     return {"chat_template": template, **special}
+
+
+def _family_template(folder: Path) -> str | None:
+    """The family's published chat format when its folders carry no template (Baichuan2's
+    markers: medwb.models.architectures), None for the others and for unknown families."""
+    from medwb.errors import MedwbError
+    from medwb.models import architectures
+    try:
+        return architectures.detect(folder).chat_template or None
+    except MedwbError:
+        return None
 
 
 @lru_cache(maxsize=8)

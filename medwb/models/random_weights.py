@@ -231,6 +231,49 @@ def write_tokenizer(arch, demo: Path, out: Path) -> int:
     return next_id
 
 
+def write_sentencepiece_tokenizer(arch, out: Path, vocab_size: int) -> int:
+    """A SentencePiece tokenizer.model, as a folder of ``arch``'s family ships it (Baichuan2's:
+    byte fallback, digits split, no dummy prefix, no BOS added), trained on the demo corpus
+    and filled up to ``vocab_size`` with user-defined ``<reserved_N>`` pieces (the family's
+    chat markers among them), so that every id the model can emit decodes; with the family's
+    tokenizer code, tokenizer_config.json and generation_config.json's chat token ids.
+    Returns the number of token ids."""
+    import io
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+    from medwb.models import demo_model, remote_code
+    texts = [prompt + answer for prompt, answer in demo_model.training_texts()[:3000]]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, vocab_size=4000,
+                                   model_type="bpe", character_coverage=0.9995, byte_fallback=True,
+                                   split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+                                   normalization_rule_name="identity", add_dummy_prefix=False,
+                                   remove_extra_whitespaces=False)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(buf.getvalue())
+    n = 0
+    while len(proto.pieces) < vocab_size:
+        piece = proto.pieces.add()
+        piece.piece, piece.score, piece.type = f"<reserved_{n}>", 0.0, piece.USER_DEFINED
+        n += 1
+    missing = [t for t in arch.chat_tokens if t not in {p.piece for p in proto.pieces}]
+    if missing:
+        raise MedwbError(f"a tiny {arch.name} vocabulary of {vocab_size} lacks {', '.join(missing)}")
+    (out / "tokenizer.model").write_bytes(proto.SerializeToString())
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    for f in sorted(remote_code.code_dir(arch.name).glob("tokenization_*.py")):
+        cls = "".join(w.capitalize() for w in f.stem.split("_")[1:]) + "Tokenizer"
+        auto = {"AutoTokenizer": [f"{f.stem}.{cls}", None]}
+        config = {"tokenizer_class": cls, "auto_map": auto, "add_bos_token": False, "add_eos_token": False,
+                  "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>",
+                  "model_max_length": arch.tiny.get("model_max_length", 1024), "clean_up_tokenization_spaces": False}
+        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    chat = dict(zip(("user_token_id", "assistant_token_id"), map(sp.piece_to_id, arch.chat_tokens)))
+    (out / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, **chat}, indent=2), encoding="utf-8")
+    return sp.get_piece_size()
+
+
 def tiny(family: str, log=print) -> Path:
     """A tiny random-weight checkpoint of ``family`` (medwb.models.architectures: 2 layers,
     grouped-query, widths multiples of 128), with the demo model's tokenizer, built once
@@ -252,7 +295,10 @@ def tiny(family: str, log=print) -> Path:
     with atomic_dir(out, overwrite=True) as tmp:
         # The tokenizer first (with the special tokens a real folder of the family carries):
         # its ids set the vocabulary, rounded up to a multiple of 64.
-        n_tokens = write_tokenizer(arch, demo, tmp)
+        if arch.tokenizer == "sentencepiece":
+            n_tokens = write_sentencepiece_tokenizer(arch, tmp, arch.tiny["vocab_size"])
+        else:
+            n_tokens = write_tokenizer(arch, demo, tmp)
         config = {"vocab_size": -(-n_tokens // 64) * 64, **arch.tiny, "architectures": list(arch.classes[:1])}
         log(f"building a tiny random-weight {family} checkpoint "
             f"({architectures.shape(config).parameters:,} parameters)")

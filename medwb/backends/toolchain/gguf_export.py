@@ -12,7 +12,9 @@ hashing how it splits a test string and stops on a hash it does not know (every 
 tokenizer, the demo model's included). When the checkpoint's ``tokenizer.json`` says its
 pre-tokenizer is plain GPT-2 byte-level splitting (``ByteLevel`` with the GPT-2 regex), that
 is llama.cpp's ``gpt-2`` pre-tokenizer, so an unknown hash is mapped to it; anything else
-still stops with the converter's own message.
+still stops with the converter's own message. And a family whose output layer normalises its
+rows before use (Baichuan2's NormHead) gets them normalised as they are read: the converter
+would copy them as stored.
 
 Each artifact is a folder ``model.gguf``, the checkpoint's ``config.json`` (the context an app
 worker fits a record to) and ``medwb_gguf.json`` (written last: a folder without it is
@@ -106,6 +108,82 @@ def outtype(model_dir: Path) -> str:
     return OUTTYPES.get(checkpoint_dtype(model_dir), "f32")
 
 
+def _mend_recursion(base) -> None:
+    """The converter of llama-cpp-python 0.3.36 hands every tensor of a Baichuan folder but the
+    fused QKV back to its own ``modify_tensors`` under the already-mapped name, which maps to
+    itself: RecursionError on any Baichuan folder (measured). Those tensors go to the base
+    class's ``modify_tensors`` instead, as the converter's other families send theirs; a
+    converter without the self-call is left as it is."""
+    import inspect
+    from conversion import baichuan
+    own = baichuan.BaichuanModel.modify_tensors
+    if getattr(own, "medwb_mended", False) or "self.modify_tensors(" not in inspect.getsource(own):
+        return
+
+    def modify_tensors(self, data_torch, name, bid):
+        if bid is not None and name.endswith(".self_attn.W_pack.weight"):
+            yield from own(self, data_torch, name, bid)
+        else:
+            yield from base.TextModel.modify_tensors(self, data_torch, name, bid)
+    modify_tensors.medwb_mended = True
+    baichuan.BaichuanModel.modify_tensors = modify_tensors
+
+
+def _sentencepiece_proto(model_dir: Path):
+    from sentencepiece import sentencepiece_model_pb2
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((Path(model_dir) / "tokenizer.model").read_bytes())
+    return proto
+
+
+def _keep_sentencepiece_settings(base) -> None:
+    """Two settings of a folder's tokenizer.model that the converter's SentencePiece path drops
+    (measured on a Baichuan2-layout folder; rendered chat prompts got other ids on llama.cpp
+    than on every other route):
+    - user-defined pieces (Baichuan2's chat markers <reserved_106>/<reserved_107>, ids 195/196),
+      which SentencePiece matches whole in any text, were typed normal, so llama.cpp spelled
+      them out character by character: they keep their type;
+    - ``add_dummy_prefix`` off (Baichuan2 adds no leading space) was not written, so llama.cpp
+      put a space before each piece of text: written when the converter wrote none."""
+    own_types, own_vocab = base.TextModel._create_vocab_sentencepiece, base.TextModel._set_vocab_sentencepiece
+    if getattr(own_types, "medwb_mended", False):
+        return
+
+    def _create_vocab_sentencepiece(self):
+        tokens, scores, toktypes = own_types(self)
+        for i, piece in enumerate(_sentencepiece_proto(self.dir_model).pieces):
+            if piece.type == piece.USER_DEFINED and i < len(toktypes):
+                toktypes[i] = base.SentencePieceTokenTypes.USER_DEFINED
+        return tokens, scores, toktypes
+
+    def _set_vocab_sentencepiece(self, *args, **kwargs):
+        own_vocab(self, *args, **kwargs)
+        key = "tokenizer.ggml.add_space_prefix"
+        if not any(key in kv for kv in self.gguf_writer.kv_data):
+            self.gguf_writer.add_add_space_prefix(_sentencepiece_proto(self.dir_model).normalizer_spec.add_dummy_prefix)
+    _create_vocab_sentencepiece.medwb_mended = True
+    base.TextModel._create_vocab_sentencepiece = _create_vocab_sentencepiece
+    base.TextModel._set_vocab_sentencepiece = _set_vocab_sentencepiece
+
+
+def _normalized_output(model_dir: Path) -> str | None:
+    """The output layer's weight name when the family normalises its rows before use
+    (Baichuan2's NormHead: medwb.models.architectures), which llama.cpp's converter would
+    copy as stored: the GGUF must hold the rows the model multiplies by. None otherwise."""
+    from medwb.models import architectures
+    try:
+        arch = architectures.detect(model_dir)
+    except MedwbError:
+        return None
+    cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return f"{arch.output_weight}.weight" if arch.normalized_output and arch.normalized_output(cfg) else None
+
+
+def _unit_rows(weight):
+    import torch
+    return torch.nn.functional.normalize(weight.float(), dim=-1).to(weight.dtype)
+
+
 def convert(model_dir: Path, out_dir: Path) -> dict:
     """The GGUF of a checkpoint in its own precision (:func:`outtype`), with llama.cpp's
     converter (main env)."""
@@ -133,6 +211,16 @@ def convert(model_dir: Path, out_dir: Path) -> dict:
             except NotImplementedError:
                 return "gpt-2"  # GPT-2 byte-level splitting: see the module docstring
         base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+    _mend_recursion(base)
+    _keep_sentencepiece_settings(base)
+    output = _normalized_output(model_dir)
+    if output:  # Baichuan2's NormHead: see _normalized_output
+        original_tensors = base.ModelBase.get_tensors
+
+        def get_tensors(self):
+            for name, data in original_tensors(self):
+                yield name, (_unit_rows(data) if name == output else data)
+        base.ModelBase.get_tensors = get_tensors
     started = time.perf_counter()
     with atomic_dir(out_dir, overwrite=True) as tmp:
         argv = sys.argv
@@ -141,6 +229,8 @@ def convert(model_dir: Path, out_dir: Path) -> dict:
             converter.main()
         finally:
             sys.argv = argv
+            if output:
+                base.ModelBase.get_tensors = original_tensors
         shutil.copyfile(model_dir / "config.json", tmp / "config.json")  # the context an app worker fits to
         manifest = {"precision": kind, "source": str(model_dir), "bytes": (tmp / MODEL_FILE).stat().st_size,
                     "seconds": round(time.perf_counter() - started, 1), "tool": "convert_hf_to_gguf.py",

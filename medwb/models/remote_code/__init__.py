@@ -2,7 +2,10 @@
 carries (``modeling_*.py`` beside config.json), for the families none of which can be fetched
 offline. One folder per family; ``tensors`` says which weights its modeling file reads, so
 that ``medwb.models.random_weights`` writes a tiny checkpoint without importing that file
-(it runs only on the transformers of the environments the registry names).
+(it runs only on the transformers of the environments the registry names). Each file stands
+alone, as a real folder's does: transformers imports it from the folder it is copied into, so
+it shares no code with medwb (Baichuan2's tokenizer class and medwb.models.sp_tokenizer look
+alike for that reason).
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ def code_dir(family: str) -> Path | None:
 
 def tensors(family: str, cfg: dict) -> dict[str, tuple[int, ...]]:
     """Every weight the family's modeling file loads, by name, with its shape."""
+    if family == "baichuan":
+        return _baichuan(cfg)
     if family != "chatglm":
         raise KeyError(family)
     hidden, vocab, ffn = cfg["hidden_size"], cfg["padded_vocab_size"], cfg["ffn_hidden_size"]
@@ -38,4 +43,20 @@ def tensors(family: str, cfg: dict) -> dict[str, tuple[int, ...]]:
             out[p + "self_attention.query_key_value.bias"] = (qkv,)
     out.update({"transformer.encoder.final_layernorm.weight": (hidden,),
                 "transformer.output_layer.weight": (vocab, hidden)})
+    return out
+
+
+def _baichuan(cfg: dict) -> dict[str, tuple[int, ...]]:
+    hidden, vocab, ffn = cfg["hidden_size"], cfg["vocab_size"], cfg["intermediate_size"]
+    out = {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out.update({p + "input_layernorm.weight": (hidden,),
+                    p + "self_attn.W_pack.weight": (3 * hidden, hidden),
+                    p + "self_attn.o_proj.weight": (hidden, hidden),
+                    p + "post_attention_layernorm.weight": (hidden,),
+                    p + "mlp.gate_proj.weight": (ffn, hidden),
+                    p + "mlp.up_proj.weight": (ffn, hidden),
+                    p + "mlp.down_proj.weight": (hidden, ffn)})
+    out.update({"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)})
     return out
