@@ -368,6 +368,15 @@ def test_a_remote_code_folder_runs_only_with_the_users_consent(chatglm_dir, tmp_
     for name in ("pytorch:fp32", "openvino-genai:int4/bf16", "bigdl-cli:int4"):  # refused with the reason either way
         assert not rows[True][name]["takes"] and rows[True][name]["why"] == rows[False][name]["why"]
     assert "has 5.5" in rows[True]["pytorch:fp32"]["why"]
+    # No PyTorch FP32 here: the F32 GGUF of the same weights stands for it, run first by default
+    # (tests/test_families.py checks it decodes as the folder's own code does).
+    from medwb.backends import registry
+    from medwb.bench.config import load_config, validate
+    monkeypatch.setenv(architectures.TRUST_ENV, "1")
+    assert registry.reference_for(chatglm_dir) == {"backend": "llama.cpp", "precision": "f32"}
+    assert registry.reference_for(random_weights.tiny("llama", log=lambda *_: None)) is registry.REFERENCE
+    assert validate(load_config(model=str(chatglm_dir)))["variants"][0] == registry.reference_for(chatglm_dir)
+    monkeypatch.delenv(architectures.TRUST_ENV)
     # Every command that takes a model takes the consent the refusal asks for.
     from medwb.cli import parser
     for argv in (["bench"], ["eval"], ["fidelity"], ["doctor"], ["app"], ["serve"], ["overhead"], ["app-load"],
@@ -456,17 +465,19 @@ def test_the_chatglm_routes_agree_with_the_folders_own_code(chatglm_dir, tmp_pat
 
 
 def _bench_with_consent(folder: Path, variant: str, shape, run: Path) -> None:
-    """`medwb bench --trust-remote-code` on one variant, from a shell without the consent: a
-    record with a speed and a floor of int8 blocks plus one FP32 row of the input table."""
+    """`medwb bench --trust-remote-code` on one variant beside the family's FP32 reference
+    (llama.cpp's F32 GGUF), from a shell without the consent: a record with a speed, a floor
+    of int8 blocks plus one FP32 row of the input table, and agreement with the reference."""
     proc = subprocess.run([sys.executable, "-m", "medwb", "bench", "--trust-remote-code", "--no-progress",
-                           "--model", str(folder), "--variants", variant, "--token-pairs", "16-8",
-                           "--trials", "1", "--quality-cases", "0", "--run-dir", str(run)],
+                           "--model", str(folder), "--variants", f"llama.cpp:f32,{variant}", "--token-pairs", "16-8",
+                           "--trials", "1", "--quality-cases", "2", "--run-dir", str(run)],
                           cwd=REPO, capture_output=True, text=True, timeout=1200, env=_without_consent())
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     rec = next(r for r in map(json.loads, (run / "records" / "bench.jsonl").read_text().splitlines())
-               if r["record_type"] == "variant")
+               if r["record_type"] == "variant" and r["variant"] == variant)
     assert not rec.get("error") and rec["tpot_ms"] > 0, rec.get("error")
     assert 1.0 < rec["weights_read_bytes"] / shape.read_per_token < 1.2
+    assert rec["agreement_vs_fp32"]["n_prompts"] > 0
 
 
 # Baichuan2 (#33): a remote-code folder whose tokenizer is SentencePiece (tokenizer.model and

@@ -53,8 +53,12 @@ class LlamaCppBackend:
         if config.exists():
             model_ctx = int(json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings") or 0)
             n_ctx = min(n_ctx, model_ctx) if n_ctx and model_ctx else n_ctx or model_ctx
+        # F32 is the FP32 reference of the families PyTorch cannot run here (registry.reference_for):
+        # its key/value cache is F32 too (with llama.cpp's default F16 cache a tiny Baichuan2's
+        # logits were 2e-3 off the folder's own FP32 code's; with F32, 5e-6: measured).
+        kv = {"type_k": 0, "type_v": 0} if precision == "f32" else {}  # GGML_TYPE_F32
         llm = Llama(model_path=str(gguf_file), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                    n_batch=512, use_mmap=False, logits_all=False, verbose=False, seed=0)
+                    n_batch=512, use_mmap=False, logits_all=False, verbose=False, seed=0, **kv)
         return cls(llm, gguf_file, precision, threads)
 
     # --- runtime protocol (medwb.backends.registry) ---------------------------------------

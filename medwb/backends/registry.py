@@ -139,5 +139,24 @@ def get(name, where: str = "backend") -> Backend:
     return registry[name]
 
 
-def is_reference(variant: Variant) -> bool:
-    return all(variant.get(k) == v for k, v in REFERENCE.items()) and not variant.get("weights")
+def reference_for(model_dir) -> Variant:
+    """The variant a model's others are compared with: PyTorch FP32, or, for a family whose
+    folders PyTorch cannot run here (remote code written for older transformers), the one its
+    registry entry names instead (llama.cpp's F32 GGUF: the folder's weights unchanged,
+    checked against the folder's own code by tests/test_families.py)."""
+    from medwb.models import architectures
+    if model_dir is None or not (Path(model_dir) / "config.json").exists():
+        return REFERENCE
+    try:
+        arch = architectures.detect(model_dir)
+    except MedwbError:
+        return REFERENCE
+    if not arch.reference or not arch.route_problem(REFERENCE["backend"], trusted=True):
+        return REFERENCE
+    backend, precision = arch.reference.split(":")
+    return {"backend": backend, "precision": precision}
+
+
+def is_reference(variant: Variant, reference: Variant = REFERENCE) -> bool:
+    """Whether ``variant`` is ``reference`` (``reference_for`` the model; PyTorch FP32)."""
+    return all(variant.get(k) == v for k, v in reference.items()) and not variant.get("weights")

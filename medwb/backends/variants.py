@@ -105,6 +105,9 @@ def routes_taking(model_dir: Path, variants: list[Variant]) -> tuple[list[Varian
     """The variants whose route takes the checkpoint (``route_problems``), and {label: why}
     for the rest: the default matrix narrowed to what can run."""
     kept, left = [], {}
+    reference = registry.reference_for(model_dir)
+    if reference is not registry.REFERENCE and not any(registry.is_reference(v, reference) for v in variants):
+        variants = [reference] + list(variants)  # the family's FP32 stand-in, run first
     for v in variants:
         entry = registry.get(v["backend"])
         why = "; ".join(route_problems(entry, model_dir))

@@ -229,8 +229,10 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[Recor
         bar.update()
         return new, result
 
-    # The FP32 PyTorch variant, when listed, runs first: the reference for agreement.
-    ref = next((v for v in cfg["variants"] if registry.is_reference(v)), None)
+    # The FP32 variant (PyTorch, or the family's stand-in: registry.reference_for), when
+    # listed, runs first: the reference for agreement.
+    reference = registry.reference_for(model_dir)
+    ref = next((v for v in cfg["variants"] if registry.is_reference(v, reference)), None)
     for current["round"] in range(cfg["rounds"]):
         against_reference(ref, [v for v in cfg["variants"] if v is not ref], measure)
     bar.close()

@@ -203,7 +203,8 @@ def write_records(run_dir: Path, cfg: dict, checked: dict, cases: list[dict], ad
                                                             for k, s in sorted(servers.items())}},
                 "bandwidth": first.get("bandwidth", {}), "cpu": first.get("cpu", {}),
                 "python": sys.version.split()[0]}]
-    ref = next((v for v in cfg["variants"] if registry.is_reference(v)), None)
+    reference = registry.reference_for(checked["model_dir"])
+    ref = next((v for v in cfg["variants"] if registry.is_reference(v, reference)), None)
     for kind in sorted({e["server"] for e in results.values()}):
         reference = results.get(task_key(kind, ref, 0)) if ref else None
         reference = reference["result"] if reference and "error" not in reference["result"] else None

@@ -268,7 +268,8 @@ def run(model: str = "demo", variants: str | list = "", texts: str = "", context
     ({variant: figures, verdict, source}) that the recommendation reads."""
     from medwb import child, jsonl
     from medwb.backends import registry
-    from medwb.backends.variants import DEFAULT_MATRIX, label, load_spec, parse_variants, prepare, resolve_model
+    from medwb.backends.variants import (DEFAULT_MATRIX, label, load_spec, parse_variants, prepare, resolve_model,
+                                         routes_taking)
     from medwb.errors import check_count
     from medwb.eval.run import file_name
     from medwb.models import random_weights
@@ -285,6 +286,9 @@ def run(model: str = "demo", variants: str | list = "", texts: str = "", context
         check_writable_dir(run_dir, "--run-dir")
     docs_text = read_texts(texts) if texts else bundled_texts()
     model_dir = resolve_model(model)
+    left_out: dict[str, str] = {}
+    if not variants:  # the default matrix: the routes that take the model's family
+        chosen, left_out = routes_taking(model_dir, chosen)
     speed_only = random_weights.is_speed_only(model_dir)
     threads = threads or os.cpu_count() or 1
     context = context or min(CONTEXT, int(model_config(model_dir).get("max_position_embeddings") or CONTEXT))
@@ -302,25 +306,26 @@ def run(model: str = "demo", variants: str | list = "", texts: str = "", context
     folder = cache_dir() / "fidelity" / fp / _key(wins, VERSION)
     folder.mkdir(parents=True, exist_ok=True)
     reference = folder / "reference.npy"
-    ref_v = {"backend": "pytorch", "precision": "fp32"}
-    arts = prepare(model_dir, [ref_v] + [v for v in chosen if not registry.is_reference(v)], {"threads": threads,
+    ref_v = registry.reference_for(model_dir)
+    arts = prepare(model_dir, [ref_v] + [v for v in chosen if not registry.is_reference(v, ref_v)], {"threads": threads,
                    "kernel_build": "match", "timeout_s": timeout_s, "artifacts_dir": ""}, log)
     base = {"windows": wins, "check_text": docs_text[0], "check_ids": docs[0]}
     if not reference.exists():
-        log(f"fidelity: reference (pytorch:fp32) on {len(wins)} windows of {context} tokens")
+        log(f"fidelity: reference ({label(ref_v)}) on {len(wins)} windows of {context} tokens")
         _run_child("reference", {**load_spec(ref_v, arts[label(ref_v)], threads, None), **base,
-                                 "out": str(reference)}, "main", {}, timeout_s)
+                                 "out": str(reference)}, registry.get(ref_v["backend"]).env, {}, timeout_s)
     summary = {"model_fingerprint": fp, "texts": texts or "bundled held-out clinical texts", "context": context,
                "windows": len(wins), "windows_asked": count, "speed_only": speed_only, "scored_per_window": len(scored(context)),
                "reference": label(ref_v),
-               "margin": decision["margin"], "variants": {}}
+               "margin": decision["margin"],
+               "variants": {name: {"verdict": None, "why": f"not run: {why}"} for name, why in left_out.items()}}
     out_dir.mkdir(parents=True, exist_ok=True)
     for v in chosen:
         name = label(v)
         entry = registry.get(v["backend"])
         bits = entry.weight_bits(v)
         via = registry.get(entry.logits_via) if entry.logits_via else entry
-        if registry.is_reference(v):
+        if registry.is_reference(v, ref_v):
             summary["variants"][name] = {"verdict": "reference", "why": "the reference itself"}
             continue
         if not entry.logits_via and entry.no_logits_reason:

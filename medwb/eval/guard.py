@@ -180,8 +180,8 @@ def verdicts(scores, reference: str | None, errors: dict, margin: float = MARGIN
         elif variant == reference:
             out[variant] = "reference (FP32)"
         elif reference is None or "diff_low" not in mine or mine.diff_low.isna().all():
-            out[variant] = ("no reference to compare with (add pytorch:fp32 to the variants; a folder that runs its "
-                            "own code, ChatGLM, has none: `medwb doctor --model` says why)")
+            out[variant] = ("no reference to compare with (add the FP32 reference to the variants: pytorch:fp32, or "
+                            "llama.cpp:f32 for a folder that runs its own code, as `medwb doctor --model` says)")
         else:
             out[variant] = _verdict(overall.loc[variant], mine, margin)
     return out

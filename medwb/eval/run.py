@@ -35,7 +35,7 @@ from medwb.clock import now
 from medwb import envs
 from medwb.backends import knobs, registry
 from medwb.backends.variants import (DEFAULT_MATRIX, label, load_spec, parse_variants, prepare, resolve_model,
-                                    variant_problems)
+                                    routes_taking, variant_problems)
 from medwb.errors import MedwbError, check_count
 from medwb.eval import dataset, guard, scoring
 from medwb.models import chat
@@ -165,6 +165,8 @@ def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True,
     from medwb import runner, sysinfo
     cfg = check_config({**DEFAULTS, **(cfg or {}), **{k: v for k, v in overrides.items() if v not in (None, "")}})
     model_dir, data = cfg["model_dir"], cfg["data"]
+    for name, why in cfg.get("left_out", {}).items():  # the default matrix, narrowed to the family's routes
+        log(f"{name}: not run: {why}")
     samples = select(data, cfg["limit"])
     specs = {t: scoring.task_spec(t, cfg["task_map"], cfg["rules"]) for t in data.tasks()}
     if run_dir:  # before any model runs: answers that cannot be written are refused now
@@ -221,11 +223,12 @@ def run(cfg: dict | None = None, run_dir=None, log=print, progress: bool = True,
             log(f"{name} failed: {errors[name]}")
         timing.setdefault(name, round(time.perf_counter() - started, 1))
         predictions[name] = [have.get(a["key"]) for a in asks]
-    result = score_run(samples, asks, specs, predictions, errors, cfg, out_dir, log=log, model_fp=fp)
+    fp32 = label(registry.reference_for(model_dir))  # PyTorch FP32, or the family's stand-in
+    result = score_run(samples, asks, specs, predictions, errors, cfg, out_dir, log=log, model_fp=fp, reference=fp32)
     result.update(timing=timing, machine_load=load, cpu=sysinfo.cpu().get("model"), model_fingerprint=fp)
     write_json_atomic(out_dir / "run.json", {"config": public(cfg), "errors": errors, "timing": timing,
                                              "machine_load": load, "cpu": result["cpu"],
-                                             "model_fingerprint": fp})
+                                             "model_fingerprint": fp, "reference": fp32})
     if _is_main_runs_folder(Path(run_dir)):  # a test's or another program's folder is never "the latest"
         write_json_atomic(Path(cfg["answers_cache"] or cache_dir() / "eval") / fp / "latest.json", result["summary"])
     return result
@@ -306,8 +309,10 @@ def _sha(path) -> str | None:
     return sha256_file(path) if Path(path).exists() else None
 
 
-def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log=print, model_fp: str | None = None) -> dict:
-    """Per-sample logs, scores, the guard and the report, from answers already made."""
+def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log=print, model_fp: str | None = None,
+              reference: str | None = None) -> dict:
+    """Per-sample logs, scores, the guard and the report, from answers already made;
+    ``reference``: the FP32 variant's label (PyTorch's when not given)."""
     from medwb.eval import report
     rows: dict[str, list[dict]] = {}
     for name, answers in predictions.items():
@@ -326,7 +331,8 @@ def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rs in rows.items():
         jsonl.write(samples_path(out_dir, name), ({k: v for k, v in r.items() if k != "_stats"} for r in rs))
-    reference = next((label(v) for v in cfg["variants"] if registry.is_reference(v)), None)
+    fp32 = parse_variants(reference)[0] if reference else registry.REFERENCE
+    reference = next((label(v) for v in cfg["variants"] if registry.is_reference(v, fp32)), None)
     scores, verdicts = guard.evaluate(rows, specs, reference=reference, errors=errors, margin=cfg["margin"],
                                       resamples=cfg["bootstrap"], seed=0)
     from medwb import sysinfo
@@ -375,13 +381,14 @@ def rescore(run_dir, log=print, rules: str = "") -> dict:
     out_dir = run_dir / "eval" / (f"rules-{cfg['rules']}" if rules and rules != meta["config"].get(
         "rules", "official") else "")
     return score_run(samples, asks, specs, predictions, meta.get("errors", {}), cfg, out_dir, log=log,
-                     model_fp=meta.get("model_fingerprint"))
+                     model_fp=meta.get("model_fingerprint"), reference=meta.get("reference"))
 
 
 # ---------------------------------------------------------------- configuration
 def check_config(cfg: dict, need_model: bool = True) -> dict:
     """Validate everything before anything runs; one line per problem, naming the parameter."""
     cfg = dict(cfg)
+    default = cfg["variants"] in (DEFAULT_VARIANTS, DEFAULT_MATRIX)
     if isinstance(cfg["variants"], str):
         cfg["variants"] = parse_variants(cfg["variants"])
     if not cfg["variants"]:
@@ -401,6 +408,8 @@ def check_config(cfg: dict, need_model: bool = True) -> dict:
     cfg["data"] = dataset.load(cfg["eval_file"] or evalset.EVAL_FILE, task_map=cfg["task_map"] or None)
     if need_model:
         cfg["model_dir"] = resolve_model(cfg["model"])
+        if default:  # not chosen: the routes that take the model's family, as the benchmark's
+            cfg["variants"], cfg["left_out"] = routes_taking(cfg["model_dir"], cfg["variants"])
         problems = [p for i, v in enumerate(cfg["variants"])
                     for p in variant_problems(v, f"variants[{i}]", cfg["model_dir"])]
         if problems:

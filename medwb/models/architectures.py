@@ -177,6 +177,9 @@ _CHATGLM_CLI = ("llm-convert's chatglm converter embeds ChatGLM2/3's own Sentenc
                 "The Intel route's Python API (bigdl, ipex-llm) takes these folders")
 _CHATGLM_GGUF = ("the converter reads the folder's tokenizer through the folder's own code under the main env's "
                  "transformers 5.5; checked here on a folder whose tokenizer is tokenizer.json")
+# The FP32 reference of a remote-code family (the folder's weights, converted exactly; its
+# agreement with the folder's own code is checked in tests/test_families.py).
+_F32_GGUF = "llama.cpp:f32"
 TRUST_ENV = "MEDWB_TRUST_REMOTE_CODE"
 CONSENT_NEEDED = ("these folders run their own Python code (the folder's modeling_*.py), which MedWB runs only "
                   "with your consent: read it, then pass --trust-remote-code (notebooks: trust_remote_code=True)")
@@ -238,6 +241,10 @@ class Architecture:
     # (medwb.models.chat), and the pieces it names (a tiny tokenizer carries them).
     chat_template: str = ""
     chat_tokens: tuple[str, ...] = ()
+    # The variant that stands for FP32 where PyTorch cannot run the family here (its own code
+    # needs older transformers): llama.cpp's F32 GGUF, the folder's weights unchanged
+    # (medwb.backends.registry.reference_for).
+    reference: str = ""
 
     def route_problem(self, route: str, trusted: bool | None = None) -> str | None:
         """Why ``route`` does not take this family (None: it does). A family that runs its
@@ -305,7 +312,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
         not_taken={"pytorch": _CHATGLM_MAIN, "openvino-optimum": _CHATGLM_MAIN, "openvino-genai": _CHATGLM_MAIN,
                    "bigdl-cli": _CHATGLM_CLI},
         conditions={"bigdl": _CHATGLM_BIGDL, "ipex-llm": _CHATGLM_IPEX, "llama.cpp": _CHATGLM_GGUF},
-        embedding_weight="embedding.word_embeddings.weight", output_weight="output_layer",
+        embedding_weight="embedding.word_embeddings.weight", output_weight="output_layer", reference=_F32_GGUF,
         special_tokens=("<|endoftext|>", "[gMASK]", "<sop>", "<|user|>", "<|assistant|>", "<|observation|>"),
         # ChatGLM3's padded vocabulary (ipex-llm picks its ChatGLM2/3 kernels by it), two KV
         # groups, rotary on half of each 32-wide head with GLM-4's base ratio.
@@ -327,7 +334,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
         conditions={"ipex-llm": _BAICHUAN_IPEX,
                     "llama.cpp": _BAICHUAN_GGUF},
         checks={"llama.cpp": _baichuan_depth},
-        normalized_output=lambda c: c.get("vocab_size") == 125696, tokenizer="sentencepiece",
+        normalized_output=lambda c: c.get("vocab_size") == 125696, tokenizer="sentencepiece", reference=_F32_GGUF,
         chat_template=_BAICHUAN_CHAT, chat_tokens=("<reserved_106>", "<reserved_107>"),
         # Baichuan2's vocabulary (the routes' Baichuan2 code recognises the family by it), full
         # multi-head attention and the 7B's 32 layers: llama.cpp picks Baichuan's rotary graph
