@@ -112,6 +112,10 @@ def test_the_guard_decides_keeps_loses_or_not_enough_samples_from_the_paired_int
     outcome, text = decide(12, 1)
     assert outcome == guard.UNDECIDED and "evaluate more samples" in text
     assert decide(12, 6)[0] == guard.LOSES
+    # Too few samples decide nothing, however the interval falls (one sample: zero width).
+    for n in (1, 4):
+        outcome, text = decide(n, 0)
+        assert outcome == guard.UNDECIDED and f"only {n} samples on A" in text, text
 
 
 @pytest.mark.parametrize("task", ["MedWB-QIC", "MedWB-STS", "MedWB-NER"])
@@ -224,7 +228,8 @@ def test_a_limited_run_samples_every_task_without_aliasing_its_order():
 
 def test_rescore_of_perfect_answers_is_100_with_an_interval_that_holds_it(tmp_path):
     """Every answer is the gold target: the rescored overall is 100 for both variants, every
-    interval holds its score (the report's plot used to refuse it), and the copy keeps FP32."""
+    interval holds its score (the report's plot used to refuse it), and the copy, on 4 samples per
+    task, is not judged to keep FP32's accuracy: too few samples."""
     cfg = evaluation.check_config({**evaluation.DEFAULTS, "variants": "pytorch:fp32,bigdl:sym_int4",
                                    "limit": 4, "bootstrap": 200}, need_model=False)
     samples = evaluation.select(cfg["data"], cfg["limit"])
@@ -242,7 +247,8 @@ def test_rescore_of_perfect_answers_is_100_with_an_interval_that_holds_it(tmp_pa
         overall = scores[scores.task == "overall"]
         assert list(overall.score) == [pytest.approx(100.0, abs=1e-4)] * 2
         assert ((scores.ci_low <= scores.score) & (scores.score <= scores.ci_high)).all()
-        assert result["summary"]["variants"]["bigdl:sym_int4"]["decision"] == "keeps"
+        # the same answers as FP32's, but 4 samples per task: too few to decide (guard.MIN_SAMPLES)
+        assert result["summary"]["variants"]["bigdl:sym_int4"]["decision"] == "undecided"
     assert (out / "scores.png").stat().st_size > 0
     # The same answers under the CCKS 2023 rules: beside the run's own scores, which stay.
     proc = _cli("--rescore", str(tmp_path / "run"), "--rules", "ccks2023")

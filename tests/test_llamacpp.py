@@ -49,13 +49,14 @@ def test_a_benchmark_sizes_llamacpps_context_as_its_tools_do_and_an_app_keeps_th
     4096 tokens (llama.cpp's default) or its longest pair, never more than the model has; an
     app worker (no token pairs) gets the model's context."""
     import shutil
+    from pathlib import Path
 
-    from medwb.paths import cache_dir
     recs = _bench(tmp_path, "llama.cpp:q4_0")
     if llamacpp.unavailable():
         pytest.skip(f"llama.cpp is not built on this machine: {llamacpp.unavailable()}")
     assert not recs["llama.cpp:q4_0"].get("error")
-    built = sorted((cache_dir() / "bench").glob("*/gguf-q4_0/model.gguf"), key=lambda p: p.stat().st_mtime)[-1]
+    from medwb.backends.variants import artifacts_dir
+    built = artifacts_dir(Path(recs["llama.cpp:q4_0"]["model"])) / "gguf-q4_0" / "model.gguf"  # this bench's
     folder = tmp_path / "long-context"
     shutil.copytree(built.parent, folder)
     cfg = json.loads((folder / "config.json").read_text())

@@ -14,7 +14,8 @@ FP32's accuracy when the lower end of the 95% interval of its paired overall dif
 above -margin (the margin: ``MARGIN`` of FP32's overall score); it *loses* accuracy when the
 whole interval lies below -margin, overall or on one task (that task's own margin); and when
 the interval spans -margin the outcome is "not enough samples to decide", its own answer,
-with how to get more evidence. Per task the difference and its interval are shown.
+with how to get more evidence; so is any run with fewer than ``MIN_SAMPLES`` samples on a task,
+whatever its interval says. Per task the difference and its interval are shown.
 
 Speed: ROUGE-L is computed once per sample (its pairs' F values), pooled micro-F1 and the
 classification F1s from per-sample counts, so all resamples of a task are array
@@ -30,6 +31,10 @@ from medwb.eval import scoring
 # is the usual "accuracy kept" bar of quantization reports, e.g. Intel Neural Compressor's 1%
 # is stricter, NNCF's similarity gate looser); configs/decision.yaml overrides it.
 MARGIN = 0.05
+# Fewer samples than this on any task decide nothing: a percentile bootstrap of a handful of
+# samples has few distinct resamples and its interval is far narrower than the truth (one
+# sample per task gives a zero-width interval: "keeps" on one answer, seen in a 1-sample run).
+MIN_SAMPLES = 10
 # Decisions, as the recommendation reads them (summary.json's "decision").
 KEEPS, LOSES, UNDECIDED, REFERENCE = "keeps", "loses", "undecided", "reference"
 
@@ -195,6 +200,11 @@ def _verdict(o, tasks, margin: float) -> str:
             if r.diff_high < -margin * (r.score - r.diff)]  # the whole interval below the task's margin
     figures = (f"overall {diff:+.1f} points vs FP32, 95% interval [{low:+.1f}, {high:+.1f}], "
                f"margin -{allowed:.1f} ({margin:.0%} of FP32's {ref_score:.1f})")
+    few = tasks[tasks.n < MIN_SAMPLES]
+    if len(few):
+        return (f"not enough samples to decide: {figures}; only {int(few.n.min())} samples on "
+                f"{few.sort_values('n').task.iloc[0]}, and an interval from fewer than {MIN_SAMPLES} per task "
+                "means nothing, so evaluate more samples (limit 0: all of them) or read the fidelity to FP32")
     if high < -allowed or lost:
         where = "" if not lost else "; beyond the margin on " + ", ".join(
             f"{r.task} ({100 * r.diff:+.1f} [{100 * r.diff_low:+.1f}, {100 * r.diff_high:+.1f}])" for r in lost)
