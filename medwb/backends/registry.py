@@ -145,13 +145,8 @@ def reference_for(model_dir) -> Variant:
     registry entry names instead (llama.cpp's F32 GGUF: the folder's weights unchanged,
     checked against the folder's own code by tests/test_families.py)."""
     from medwb.models import architectures
-    if model_dir is None or not (Path(model_dir) / "config.json").exists():
-        return REFERENCE
-    try:
-        arch = architectures.detect(model_dir)
-    except MedwbError:
-        return REFERENCE
-    if not arch.reference or not arch.route_problem(REFERENCE["backend"], trusted=True):
+    arch = architectures.known(model_dir) if model_dir is not None else None
+    if arch is None or not arch.reference or not arch.route_problem(REFERENCE["backend"], trusted=True):
         return REFERENCE
     backend, precision = arch.reference.split(":")
     return {"backend": backend, "precision": precision}

@@ -377,6 +377,15 @@ def detect(model_dir) -> Architecture:
     return of_config(cfg, str(path))
 
 
+def known(model_dir) -> Architecture | None:
+    """The family of a folder, or None where it has no readable config or an unknown one
+    (an artifact, a placeholder): for callers that fall back to a default."""
+    try:
+        return detect(model_dir)
+    except MedwbError:
+        return None
+
+
 def shape(cfg: dict) -> Shape:
     """The config's :class:`Shape` (its family's reader)."""
     arch = of_config(cfg)
@@ -389,10 +398,7 @@ def shape(cfg: dict) -> Shape:
 def weight_names(model_dir) -> tuple[str, str]:
     """(input table suffix, output layer part) of the weight names in a checkpoint or an
     artifact made from it (its config.json); Llama's when the family is not known."""
-    try:
-        arch = detect(model_dir)
-    except MedwbError:
-        return Architecture.embedding_weight, Architecture.output_weight
+    arch = known(model_dir) or Architecture
     return arch.embedding_weight, arch.output_weight
 
 

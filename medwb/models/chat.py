@@ -48,12 +48,9 @@ def template_of(model_path) -> dict:
 def _family_template(folder: Path) -> str | None:
     """The family's published chat format when its folders carry no template (Baichuan2's
     markers: medwb.models.architectures), None for the others and for unknown families."""
-    from medwb.errors import MedwbError
     from medwb.models import architectures
-    try:
-        return architectures.detect(folder).chat_template or None
-    except MedwbError:
-        return None
+    arch = architectures.known(folder)
+    return (arch.chat_template or None) if arch else None
 
 
 @lru_cache(maxsize=8)

@@ -171,12 +171,11 @@ def _normalized_output(model_dir: Path) -> str | None:
     (Baichuan2's NormHead: medwb.models.architectures), which llama.cpp's converter would
     copy as stored: the GGUF must hold the rows the model multiplies by. None otherwise."""
     from medwb.models import architectures
-    try:
-        arch = architectures.detect(model_dir)
-    except MedwbError:
+    arch = architectures.known(model_dir)
+    if arch is None or arch.normalized_output is None:
         return None
     cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    return f"{arch.output_weight}.weight" if arch.normalized_output and arch.normalized_output(cfg) else None
+    return f"{arch.output_weight}.weight" if arch.normalized_output(cfg) else None
 
 
 def _unit_rows(weight):
