@@ -187,7 +187,9 @@ def _source_files() -> list[Path]:
         names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         raise MedwbError(f"bundle: the project at {ROOT} is not a git checkout ({e}); bundle from a clone") from e
-    return [ROOT / n for n in names.decode().split("\0") if n]
+    # A demo-model build in progress (its training state, tens of MB) is for the project's
+    # own sessions to go on with, not for a hospital's install.
+    return [ROOT / n for n in names.decode().split("\0") if n and not n.startswith("data/demo-model-training/")]
 
 
 def build(out: str | Path = "dist", locks=LOCKS, platform: str = PLATFORM, python_version: str = PYTHON_VERSION,

@@ -16,9 +16,21 @@ from medwb.errors import MedwbError
 
 def cmd_demo_model(args) -> int:
     from medwb.models import demo_model
+    if (args.recipe != "shipped" or args.pause_after is not None or args.state_dir) and not args.rebuild:
+        raise MedwbError("--recipe, --pause-after and --state-dir choose how --rebuild trains: add --rebuild")
+    if args.pause_after is not None and not 0 < args.pause_after <= 1000:
+        raise MedwbError(f"--pause-after {args.pause_after} is not a number of hours above 0: e.g. --pause-after 2")
     if args.rebuild:
         from medwb.eval import demo_build
-        path = demo_build.rebuild(out=args.out, force=args.force)
+        from medwb.models.training import Paused
+        try:
+            path = demo_build.rebuild(demo_model.RECIPES[args.recipe], out=args.out, force=args.force,
+                                      state_dir=args.state_dir,
+                                      pause_after_s=None if args.pause_after is None else args.pause_after * 3600)
+        except Paused as p:
+            print(f"training {p}: run the same command again to go on (the result is the one an "
+                  "uninterrupted build gives)")
+            return 0
     elif args.force and not args.out:
         raise MedwbError("--force replaces what --out names, or retrains with --rebuild: "
                          "give one of them")
@@ -376,6 +388,15 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--rebuild", action="store_true", help="train the recipe here (about an hour on 2 cores)")
     d.add_argument("--force", action="store_true", help="with --rebuild: train even if this machine has "
                                                         "a verified build; with --out: replace the folder")
+    d.add_argument("--recipe", choices=("shipped", "candidate"), default="shipped",
+                   help="with --rebuild: the shipped model's recipe, or the candidate that is to replace it "
+                        "(wider, with a copy drill: several hours; docs/demo-model.md)")
+    d.add_argument("--pause-after", type=float, metavar="HOURS",
+                   help="with --rebuild: save the training state and stop after about this long; the same "
+                        "command goes on from it, to the same weights as one uninterrupted build")
+    d.add_argument("--state-dir", metavar="DIR",
+                   help="with --rebuild: keep the training state here (e.g. data/demo-model-training, to "
+                        "commit it and go on in another session) instead of the medwb cache")
     d.add_argument("--doctor-style", action="store_true",
                    help="also answer the cases written the way doctors write (data/heldout/doctor_style.jsonl) "
                         "and print task-format, primary-diagnosis and grounding rates with 95%% intervals")

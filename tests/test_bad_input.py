@@ -58,6 +58,8 @@ CASES = [
     ("eval run dir unwritable", ["eval", "--run-dir", "/proc/medwb-run"], "run-dir"),
     ("demo model out unwritable", ["demo-model", "--out", "/proc/medwb-model"], "--out"),
     ("demo model force alone", ["demo-model", "--force"], "--force"),
+    ("demo model recipe without rebuild", ["demo-model", "--recipe", "candidate"], "--rebuild"),
+    ("demo model pause not positive", ["demo-model", "--rebuild", "--pause-after", "0"], "--pause-after"),
     ("data out is a file", ["data", "--out", "{tmp}/a_file.txt"], "--out"),
     ("report out is a file", ["feedback", "{tmp}/real.sqlite", "--report", "--out", "{tmp}/a_file.txt"], "--out"),
     # --- feedback databases

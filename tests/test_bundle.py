@@ -86,6 +86,7 @@ def test_a_bundle_installs_the_main_environment_with_no_network(tmp_path):
     meta = json.loads((out / "bundle.json").read_text())
     assert meta["wheels"] == len(bundle.parse_lock(REPO / "requirements/main.lock"))
     assert (out / "data/demo-model/model.safetensors").exists() and (out / "INSTALL.md").exists()
+    assert not (out / "data/demo-model-training").exists()  # a build in progress is not installed
     sums = subprocess.run(["sha256sum", "-c", "SHA256SUMS", "--quiet"], cwd=out, capture_output=True, text=True)
     assert sums.returncode == 0, sums.stdout + sums.stderr
 

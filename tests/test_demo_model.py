@@ -181,6 +181,35 @@ def test_a_rebuild_that_passes_is_kept_verified_and_reused(empty_cache):
 
 
 @pytest.mark.slow
+def test_a_model_over_the_size_limit_ships_in_16_bits_and_every_route_reads_it_widened(empty_cache, monkeypatch):
+    """The candidate's path, on a tiny recipe with its copy drill and layouts: the gate judges
+    the FP16-rounded weights, the build holds them in 16 bits (what the repository ships),
+    and the folder every route loads has them widened to FP32 exactly; no training state is
+    left once the gate has judged."""
+    import torch
+    from safetensors.torch import load_file
+    monkeypatch.setattr(demo_model, "SHIP_LIMIT_BYTES", 1000)
+    tiny = copy.deepcopy(TINY)
+    tiny["targets"], tiny["continued"]["task_floors"] = {}, {}
+    tiny["corpus"]["copy_drill"] = {"examples": 4, "seed": "t"}
+    tiny["continued"].update(layouts={"examples": {"diagnosis": 2, "discharge": 2}, "seed": "t"},
+                             copy_drill={"examples": 2, "seed": "t2"})
+    build = demo_build.rebuild(tiny, progress=False, log=lambda *_: None)
+    manifest = demo_model.read_manifest(build)
+    assert manifest["training"]["ship_dtype"] == "float16" and demo_model.verify(build, derived=False) is None
+    shipped = load_file(build / "model.safetensors")
+    assert {v.dtype for v in shipped.values()} == {torch.float16}
+    assert not list(demo_model.builds_dir().glob("*.state.pt"))
+    loaded = demo_model.ensure(tiny, log=lambda *_: None)
+    assert demo_model.verify(loaded) is None
+    widened = load_file(loaded / "model.safetensors")
+    assert all(widened[k].dtype == torch.float32 and torch.equal(widened[k], shipped[k].float()) for k in shipped)
+    assert json.loads((loaded / "config.json").read_text())["torch_dtype"] == "float32"
+    bin_state = torch.load(loaded / "pytorch_model.bin", weights_only=True)
+    assert all(torch.equal(bin_state[k], widened[k]) for k in widened)
+
+
+@pytest.mark.slow
 def test_training_is_deterministic_for_a_fixed_thread_count():
     import random
 
@@ -206,6 +235,90 @@ def test_training_is_deterministic_for_a_fixed_thread_count():
     losses_b, weights_b = run()
     assert losses_a == losses_b
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def _tiny_training(state_path=None, **kw):
+    import random
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from medwb.models import training
+    rng = random.Random(0)
+    examples = [training.Example([1] + [rng.randrange(5, 500) for _ in range(rng.randrange(20, 60))],
+                                 [rng.randrange(5, 500) for _ in range(10)], 2) for _ in range(24)]
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=192,
+                                         num_hidden_layers=2, num_attention_heads=2,
+                                         num_key_value_heads=2, max_position_embeddings=128))
+    log = training.train(model, examples, steps=8, lr=3e-3, warmup_steps=2, weight_decay=0.01,
+                         batch_tokens=256, seed=0, pad_id=0, bf16_autocast=False, threads=1, key_weight=5.0,
+                         progress=False, state_path=state_path, fingerprint="data-a", save_every=3, **kw)
+    return log, model.state_dict()
+
+
+def test_training_interrupted_and_resumed_ends_with_the_same_weights(tmp_path):
+    """A build that outlives a session goes on from its saved state to exactly the weights
+    of an uninterrupted one: killed mid-way, paused by the clock, or both."""
+    import torch
+
+    from medwb.models import training
+    straight_log, straight = _tiny_training()
+    state = tmp_path / "state.pt"
+
+    def killed(step, _model):  # the process dies during step 5 (its state was saved before step 3)
+        if step == 4:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_training(state, on_step=killed)
+    with pytest.raises(training.Paused) as paused:  # the next sitting pauses at once: one step on
+        _tiny_training(state, pause_after_s=0)
+    assert (paused.value.step, paused.value.steps) == (4, 8)
+    log, resumed = _tiny_training(state)
+    assert log["resumed_at"] == 4 and log["loss_history"] == straight_log["loss_history"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    # A state saved for other data or another thread count is refused, never continued.
+    training.save_state(state, dict(torch.load(state, weights_only=False), fingerprint="data-b"))
+    with pytest.raises(MedwbError, match="saved for other data"):
+        _tiny_training(state)
+    state.write_bytes(b"not a state")
+    with pytest.raises(MedwbError, match="cannot be read.*delete it"):
+        _tiny_training(state)
+    # A curriculum (the first 5 steps from 6 examples only), paused before its switch.
+    state.unlink()
+    _, curriculum = _tiny_training(first=(5, list(range(6))))
+    assert not all(torch.equal(straight[k], curriculum[k]) for k in straight)
+    with pytest.raises(training.Paused):
+        _tiny_training(state, pause_after_s=0, first=(5, list(range(6))))
+    _, resumed = _tiny_training(state, first=(5, list(range(6))))
+    assert all(torch.equal(curriculum[k], resumed[k]) for k in curriculum)
+    state.unlink()
+
+
+def test_the_copy_drill_can_only_be_answered_by_copying():
+    from medwb.quality import grounding
+    from medwb.tasks import copy_drill
+    drills = copy_drill.examples(300, "test")
+    assert drills == copy_drill.examples(300, "test") and drills != copy_drill.examples(300, "other")
+    grounded, total = grounding.counts([(a, p.split("请按顺序摘录")[0]) for p, a in drills])
+    assert total > 600 and grounded == total  # every value asked is in the record it came with
+    for prompt, answer in drills:  # the answer names what was asked, in the asked order
+        asked = prompt.rsplit("：", 1)[1].rstrip("。").split("、")
+        parts = answer.split("；")
+        assert len(parts) == len(asked) and all(part.startswith(name) for part, name in zip(parts, asked))
+    # Values are drawn, not typical ones: recall cannot answer (blood pressures rarely repeat).
+    pressures = [v for p, _ in drills for v in grounding.findings(p) if v.endswith("mmHg")]
+    assert len(pressures) > 40 and len(set(pressures)) > 0.9 * len(pressures)
+
+
+def test_the_candidate_recipe_is_a_shape_every_route_takes():
+    cand = demo_model.CANDIDATE
+    demo_model.check_shape(cand["model"])
+    assert cand["model"]["hidden_size"] // cand["model"]["num_attention_heads"] == 32  # head size as shipped
+    assert cand["corpus"]["copy_drill"]["examples"] > 0 and "copy_drill" not in demo_model.RECIPE["corpus"]
+    # The drill alone first, then at least the shipped recipe's steps on the corpus.
+    assert cand["train"]["steps"] - cand["train"]["copy_first_steps"] >= demo_model.RECIPE["train"]["steps"]
+    assert demo_model.RECIPES["shipped"] is demo_model.RECIPE
 
 
 def test_bad_shapes_are_rejected_before_training():

@@ -116,6 +116,12 @@ def test_the_guard_decides_keeps_loses_or_not_enough_samples_from_the_paired_int
     for n in (1, 4):
         outcome, text = decide(n, 0)
         assert outcome == guard.UNDECIDED and f"only {n} samples on A" in text, text
+    # A random-weight model's answers decide nothing: chance is not a finding.
+    _, verdicts = guard.evaluate({"fp32": rows(200, 0), "v": rows(200, 1), "w": rows(200, 100)}, {"A": spec},
+                                 reference="fp32", resamples=400, errors={"x": "it crashed"})
+    judged = guard.not_judged({**verdicts, "x": "incomplete: it crashed"}, "random weights")
+    assert judged["v"] == judged["w"] == "not judged: random weights" and guard.decision(judged["v"]) is None
+    assert guard.decision(judged["fp32"]) == guard.REFERENCE and judged["x"].startswith("incomplete")
 
 
 @pytest.mark.parametrize("task", ["MedWB-QIC", "MedWB-STS", "MedWB-NER"])

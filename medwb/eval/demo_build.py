@@ -17,8 +17,8 @@ from medwb.clock import now
 from medwb.errors import MedwbError
 from medwb.models.demo_model import (
     DERIVED_FILES, LABEL_TASKS, MANIFEST, RECIPE, SHIPPED_DIR, SHIPPED_FILES, builds_dir, check_shape,
-    continued_texts, copy_model, data_hash, format_quality, gate, read_manifest, save_checkpoint, stage1,
-    training_cases, training_texts, verify)
+    continued_texts, copy_model, data_hash, format_quality, gate, read_manifest, round_to_ship_dtype,
+    save_checkpoint, stage1, training_cases, training_texts, verify)
 from medwb.paths import atomic_dir, sha256_file, write_json_atomic
 from medwb.tasks import corpus, prompts, workflow
 
@@ -39,37 +39,47 @@ def _example(tokenizer, prompt_text: str, answer: str, label: bool = False):
     return Example(prompt_ids, answer_ids, key)
 
 
+def state_file(recipe: dict, state_dir: Path | None = None) -> Path:
+    """Where the training state of ``recipe``'s build is kept between sittings: named by
+    its data hash, in ``state_dir`` (a committed folder, to go on in another session or on
+    another machine of the same kind) or the build cache."""
+    return Path(state_dir or builds_dir()) / f"{data_hash(recipe)}.state.pt"
+
+
 def rebuild(recipe: dict = RECIPE, out=None, force: bool = False, progress: bool = True,
-            log=print) -> Path:
+            log=print, state_dir: Path | None = None, pause_after_s: float | None = None) -> Path:
     """Train the recipe on this machine into ``<cache>/demo-model-builds/<data hash>/``
     (reused when a verified build exists, unless ``force``); with ``out``, also copy the
     committed files there (``data/demo-model`` ships it). Raises when the quality gate
-    refuses the model: nothing is kept then."""
+    refuses the model: nothing is kept then. Training saves its state as it goes
+    (``state_file``) and a rerun goes on from it; with ``pause_after_s`` it stops there and
+    raises ``training.Paused`` (the same command continues it)."""
     from filelock import FileLock
 
     path = builds_dir() / data_hash(recipe)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        if path.exists() and not force and verify(path) is None:
+        if path.exists() and not force and verify(path, derived=False) is None:
             log(f"reusing the build at {path} (pass --force to train again)")
         else:
-            build(path, recipe, progress=progress, log=log)
+            build(path, recipe, progress=progress, log=log, state_dir=state_dir, pause_after_s=pause_after_s)
     if out:
         copy_model(path, out, True, SHIPPED_FILES, "--out")
         log(f"copied to {out}")
     return path
 
 
-def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print) -> dict:
+def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print,
+          state_dir: Path | None = None, pause_after_s: float | None = None) -> dict:
     """Generate the corpus, train tokenizer and model, evaluate, gate, write ``out_dir``."""
     if "continued" in recipe:
-        return build_continued(out_dir, recipe, progress=progress, log=log)
+        return build_continued(out_dir, recipe, progress=progress, log=log, state_dir=state_dir,
+                               pause_after_s=pause_after_s)
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from medwb import sysinfo
     from medwb.models import tokenizer as tok_mod
-    from medwb.models import training
 
     check_shape(recipe["model"])
     started = time.perf_counter()
@@ -109,21 +119,23 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
         kwargs = dict(lr=tr["lr"], warmup_steps=tr["warmup_steps"], weight_decay=tr["weight_decay"],
                       batch_tokens=tr["batch_tokens"], seed=tr["seed"], pad_id=tokenizer.pad_token_id,
                       bf16_autocast=bf16, loss_on_prompt=tr["loss_on_prompt"], key_weight=tr["key_weight"])
-        calibration = []
-        if tr["steps"] >= 200:  # worth ~30 s only for a real build
-            calibration = training.contention(model, examples, thread_counts=sorted({1, 2, tr["threads"]}),
-                                              **kwargs)
-            for row in calibration:
-                log(f"step rate with {row['threads']} thread(s): {row['alone_steps_per_s']}/s alone, "
-                    f"{row['busy_core_steps_per_s']}/s beside one busy process ({row['slowdown']}x slower)")
-        train_log = training.train(model, examples, steps=tr["steps"], threads=tr["threads"],
-                                   progress=progress, **kwargs)
+        calibration = _calibrate(model, examples, tr, kwargs, log)
+        state = state_file(recipe, state_dir)
+        first = None
+        if tr.get("copy_first_steps"):  # the copy drill alone first: the drills are the last texts
+            drills = recipe["corpus"]["copy_drill"]["examples"]
+            first = (tr["copy_first_steps"], list(range(len(examples) - drills, len(examples))))
+        train_log = _train(model, examples, tr["steps"], tr["threads"], kwargs, state,
+                           _fingerprint(recipe, tmp / "tokenizer.json"), pause_after_s, progress, log, first)
         train_log["bf16_autocast_used"] = bf16
-        save_checkpoint(model, tmp)
+        # The gate judges the weights as they ship (16 bits above SHIP_LIMIT_BYTES).
+        train_log["ship_dtype"] = round_to_ship_dtype(model)
+        save_checkpoint(model, tmp, dtype=train_log["ship_dtype"])
 
         quality = evaluate_model(tmp, recipe["eval"], progress=progress)
         load_after = sysinfo.machine_load()
         failed = gate(quality, recipe.get("targets", {}))
+        state.unlink(missing_ok=True)  # judged now, kept or refused: never continued
         _refuse(failed, train_log, tr["threads"], load_before, load_after, "train.steps")
         manifest = _manifest(recipe, tmp, model, quality, train_log, calibration, started, load_before,
                              load_after)
@@ -134,7 +146,8 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
     return manifest
 
 
-def stage1_model(recipe: dict = RECIPE, progress: bool = True, log=print) -> Path:
+def stage1_model(recipe: dict = RECIPE, progress: bool = True, log=print, state_dir: Path | None = None,
+                 pause_after_s: float | None = None) -> Path:
     """A verified model built from ``stage1(recipe)``: the shipped one or a local build
     when their data hash matches, else trained now (the ~80-minute stage)."""
     first = stage1(recipe)
@@ -143,20 +156,53 @@ def stage1_model(recipe: dict = RECIPE, progress: bool = True, log=print) -> Pat
         if verify(candidate, derived=False) is None and read_manifest(candidate).get("data_hash") == wanted:
             return candidate
     log(f"no stage-1 build with data hash {wanted}: training it first")
-    return rebuild(first, progress=progress, log=log)
+    return rebuild(first, progress=progress, log=log, state_dir=state_dir, pause_after_s=pause_after_s)
 
 
-def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print) -> dict:
+def _fingerprint(recipe: dict, tokenizer_file: Path, base: Path | None = None) -> str:
+    """What a saved training state must have been saved for: the recipe's data, the
+    tokenizer's exact vocabulary and, for stage 2, the stage-1 weights it continues."""
+    parts = [data_hash(recipe), sha256_file(tokenizer_file)[:16]]
+    if base is not None:
+        parts.append(read_manifest(base)["files"]["model.safetensors"][:16])
+    return "/".join(parts)
+
+
+def _calibrate(model, examples, tr: dict, kwargs: dict, log) -> list[dict]:
+    """The step rate alone and beside a busy core (``training.contention``), ~30 s: only
+    for a real build."""
+    from medwb.models import training
+    if tr["steps"] < 200:
+        return []
+    rows = training.contention(model, examples, thread_counts=sorted({1, 2, tr["threads"]}), **kwargs)
+    for row in rows:
+        log(f"step rate with {row['threads']} thread(s): {row['alone_steps_per_s']}/s alone, "
+            f"{row['busy_core_steps_per_s']}/s beside one busy process ({row['slowdown']}x slower)")
+    return rows
+
+
+def _train(model, examples, steps: int, threads: int, kwargs: dict, state: Path, fingerprint: str,
+           pause_after_s, progress: bool, log, first=None) -> dict:
+    """``training.train`` with its state saved in ``state`` as it goes (and continued
+    from it when a previous sitting left one)."""
+    from medwb.models import training
+    if state.exists():
+        log(f"going on from the training state in {state}")
+    return training.train(model, examples, steps=steps, threads=threads, progress=progress, state_path=state,
+                          fingerprint=fingerprint, pause_after_s=pause_after_s, first=first, **kwargs)
+
+
+def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print,
+                    state_dir: Path | None = None, pause_after_s: float | None = None) -> dict:
     """Stage 2: continue a verified stage-1 model on the evaluation tasks (with the
     workflows replayed), evaluate, gate, write ``out_dir``."""
     import torch
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     from medwb import sysinfo
-    from medwb.models import training
 
     started = time.perf_counter()
-    base = stage1_model(recipe, progress=progress, log=log)
+    base = stage1_model(recipe, progress=progress, log=log, state_dir=state_dir, pause_after_s=pause_after_s)
     base_manifest = read_manifest(base)
     load_before = sysinfo.check_load(log=log)
     c, tr = recipe["continued"], recipe["train"]
@@ -174,19 +220,20 @@ def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True,
         kwargs = dict(lr=c["lr"], warmup_steps=c["warmup_steps"], weight_decay=tr["weight_decay"],
                       batch_tokens=tr["batch_tokens"], seed=tr["seed"], pad_id=tokenizer.pad_token_id,
                       bf16_autocast=bf16, loss_on_prompt=tr["loss_on_prompt"], key_weight=tr["key_weight"])
-        calibration = []
-        if c["steps"] >= 200:
-            calibration = training.contention(model, examples, thread_counts=sorted({1, 2, tr["threads"]}),
-                                              **kwargs)
-        train_log = training.train(model, examples, steps=c["steps"], threads=tr["threads"],
-                                   progress=progress, **kwargs)
+        calibration = _calibrate(model, examples, dict(tr, steps=c["steps"]), kwargs, log)
+        state = state_file(recipe, state_dir)
+        train_log = _train(model, examples, c["steps"], tr["threads"], kwargs, state,
+                           _fingerprint(recipe, tmp / "tokenizer.json", base), pause_after_s, progress, log)
         train_log["bf16_autocast_used"] = bf16
-        save_checkpoint(model, tmp)
+        # The gate judges the weights as they ship (16 bits above SHIP_LIMIT_BYTES).
+        train_log["ship_dtype"] = round_to_ship_dtype(model)
+        save_checkpoint(model, tmp, dtype=train_log["ship_dtype"])
 
         quality = evaluate_model(tmp, recipe["eval"], progress=progress)
         quality["tasks"] = evaluate_tasks(tmp, c["max_new_tokens"])
         load_after = sysinfo.machine_load()
         failed = gate(quality, recipe.get("targets", {})) + task_gate(quality["tasks"], c["task_floors"])
+        state.unlink(missing_ok=True)
         _refuse(failed, train_log, tr["threads"], load_before, load_after, "continued.steps")
         manifest = _manifest(recipe, tmp, model, quality, train_log, calibration, started, load_before,
                              load_after, stage1={k: base_manifest.get(k) for k in (
@@ -245,7 +292,7 @@ def _manifest(recipe, tmp: Path, model, quality, train_log, calibration, started
     return {
         "name": recipe["name"], "data_hash": data_hash(recipe), "recipe": recipe,
         "files": {name: sha256_file(tmp / name) for name in SHIPPED_FILES},
-        "derived": {n: sha256_file(tmp / n) for n in DERIVED_FILES},
+        "derived": {n: sha256_file(tmp / n) for n in DERIVED_FILES if (tmp / n).exists()},
         "quality": quality, "training": train_log, "contention": calibration, **extra,
         "parameters": sum(p.numel() for p in model.parameters()),
         "built_at": now(),

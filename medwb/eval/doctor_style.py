@@ -26,7 +26,7 @@ from medwb.quality import grounding
 from medwb.quality.intervals import wilson
 
 SET = DATA_DIR / "heldout" / "doctor_style.jsonl"
-DISCHARGE_PROMPT = "任务：出院记录\n主诉：{chief_complaint}\n{case_text}\n请根据以上病历生成出院记录。"
+DISCHARGE_PROMPT = prompts.DISCHARGE_PROMPT_PASTED
 BOOTSTRAP = 2000
 
 

@@ -258,10 +258,6 @@ def _run_child(function: str, spec: dict, env_name: str, extra_env: dict, timeou
         os.unlink(f.name)
 
 
-SPEED_ONLY_WHY = ("a random-weight model (speed only): its figures order the precisions, but no bar applies "
-                  "to a model whose next-token distribution means nothing")
-
-
 def run(model: str = "demo", variants: str | list = "", texts: str = "", context: int = 0, count: int = WINDOWS,
         threads: int = 0, run_dir=None, decision_file: str = "", log=print, timeout_s: float = 1800) -> dict:
     """Every variant's fidelity to FP32; writes ``<run_dir>/fidelity/`` and returns the summary
@@ -352,7 +348,7 @@ def run(model: str = "demo", variants: str | list = "", texts: str = "", context
         figures = summarize(rows)
         outcome, why = verdict(figures, thresholds(decision, bits))
         if speed_only:  # random weights: near-flat distributions, so the top token flips on noise
-            outcome, why = None, f"not judged: {SPEED_ONLY_WHY} ({why})"
+            outcome, why = None, f"not judged: {random_weights.SPEED_ONLY_WHY} ({why})"
         summary["variants"][name] = {**figures, "bits": bits, "verdict": outcome, "why": why,
                                      "measured_with": via.name, "rows": cached.name}
     write_json_atomic(out_dir / "summary.json", summary)

@@ -192,6 +192,15 @@ def verdicts(scores, reference: str | None, errors: dict, margin: float = MARGIN
     return out
 
 
+def not_judged(verdicts: dict[str, str], why: str) -> dict[str, str]:
+    """The verdicts of a model whose answers mean nothing (random weights, speed only):
+    every comparison becomes 'not judged: ``why``' (no decision); the reference and the
+    incomplete keep theirs. Noise decides a random model's task scores, so a 'keeps' or
+    'loses' there would be chance dressed as a finding."""
+    return {v: t if decision(t) == REFERENCE or t.startswith("incomplete") else f"not judged: {why}"
+            for v, t in verdicts.items()}
+
+
 def _verdict(o, tasks, margin: float) -> str:
     score, diff, low, high = (float(o[k]) for k in ("score", "diff", "diff_low", "diff_high"))
     ref_score = score - diff

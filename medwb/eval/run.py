@@ -335,6 +335,9 @@ def score_run(samples, asks, specs, predictions, errors, cfg, out_dir: Path, log
     reference = next((label(v) for v in cfg["variants"] if registry.is_reference(v, fp32)), None)
     scores, verdicts = guard.evaluate(rows, specs, reference=reference, errors=errors, margin=cfg["margin"],
                                       resamples=cfg["bootstrap"], seed=0)
+    from medwb.models import random_weights
+    if cfg.get("model_dir") and random_weights.is_speed_only(cfg["model_dir"]):
+        verdicts = guard.not_judged(verdicts, random_weights.SPEED_ONLY_WHY)  # as fidelity says it
     from medwb import sysinfo
     paths = report.write(out_dir, scores, verdicts, errors=errors, meta={
         "eval_file": str(cfg["data"].path), "samples": len(samples), "limit": cfg["limit"],

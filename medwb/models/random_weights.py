@@ -134,6 +134,11 @@ def write_streamed(model, out_dir: Path, dtype: str) -> int:
     return total
 
 
+# Why neither fidelity nor the evaluation judges such a model (both say it so).
+SPEED_ONLY_WHY = ("a random-weight model (speed only): its figures order the precisions, but no bar applies "
+                  "to a model whose next-token distribution means nothing")
+
+
 def is_speed_only(model_dir) -> bool:
     try:
         return bool(json.loads((Path(model_dir) / "config.json").read_text()).get("medwb_speed_only"))

@@ -18,6 +18,7 @@ import dataclasses
 import math
 import random
 import time
+from pathlib import Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +35,15 @@ class Example:
 
 
 def make_batches(examples: list[Example], batch_tokens: int,
-                 rng: random.Random) -> list[list[int]]:
-    """Group example indices by length so that padded size stays under ``batch_tokens``.
+                 rng: random.Random, indices=None) -> list[list[int]]:
+    """Group example indices (all, or ``indices``) by length so that padded size stays
+    under ``batch_tokens``.
 
     (Packing several examples per row was measured too: no faster here, since longer rows
     cost more attention, and it lets examples attend to each other.)
     """
-    order = sorted(range(len(examples)), key=lambda i: (examples[i].length, rng.random()))
+    pool = range(len(examples)) if indices is None else indices
+    order = sorted(pool, key=lambda i: (examples[i].length, rng.random()))
     batches, current, longest = [], [], 0
     for i in order:
         n = examples[i].length
@@ -91,12 +94,32 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, final_ratio: float = 0.
     return lr * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+class Paused(Exception):
+    """Training stopped at a step boundary with its state saved (``pause_after_s``); run
+    it again with the same state file to go on."""
+
+    def __init__(self, step: int, steps: int, path):
+        super().__init__(f"paused at step {step} of {steps}; state saved to {path}")
+        self.step, self.steps, self.path = step, steps, path
+
+
 def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_decay: float,
           batch_tokens: int, seed: int, pad_id: int, bf16_autocast: bool, threads: int = 1,
           loss_on_prompt: bool = False, key_weight: float = 1.0, progress: bool = True,
-          on_step=None) -> dict:
+          on_step=None, state_path=None, fingerprint: str = "", save_every: int = 200,
+          pause_after_s: float | None = None, first: tuple[int, list[int]] | None = None) -> dict:
     """Train in place for exactly ``steps`` steps on ``threads`` threads; return a log
-    (seconds, step rate, tokens, loss history)."""
+    (seconds, step rate, tokens, loss history).
+
+    With ``state_path``, the whole training state (weights, optimizer moments, the batch
+    order still to come, the random state, the log) is saved there every ``save_every``
+    steps and read back on the next call, so a build that outlives a working session goes
+    on where it stopped and ends with exactly the weights of an uninterrupted one (a test
+    checks it). ``fingerprint`` names the data and recipe: a state saved for others is
+    refused, never continued. ``pause_after_s``: save and raise ``Paused`` at the first
+    step boundary after that many seconds (when to stop is the clock's; what is learned
+    never is). ``first`` = (k, indices): a curriculum, the first k steps drawn from those
+    examples only, the rest from all of them."""
     import torch
     from tqdm.auto import tqdm
 
@@ -108,11 +131,36 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
     model.train()
     batches: list[list[int]] = []
     history, tokens_seen, start = [], 0, time.perf_counter()
-    bar = tqdm(range(steps), desc="training demo model", unit="step", disable=not progress)
-    running = None
+    running, resumed, before = None, 0, 0.0
+    if state_path is not None and Path(state_path).exists():
+        state = load_state(state_path, fingerprint, threads)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.setstate(state["rng"])
+        batches, history, tokens_seen = state["batches"], state["history"], state["tokens_seen"]
+        running, resumed, before = state["running"], state["step"], state["seconds"]
+    bar = tqdm(range(resumed, steps), desc="training demo model", unit="step", disable=not progress,
+               initial=resumed, total=steps)
+    switch, subset = first if first else (0, None)
+
+    def save(done: int) -> None:
+        save_state(state_path, {
+            "fingerprint": fingerprint, "threads": threads, "step": done, "steps": steps,
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng.getstate(),
+            "batches": batches, "history": history, "tokens_seen": tokens_seen, "running": running,
+            "seconds": before + time.perf_counter() - start})
+
     for step in bar:
+        pause = pause_after_s is not None and time.perf_counter() - start >= pause_after_s
+        if state_path is not None and step > resumed and (pause or step % save_every == 0):
+            save(step)
+            if pause:
+                bar.close()
+                raise Paused(step, steps, state_path)
+        if step == switch:  # the curriculum's first part ends: the rest of its epoch is dropped
+            batches = []
         if not batches:
-            batches = make_batches(examples, batch_tokens, rng)
+            batches = make_batches(examples, batch_tokens, rng, subset if step < switch else None)
         ids, mask, weights = collate(examples, batches.pop(), pad_id, loss_on_prompt, key_weight)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup_steps)
@@ -133,11 +181,43 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
             on_step(step, model)
     bar.close()
     model.eval()
-    seconds = time.perf_counter() - start
-    return {"steps": steps, "threads": threads, "seconds": round(seconds, 1),
-            "steps_per_s": round(steps / seconds, 3) if seconds else None,
-            "tokens_seen": tokens_seen, "final_loss": round(running, 4) if running is not None else None,
-            "loss_history": history}
+    seconds = before + time.perf_counter() - start
+    log = {"steps": steps, "threads": threads, "seconds": round(seconds, 1),
+           "steps_per_s": round(steps / seconds, 3) if seconds else None,
+           "tokens_seen": tokens_seen, "final_loss": round(running, 4) if running is not None else None,
+           "loss_history": history}
+    if resumed:
+        log["resumed_at"] = resumed  # seconds: all sittings together
+    return log
+
+
+def save_state(path, state: dict) -> None:
+    """Write a training state whole or not at all (temporary file, then rename)."""
+    import os
+
+    import torch
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(path, fingerprint: str, threads: int) -> dict:
+    """A saved training state, refused when it was saved for other data, recipe or thread
+    count (continuing it would give a model that no recipe describes)."""
+    import torch
+
+    from medwb.errors import MedwbError
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say which and how to start over
+        raise MedwbError(f"training state {path} cannot be read ({e}): delete it to train from the start") from None
+    if state.get("fingerprint") != fingerprint or state.get("threads") != threads:
+        raise MedwbError(f"training state {path} was saved for other data or settings "
+                         f"({state.get('fingerprint')}, {state.get('threads')} thread(s)); this build is "
+                         f"{fingerprint} on {threads}: delete it to train from the start")
+    return state
 
 
 def contention(model, examples, thread_counts=(1, 2), steps: int = 16, warmup: int = 4,

@@ -80,5 +80,8 @@ _DISCHARGE_REST = (
 )
 DISCHARGE_PROMPT = "任务：出院记录\n" + CASE_FEATURES + _DISCHARGE_REST
 DISCHARGE_PROMPT_FREE_TEXT = "任务：出院记录\n" + CASE_SUMMARY + _DISCHARGE_REST
+# A discharge record pasted whole, in whatever layout its system printed it (the doctor-style
+# held-out set puts its records so; stage 2 of the candidate demo model trains on it).
+DISCHARGE_PROMPT_PASTED = "任务：出院记录\n主诉：{chief_complaint}\n{case_text}\n请根据以上病历生成出院记录。"
 # The five sections of a discharge record, in order.
 DISCHARGE_SECTIONS = ("出院诊断", "入院情况", "诊疗经过", "出院情况", "出院医嘱")
