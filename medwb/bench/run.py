@@ -60,7 +60,7 @@ def quality_cases(n: int, speed_only: bool = False, model_dir=None) -> list[dict
     for task in corpus.TASKS:
         for rec in corpus.load_records(task, limit=n):
             prompt = chat.chat_prompts(model_dir, [rec["input"]])[0] if model_dir else \
-                prompts.render_chat([{"role": "user", "content": rec["input"]}])
+                prompts.user_turn(rec["input"])
             out.append({"task": task, "prompt": prompt,
                         "target": rec["target"], "disease": rec["case"]["disease"],
                         "budget": SPEED_ONLY_AGREEMENT_TOKENS if speed_only else RECIPE["eval"]["max_new_tokens"][task]})

@@ -261,7 +261,7 @@ def evaluate_tasks(model_dir: Path, max_new_tokens: dict, batch_size: int = 24) 
     backend = PyTorchBackend.load(model_dir, "float32")
     result = {}
     for task, samples in dataset.load(evalset.EVAL_FILE).by_task().items():
-        chat = [prompts.render_chat([{"role": "user", "content": s.input}]) for s in samples]
+        chat = [prompts.user_turn(s.input) for s in samples]
         outputs = backend.generate(chat, max_new_tokens=max_new_tokens[task], batch_size=batch_size)
         spec = scoring.task_spec(task)
         scored = scoring.score_task(spec, [s.target for s in samples], outputs,
@@ -314,7 +314,7 @@ def evaluate_cases(backend, cases, max_new_tokens: dict, batch_size: int = 24) -
     result = {"n_cases": len(cases)}
     for task in corpus.TASKS:
         inputs = [corpus.task_prompt(c, task) for c in cases]
-        chat = [prompts.render_chat([{"role": "user", "content": x}]) for x in inputs]
+        chat = [prompts.user_turn(x) for x in inputs]
         outputs = backend.generate(chat, max_new_tokens=max_new_tokens[task], batch_size=batch_size)
         scores = (workflow.diagnosis_scores(outputs, [c.disease for c in cases], inputs) if task == "diagnosis"
                   else workflow.discharge_scores(outputs, inputs))

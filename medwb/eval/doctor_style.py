@@ -98,7 +98,7 @@ def evaluate(backend, max_new_tokens: dict, batch_size: int = 24, samples: list[
     outputs = [""] * len(samples)
     for task in ("diagnosis", "discharge"):
         idx = [i for i, s in enumerate(samples) if s["task_type"] == task]
-        chats = [prompts.render_chat([{"role": "user", "content": user_prompt(samples[i])}]) for i in idx]
+        chats = [prompts.user_turn(user_prompt(samples[i])) for i in idx]
         for i, o in zip(idx, backend.generate(chats, max_new_tokens=max_new_tokens[task], batch_size=batch_size)):
             outputs[i] = o
     return {**score(samples, outputs), "examples": {s["sample_id"]: outputs[i] for i, s in enumerate(samples)}}

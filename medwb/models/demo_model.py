@@ -189,13 +189,13 @@ def training_texts(recipe: dict = RECIPE) -> list[tuple[str, str]]:
     cases, _ = training_cases(recipe)
     every = recipe["corpus"]["discharge_every"]
     pairs = [(c, "diagnosis") for c in cases] + [(c, "discharge") for c in cases[::every]]
-    texts = [(prompts.render_chat([{"role": "user", "content": corpus.task_prompt(c, t)}]),
+    texts = [(prompts.user_turn(corpus.task_prompt(c, t)),
               corpus.diagnosis_target(c) if t == "diagnosis" else corpus.discharge_target(c))
              for c, t in pairs]
     drill = recipe["corpus"].get("copy_drill")
     if drill:
         from medwb.tasks import copy_drill
-        texts += [(prompts.render_chat([{"role": "user", "content": p}]), a)
+        texts += [(prompts.user_turn(p), a)
                   for p, a in copy_drill.examples(drill["examples"], drill["seed"])]
     return texts
 
@@ -213,7 +213,7 @@ def continued_texts(recipe: dict = RECIPE) -> list[tuple[str, str, str]]:
     from medwb.tasks import evalset
     c = recipe["continued"]
     cases, _ = training_cases(recipe)
-    out = [(task, prompts.render_chat([{"role": "user", "content": x}]), y)
+    out = [(task, prompts.user_turn(x), y)
            for task, x, y in evalset.training_pairs(cases, c["tasks"], c["seed"])]
     rng = random.Random(c["seed"] + "/replay")
     every = recipe["corpus"]["discharge_every"]
@@ -221,15 +221,14 @@ def continued_texts(recipe: dict = RECIPE) -> list[tuple[str, str, str]]:
         pool = [(cs, task) for cs in (cases if task == "diagnosis" else cases[::every])]
         for case, t in rng.sample(pool, min(n, len(pool))):
             answer = corpus.diagnosis_target(case) if t == "diagnosis" else corpus.discharge_target(case)
-            out.append((t, prompts.render_chat([{"role": "user", "content": corpus.task_prompt(case, t)}]), answer))
-    chat = lambda x: prompts.render_chat([{"role": "user", "content": x}])  # noqa: E731
+            out.append((t, prompts.user_turn(corpus.task_prompt(case, t)), answer))
     if c.get("layouts"):  # the workflows again, in the layouts doctors paste (tasks.layouts)
         from medwb.tasks import layouts
-        out += [(t, chat(p), a) for t, p, a in layouts.training_pairs(cases, c["layouts"]["examples"],
+        out += [(t, prompts.user_turn(p), a) for t, p, a in layouts.training_pairs(cases, c["layouts"]["examples"],
                                                                        c["layouts"]["seed"])]
     if c.get("copy_drill"):  # stage 1's copy drill, kept up (tasks.copy_drill)
         from medwb.tasks import copy_drill
-        out += [("copy", chat(p), a) for p, a in copy_drill.examples(c["copy_drill"]["examples"],
+        out += [("copy", prompts.user_turn(p), a) for p, a in copy_drill.examples(c["copy_drill"]["examples"],
                                                                       c["copy_drill"]["seed"])]
     rng.shuffle(out)
     return out

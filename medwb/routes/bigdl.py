@@ -202,7 +202,7 @@ def langchain_demo(low_bit_dir, max_new_tokens: int = 96) -> dict:
     llm.model.generation_config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
-    template_text = prompts.render_chat([{"role": "user", "content": prompts.DIAGNOSIS_PROMPT}])
+    template_text = prompts.user_turn(prompts.DIAGNOSIS_PROMPT)
     template = PromptTemplate.from_template(template_text)
     fields = corpus.load_records("diagnosis", limit=1)[0]["case"]
     values = {k: fields[k] for k in template.input_variables}

@@ -410,4 +410,4 @@ def heldout_prompts(n: int) -> list[str]:
     """Chat-formatted prompts of the first ``n`` held-out cases of each workflow, alternating."""
     per_task = [load_records(t, limit=n) for t in TASKS]
     mixed = [r for pair in zip(*per_task) for r in pair][:n]
-    return [prompts.render_chat([{"role": "user", "content": r["input"]}]) for r in mixed]
+    return [prompts.user_turn(r["input"]) for r in mixed]

@@ -50,6 +50,11 @@ def render_chat(messages: list[dict], add_generation_prompt: bool = True,
     return "".join(parts)
 
 
+def user_turn(text: str) -> str:
+    """One user message, ready for the assistant's answer: the prompt of every task."""
+    return render_chat([{"role": "user", "content": text}])
+
+
 # --- differential diagnosis (鉴别诊断) ----------------------------------------------
 # The admission-record fields both workflows start from (病历特点).
 CASE_FEATURES = (

@@ -129,7 +129,7 @@ def render(fields: dict, template: str = prompts.DISCHARGE_PROMPT, chat=None) ->
     """The prompt as the model reads it: ``chat`` (medwb.models.chat.renderer: the model's own
     chat template) around the filled template; None: the demo model's chat format."""
     text = template.format(**fields)
-    return chat(text) if chat else prompts.render_chat([{"role": "user", "content": text}])
+    return chat(text) if chat else prompts.user_turn(text)
 
 
 # ---------------------------------------------------------------- fitting a long record
