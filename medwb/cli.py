@@ -392,8 +392,9 @@ def parser() -> argparse.ArgumentParser:
                    help="with --rebuild: the shipped model's recipe, or the candidate that is to replace it "
                         "(wider, with a copy drill: several hours; docs/demo-model.md)")
     d.add_argument("--pause-after", type=float, metavar="HOURS",
-                   help="with --rebuild: save the training state and stop after about this long; the same "
-                        "command goes on from it, to the same weights as one uninterrupted build")
+                   help="with --rebuild: save the training state and stop after about this long (the whole "
+                        "command, both stages); the same command goes on from it, to the same weights as one "
+                        "uninterrupted build")
     d.add_argument("--state-dir", metavar="DIR",
                    help="with --rebuild: keep the training state here (e.g. data/demo-model-training, to "
                         "commit it and go on in another session) instead of the medwb cache")

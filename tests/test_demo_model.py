@@ -1,14 +1,16 @@
 """The embedded demo model: shape every route accepts, quality, both envs, cache."""
 import copy
 import json
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
 from medwb.tasks import corpus, prompts
 from medwb.eval import demo_build
-from medwb.models import demo_model
+from medwb.models import demo_model, training
 from medwb.tasks import evalset
 from medwb.backends.pytorch import PyTorchBackend
 from medwb.errors import MedwbError
@@ -110,7 +112,6 @@ def test_a_fresh_cache_derives_the_model_without_training(empty_cache, monkeypat
     import torch
     from safetensors.torch import load_file
 
-    from medwb.models import training
 
     def no_training(*a, **k):
         raise AssertionError("ensure() must never train")
@@ -166,13 +167,24 @@ def test_a_rebuild_that_passes_is_kept_verified_and_reused(empty_cache):
     passing = copy.deepcopy(TINY)
     passing["targets"] = {}  # a tiny model passes an empty gate: this checks the plumbing
     passing["continued"]["task_floors"] = {}
-    path = demo_build.rebuild(passing, progress=False, log=lambda *_: None)
+    first = demo_model.data_hash(demo_model.stage1(passing))
+    kept = empty_cache.parent / "training"  # a committed --state-dir
+    # --pause-after counts for the whole command: a deadline already past pauses stage 1.
+    with pytest.raises(training.Paused):
+        demo_build.rebuild(passing, progress=False, log=lambda *_: None, state_dir=kept, deadline=time.monotonic())
+    assert [p.name for p in kept.iterdir()] == [f"{first}.state.pt"]
+    path = demo_build.rebuild(passing, progress=False, log=lambda *_: None, state_dir=kept)
     assert demo_model.verify(path) is None
     manifest = demo_model.read_manifest(path)
     assert manifest["training"]["steps"] == 3 and manifest["data_hash"] == demo_model.data_hash(passing)
-    # Two stages: the stage-1 build is kept under its own data hash and named in the manifest.
-    first = demo_model.data_hash(demo_model.stage1(passing))
+    # Two stages: the stage-1 build is kept under its own data hash and named in the manifest,
+    # and copied beside the (now deleted) states, for a later sitting elsewhere to continue.
     assert manifest["stage1"]["data_hash"] == first and demo_model.verify(demo_model.builds_dir() / first) is None
+    assert [p.name for p in kept.iterdir()] == [first] and demo_model.verify(kept / first, derived=False) is None
+    shutil.rmtree(demo_model.builds_dir() / first)  # another machine: only the committed folder has it
+    logs = []
+    demo_build.rebuild(passing, force=True, progress=False, log=logs.append, state_dir=kept)
+    assert not any("training it first" in line for line in logs)
     assert set(manifest["quality"]["tasks"]) == set(evalset.TASKS)
     logs = []
     assert demo_build.rebuild(passing, progress=False, log=logs.append) == path
@@ -216,7 +228,6 @@ def test_training_is_deterministic_for_a_fixed_thread_count():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from medwb.models import training
     rng = random.Random(0)
     examples = [training.Example([1] + [rng.randrange(5, 500) for _ in range(rng.randrange(20, 60))],
                                  [rng.randrange(5, 500) for _ in range(10)], 2) for _ in range(24)]
@@ -243,7 +254,6 @@ def _tiny_training(state_path=None, **kw):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from medwb.models import training
     rng = random.Random(0)
     examples = [training.Example([1] + [rng.randrange(5, 500) for _ in range(rng.randrange(20, 60))],
                                  [rng.randrange(5, 500) for _ in range(10)], 2) for _ in range(24)]
@@ -262,7 +272,6 @@ def test_training_interrupted_and_resumed_ends_with_the_same_weights(tmp_path):
     of an uninterrupted one: killed mid-way, paused by the clock, or both."""
     import torch
 
-    from medwb.models import training
     straight_log, straight = _tiny_training()
     state = tmp_path / "state.pt"
 

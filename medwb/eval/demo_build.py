@@ -47,22 +47,27 @@ def state_file(recipe: dict, state_dir: Path | None = None) -> Path:
 
 
 def rebuild(recipe: dict = RECIPE, out=None, force: bool = False, progress: bool = True,
-            log=print, state_dir: Path | None = None, pause_after_s: float | None = None) -> Path:
+            log=print, state_dir: Path | None = None, pause_after_s: float | None = None,
+            deadline: float | None = None) -> Path:
     """Train the recipe on this machine into ``<cache>/demo-model-builds/<data hash>/``
     (reused when a verified build exists, unless ``force``); with ``out``, also copy the
     committed files there (``data/demo-model`` ships it). Raises when the quality gate
     refuses the model: nothing is kept then. Training saves its state as it goes
     (``state_file``) and a rerun goes on from it; with ``pause_after_s`` it stops there and
-    raises ``training.Paused`` (the same command continues it)."""
+    raises ``training.Paused`` (the same command continues it). The seconds count for the
+    whole command (both stages of a two-stage recipe): ``deadline`` is that moment on
+    ``time.monotonic``'s clock."""
     from filelock import FileLock
 
+    if deadline is None and pause_after_s is not None:
+        deadline = time.monotonic() + pause_after_s
     path = builds_dir() / data_hash(recipe)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists() and not force and verify(path, derived=False) is None:
             log(f"reusing the build at {path} (pass --force to train again)")
         else:
-            build(path, recipe, progress=progress, log=log, state_dir=state_dir, pause_after_s=pause_after_s)
+            build(path, recipe, progress=progress, log=log, state_dir=state_dir, deadline=deadline)
     if out:
         copy_model(path, out, True, SHIPPED_FILES, "--out")
         log(f"copied to {out}")
@@ -70,11 +75,11 @@ def rebuild(recipe: dict = RECIPE, out=None, force: bool = False, progress: bool
 
 
 def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print,
-          state_dir: Path | None = None, pause_after_s: float | None = None) -> dict:
+          state_dir: Path | None = None, deadline: float | None = None) -> dict:
     """Generate the corpus, train tokenizer and model, evaluate, gate, write ``out_dir``."""
     if "continued" in recipe:
         return build_continued(out_dir, recipe, progress=progress, log=log, state_dir=state_dir,
-                               pause_after_s=pause_after_s)
+                               deadline=deadline)
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -126,7 +131,7 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
             drills = recipe["corpus"]["copy_drill"]["examples"]
             first = (tr["copy_first_steps"], list(range(len(examples) - drills, len(examples))))
         train_log = _train(model, examples, tr["steps"], tr["threads"], kwargs, state,
-                           _fingerprint(recipe, tmp / "tokenizer.json"), pause_after_s, progress, log, first)
+                           _fingerprint(recipe, tmp / "tokenizer.json"), deadline, progress, log, first)
         train_log["bf16_autocast_used"] = bf16
         # The gate judges the weights as they ship (16 bits above SHIP_LIMIT_BYTES).
         train_log["ship_dtype"] = round_to_ship_dtype(model)
@@ -147,16 +152,25 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
 
 
 def stage1_model(recipe: dict = RECIPE, progress: bool = True, log=print, state_dir: Path | None = None,
-                 pause_after_s: float | None = None) -> Path:
-    """A verified model built from ``stage1(recipe)``: the shipped one or a local build
-    when their data hash matches, else trained now (the ~80-minute stage)."""
+                 deadline: float | None = None) -> Path:
+    """A verified model built from ``stage1(recipe)``: the shipped one, a local build or
+    one kept in ``state_dir`` when their data hash matches, else trained now (the
+    ~80-minute stage; hours for the candidate). With ``state_dir``, a stage 1 trained now
+    is also copied to ``state_dir/<data hash>/``, so that the sitting that commits the
+    stage-2 state commits the weights it continues as well."""
     first = stage1(recipe)
     wanted = data_hash(first)
-    for candidate in (SHIPPED_DIR, builds_dir() / wanted):
-        if verify(candidate, derived=False) is None and read_manifest(candidate).get("data_hash") == wanted:
+    kept = Path(state_dir) / wanted if state_dir else None
+    for candidate in (SHIPPED_DIR, builds_dir() / wanted, kept):
+        if candidate is not None and verify(candidate, derived=False) is None \
+                and read_manifest(candidate).get("data_hash") == wanted:
             return candidate
     log(f"no stage-1 build with data hash {wanted}: training it first")
-    return rebuild(first, progress=progress, log=log, state_dir=state_dir, pause_after_s=pause_after_s)
+    path = rebuild(first, progress=progress, log=log, state_dir=state_dir, deadline=deadline)
+    if kept is not None:
+        copy_model(path, kept, True, SHIPPED_FILES, "--state-dir")
+        log(f"stage 1 kept in {kept} (commit it with the stage-2 state)")
+    return path
 
 
 def _fingerprint(recipe: dict, tokenizer_file: Path, base: Path | None = None) -> str:
@@ -182,18 +196,19 @@ def _calibrate(model, examples, tr: dict, kwargs: dict, log) -> list[dict]:
 
 
 def _train(model, examples, steps: int, threads: int, kwargs: dict, state: Path, fingerprint: str,
-           pause_after_s, progress: bool, log, first=None) -> dict:
+           deadline: float | None, progress: bool, log, first=None) -> dict:
     """``training.train`` with its state saved in ``state`` as it goes (and continued
-    from it when a previous sitting left one)."""
+    from it when a previous sitting left one), paused at ``deadline`` (``time.monotonic``)."""
     from medwb.models import training
     if state.exists():
         log(f"going on from the training state in {state}")
+    pause_after_s = None if deadline is None else max(0.0, deadline - time.monotonic())
     return training.train(model, examples, steps=steps, threads=threads, progress=progress, state_path=state,
                           fingerprint=fingerprint, pause_after_s=pause_after_s, first=first, **kwargs)
 
 
 def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print,
-                    state_dir: Path | None = None, pause_after_s: float | None = None) -> dict:
+                    state_dir: Path | None = None, deadline: float | None = None) -> dict:
     """Stage 2: continue a verified stage-1 model on the evaluation tasks (with the
     workflows replayed), evaluate, gate, write ``out_dir``."""
     import torch
@@ -202,7 +217,7 @@ def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True,
     from medwb import sysinfo
 
     started = time.perf_counter()
-    base = stage1_model(recipe, progress=progress, log=log, state_dir=state_dir, pause_after_s=pause_after_s)
+    base = stage1_model(recipe, progress=progress, log=log, state_dir=state_dir, deadline=deadline)
     base_manifest = read_manifest(base)
     load_before = sysinfo.check_load(log=log)
     c, tr = recipe["continued"], recipe["train"]
@@ -223,7 +238,7 @@ def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True,
         calibration = _calibrate(model, examples, dict(tr, steps=c["steps"]), kwargs, log)
         state = state_file(recipe, state_dir)
         train_log = _train(model, examples, c["steps"], tr["threads"], kwargs, state,
-                           _fingerprint(recipe, tmp / "tokenizer.json", base), pause_after_s, progress, log)
+                           _fingerprint(recipe, tmp / "tokenizer.json", base), deadline, progress, log)
         train_log["bf16_autocast_used"] = bf16
         # The gate judges the weights as they ship (16 bits above SHIP_LIMIT_BYTES).
         train_log["ship_dtype"] = round_to_ship_dtype(model)
