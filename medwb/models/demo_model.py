@@ -346,9 +346,7 @@ def ensure(recipe: dict = RECIPE, log=print) -> Path:
 def _derive(src: Path, path: Path) -> None:
     """Copy the model files and write ``pytorch_model.bin`` from the safetensors."""
     import torch
-    from safetensors.torch import load_file
-
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     with atomic_dir(path, overwrite=True) as tmp:
         for name in SHIPPED_FILES:
@@ -362,9 +360,8 @@ def _derive(src: Path, path: Path) -> None:
             # Shipped in 16 bits (SHIP_LIMIT_BYTES): every route reads it widened, exactly.
             state = {k: v.float() for k, v in state.items()}
             save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-            cfg = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
-            cfg["torch_dtype"] = cfg["dtype"] = "float32"
-            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+            _write_config(tmp / "config.json", json.loads((tmp / "config.json").read_text(encoding="utf-8")),
+                          "float32")
             widened = ["model.safetensors", "config.json"]
         torch.save(state, tmp / "pytorch_model.bin")
         manifest["derived"] = {name: sha256_file(tmp / name) for name in (*DERIVED_FILES, *widened)}
@@ -449,9 +446,14 @@ def _complete_config(model, out_dir: Path, dtype: str) -> None:
     rope = getattr(model.config, "rope_parameters", None)
     theta = rope.get("rope_theta") if isinstance(rope, dict) else None
     cfg["rope_theta"] = theta or getattr(model.config, "rope_theta", None) or RECIPE["model"]["rope_theta"]
-    cfg["torch_dtype"] = cfg["dtype"] = dtype  # 4.x reads torch_dtype, 5.x dtype; export tools load in it
     cfg.setdefault("pretraining_tp", 1)
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+    _write_config(cfg_path, cfg, dtype)
+
+
+def _write_config(path: Path, cfg: dict, dtype: str) -> None:
+    """config.json naming the weights' dtype, in the one format its checksum is taken of."""
+    cfg["torch_dtype"] = cfg["dtype"] = dtype  # 4.x reads torch_dtype, 5.x dtype; export tools load in it
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def _interval(q: dict, key: str) -> str:
