@@ -173,6 +173,16 @@ def test_a_rebuild_that_passes_is_kept_verified_and_reused(empty_cache):
     with pytest.raises(training.Paused):
         demo_build.rebuild(passing, progress=False, log=lambda *_: None, state_dir=kept, deadline=time.monotonic())
     assert [p.name for p in kept.iterdir()] == [f"{first}.state.pt"]
+    # Between sittings the paused weights can be measured: a checkpoint any loader takes.
+    import torch
+    from transformers import AutoModelForCausalLM
+    probe = empty_cache.parent / "probe"
+    assert demo_build.checkpoint_from_state(demo_model.stage1(passing), kept, probe) == {"step": 1, "steps": 3}
+    saved = torch.load(kept / f"{first}.state.pt", weights_only=False)["model"]
+    loaded = AutoModelForCausalLM.from_pretrained(probe).state_dict()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    with pytest.raises(MedwbError, match="stage-1 states"):
+        demo_build.checkpoint_from_state(passing, kept, probe)
     path = demo_build.rebuild(passing, progress=False, log=lambda *_: None, state_dir=kept)
     assert demo_model.verify(path) is None
     manifest = demo_model.read_manifest(path)

@@ -81,7 +81,7 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
         return build_continued(out_dir, recipe, progress=progress, log=log, state_dir=state_dir,
                                deadline=deadline)
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     from medwb import sysinfo
     from medwb.models import tokenizer as tok_mod
@@ -94,10 +94,7 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
     log(f"corpus: {len(train_cases)} training cases "
         f"({sum(bool(c.style) for c in train_cases)} in the varied style), {len(heldout)} held-out "
         f"cases ({len(corpus.load_knowledge())} diseases), disjoint by case signature")
-    tk = recipe["tokenizer"]
-    tok_texts = [p + a for p, a in texts]
-    tok_texts += [prompts.render_chat([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])]
-    raw_tok = tok_mod.train_tokenizer(tok_texts, tk["vocab_size"], tk["min_frequency"])
+    raw_tok = _train_tokenizer(recipe, texts)
 
     with atomic_dir(out_dir, overwrite=True) as tmp:
         tok_mod.save_tokenizer(raw_tok, tmp, recipe["model"]["max_position_embeddings"])
@@ -108,12 +105,8 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
             f"{n_tokens} tokens (mean {n_tokens / len(examples):.0f}, longest "
             f"{max(e.length for e in examples)} per example)")
 
-        m = recipe["model"]
-        config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=False,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id, hidden_act="silu", **m)
         torch.manual_seed(recipe["train"]["seed"])
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(_config(recipe, tokenizer))
         tr = recipe["train"]
         if tr["zero_init_residual"]:
             with torch.no_grad():
@@ -149,6 +142,49 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
         f"({manifest['parameters'] / 1e6:.2f} M parameters)")
     log(format_quality(quality, recipe.get("targets", {})))
     return manifest
+
+
+def _train_tokenizer(recipe: dict, texts: list[tuple[str, str]]):
+    """The recipe's tokenizer, trained on its texts (deterministic: a later sitting gets the
+    same vocabulary, which the training state's fingerprint checks)."""
+    from medwb.models import tokenizer as tok_mod
+    tk = recipe["tokenizer"]
+    tok_texts = [p + a for p, a in texts]
+    tok_texts += [prompts.render_chat([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])]
+    return tok_mod.train_tokenizer(tok_texts, tk["vocab_size"], tk["min_frequency"])
+
+
+def _config(recipe: dict, tokenizer):
+    from transformers import LlamaConfig
+    return LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       hidden_act="silu", **recipe["model"])
+
+
+def checkpoint_from_state(recipe: dict, state_dir: Path, out_dir: Path) -> dict:
+    """The weights of a paused stage-1 build (``state_file(recipe, state_dir)``) as an FP32
+    checkpoint in ``out_dir`` that every loader takes, to measure a build between sittings
+    (it is no demo model: no manifest, never gated or shipped). The tokenizer is trained
+    again from the recipe; the state's fingerprint proves it is the one the state was
+    trained with. Returns the state's step and steps."""
+    import torch
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from medwb.models import tokenizer as tok_mod
+    from medwb.models.training import load_state
+    if "continued" in recipe:
+        raise MedwbError("checkpoint_from_state reads stage-1 states: pass demo_model.stage1(recipe)")
+    state = state_file(recipe, state_dir)
+    if not state.exists():
+        raise MedwbError(f"no training state {state}: nothing to read")
+    with atomic_dir(Path(out_dir), overwrite=True) as tmp:
+        tok_mod.save_tokenizer(_train_tokenizer(recipe, training_texts(recipe)), tmp,
+                               recipe["model"]["max_position_embeddings"])
+        saved = load_state(state, _fingerprint(recipe, tmp / "tokenizer.json"), recipe["train"]["threads"])
+        model = LlamaForCausalLM(_config(recipe, PreTrainedTokenizerFast.from_pretrained(tmp)))
+        model.load_state_dict(saved["model"])
+        save_checkpoint(model.to(torch.float32).eval(), tmp)
+    return {"step": saved["step"], "steps": saved["steps"]}
 
 
 def stage1_model(recipe: dict = RECIPE, progress: bool = True, log=print, state_dir: Path | None = None,
