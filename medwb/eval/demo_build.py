@@ -167,7 +167,6 @@ def checkpoint_from_state(recipe: dict, state_dir: Path, out_dir: Path) -> dict:
     (it is no demo model: no manifest, never gated or shipped). The tokenizer is trained
     again from the recipe; the state's fingerprint proves it is the one the state was
     trained with. Returns the state's step and steps."""
-    import torch
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     from medwb.models import tokenizer as tok_mod
@@ -183,7 +182,7 @@ def checkpoint_from_state(recipe: dict, state_dir: Path, out_dir: Path) -> dict:
         saved = load_state(state, _fingerprint(recipe, tmp / "tokenizer.json"), recipe["train"]["threads"])
         model = LlamaForCausalLM(_config(recipe, PreTrainedTokenizerFast.from_pretrained(tmp)))
         model.load_state_dict(saved["model"])
-        save_checkpoint(model.to(torch.float32).eval(), tmp)
+        save_checkpoint(model.eval(), tmp)
     return {"step": saved["step"], "steps": saved["steps"]}
 
 

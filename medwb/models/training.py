@@ -192,15 +192,12 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
 
 
 def save_state(path, state: dict) -> None:
-    """Write a training state whole or not at all (temporary file, then rename)."""
-    import os
-
+    """Write a training state whole or not at all (``paths.atomic_file``)."""
     import torch
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+
+    from medwb.paths import atomic_file
+    with atomic_file(Path(path)) as f:
+        torch.save(state, f)
 
 
 def load_state(path, fingerprint: str, threads: int) -> dict:
