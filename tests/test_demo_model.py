@@ -159,7 +159,11 @@ def test_the_quality_gate_refuses_an_undertrained_model_and_keeps_nothing(empty_
     assert "failed its quality gate" in message and "target 90%" in message
     assert "steps/s" in message and "load average" in message  # figures to act on
     builds = demo_model.builds_dir()
-    assert [p.name for p in builds.iterdir() if not p.name.endswith(".lock")] == []
+    # No model is kept; the record of what was measured is (every figure, for the next try).
+    kept = [p.name for p in builds.iterdir() if not p.name.endswith(".lock")]
+    assert kept == [f"{demo_model.data_hash(demo_model.stage1(TINY))}.refused.json"] and kept[0] in message
+    record = json.loads((builds / kept[0]).read_text())
+    assert record["failed"] and "diagnosis_grounding_rate" in record["quality"] and record["training"]["sittings"]
 
 
 @pytest.mark.slow
@@ -258,7 +262,7 @@ def test_training_is_deterministic_for_a_fixed_thread_count():
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
-def _tiny_training(state_path=None, **kw):
+def _tiny_model_and_examples():
     import random
 
     import torch
@@ -271,6 +275,11 @@ def _tiny_training(state_path=None, **kw):
     model = LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=192,
                                          num_hidden_layers=2, num_attention_heads=2,
                                          num_key_value_heads=2, max_position_embeddings=128))
+    return model, examples
+
+
+def _tiny_training(state_path=None, **kw):
+    model, examples = _tiny_model_and_examples()
     log = training.train(model, examples, steps=8, lr=3e-3, warmup_steps=2, weight_decay=0.01,
                          batch_tokens=256, seed=0, pad_id=0, bf16_autocast=False, threads=1, key_weight=5.0,
                          progress=False, state_path=state_path, fingerprint="data-a", save_every=3, **kw)
@@ -296,6 +305,9 @@ def test_training_interrupted_and_resumed_ends_with_the_same_weights(tmp_path):
     log, resumed = _tiny_training(state)
     assert log["resumed_at"] == 4 and log["loss_history"] == straight_log["loss_history"]
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    # Every sitting is on record: the killed one's steps up to its last save, then one step.
+    assert [(x["from_step"], x["to_step"]) for x in log["sittings"]] == [(0, 3), (3, 4), (4, 8)]
+    assert {x["bf16_autocast"] for x in log["sittings"]} == {False}
     # A state saved for other data or another thread count is refused, never continued.
     training.save_state(state, dict(torch.load(state, weights_only=False), fingerprint="data-b"))
     with pytest.raises(MedwbError, match="saved for other data"):
@@ -312,6 +324,27 @@ def test_training_interrupted_and_resumed_ends_with_the_same_weights(tmp_path):
     _, resumed = _tiny_training(state, first=(5, list(range(6))))
     assert all(torch.equal(curriculum[k], resumed[k]) for k in curriculum)
     state.unlink()
+
+
+def test_a_build_continued_in_another_precision_says_so(tmp_path):
+    """A state trained with BF16 autocast (a CPU with BF16) and continued in FP32 (one
+    without) is recorded as mixed, with a note, not as the last sitting's precision."""
+    import torch
+
+    state = tmp_path / "state.pt"
+    with pytest.raises(training.Paused):
+        _tiny_training(state, pause_after_s=0)  # one step, then paused
+    saved = torch.load(state, weights_only=False)
+    saved["sittings"][0]["bf16_autocast"] = True  # as on a CPU with BF16
+    training.save_state(state, saved)
+    model, examples = _tiny_model_and_examples()
+    kwargs = dict(lr=3e-3, warmup_steps=2, weight_decay=0.01, batch_tokens=256, seed=0, pad_id=0,
+                  bf16_autocast=False, key_weight=5.0, save_every=3)
+    notes = []
+    log = demo_build._train(model, examples, 8, 1, kwargs, state, "data-a", None, False, notes.append)
+    assert log["bf16_autocast_used"] == "mixed" and any("different precisions" in n for n in notes)
+    assert [x["bf16_autocast"] for x in log["sittings"]] == [True, False]
+    assert log["sittings"][-1]["cpu"] is not None
 
 
 def test_the_copy_drill_can_only_be_answered_by_copying():

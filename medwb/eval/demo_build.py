@@ -125,7 +125,6 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
             first = (tr["copy_first_steps"], list(range(len(examples) - drills, len(examples))))
         train_log = _train(model, examples, tr["steps"], tr["threads"], kwargs, state,
                            _fingerprint(recipe, tmp / "tokenizer.json"), deadline, progress, log, first)
-        train_log["bf16_autocast_used"] = bf16
         # The gate judges the weights as they ship (16 bits above SHIP_LIMIT_BYTES).
         train_log["ship_dtype"] = round_to_ship_dtype(model)
         save_checkpoint(model, tmp, dtype=train_log["ship_dtype"])
@@ -134,7 +133,7 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
         load_after = sysinfo.machine_load()
         failed = gate(quality, recipe.get("targets", {}))
         state.unlink(missing_ok=True)  # judged now, kept or refused: never continued
-        _refuse(failed, train_log, tr["threads"], load_before, load_after, "train.steps")
+        _refuse(failed, recipe, quality, train_log, tr["threads"], load_before, load_after, "train.steps", log)
         manifest = _manifest(recipe, tmp, model, quality, train_log, calibration, started, load_before,
                              load_after)
         write_json_atomic(tmp / MANIFEST, manifest)
@@ -238,8 +237,18 @@ def _train(model, examples, steps: int, threads: int, kwargs: dict, state: Path,
     if state.exists():
         log(f"going on from the training state in {state}")
     pause_after_s = None if deadline is None else max(0.0, deadline - time.monotonic())
-    return training.train(model, examples, steps=steps, threads=threads, progress=progress, state_path=state,
-                          fingerprint=fingerprint, pause_after_s=pause_after_s, first=first, **kwargs)
+    from medwb import sysinfo
+    train_log = training.train(model, examples, steps=steps, threads=threads, progress=progress, state_path=state,
+                               fingerprint=fingerprint, pause_after_s=pause_after_s, first=first,
+                               sitting={"cpu": sysinfo.cpu().get("model"), "isa": sysinfo.isa_flags()}, **kwargs)
+    # One precision for the record; a build whose sittings differ says so (training.train).
+    used = {s["bf16_autocast"] for s in train_log["sittings"]}
+    train_log["bf16_autocast_used"] = used.pop() if len(used) == 1 else "mixed"
+    if train_log["bf16_autocast_used"] == "mixed":
+        log("note: the sittings of this build trained in different precisions (BF16 autocast where the CPU "
+            "has BF16, FP32 elsewhere, unknown for a state saved before sittings were recorded): its "
+            "weights are not those of an uninterrupted build on either kind of CPU (manifest: training.sittings)")
+    return train_log
 
 
 def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print,
@@ -274,7 +283,6 @@ def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True,
         state = state_file(recipe, state_dir)
         train_log = _train(model, examples, c["steps"], tr["threads"], kwargs, state,
                            _fingerprint(recipe, tmp / "tokenizer.json", base), deadline, progress, log)
-        train_log["bf16_autocast_used"] = bf16
         # The gate judges the weights as they ship (16 bits above SHIP_LIMIT_BYTES).
         train_log["ship_dtype"] = round_to_ship_dtype(model)
         save_checkpoint(model, tmp, dtype=train_log["ship_dtype"])
@@ -284,7 +292,8 @@ def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True,
         load_after = sysinfo.machine_load()
         failed = gate(quality, recipe.get("targets", {})) + task_gate(quality["tasks"], c["task_floors"])
         state.unlink(missing_ok=True)
-        _refuse(failed, train_log, tr["threads"], load_before, load_after, "continued.steps")
+        _refuse(failed, recipe, quality, train_log, tr["threads"], load_before, load_after, "continued.steps",
+                log)
         manifest = _manifest(recipe, tmp, model, quality, train_log, calibration, started, load_before,
                              load_after, stage1={k: base_manifest.get(k) for k in (
                                  "data_hash", "files", "quality", "training", "contention", "built_at",
@@ -321,17 +330,27 @@ def evaluate_tasks(model_dir: Path, max_new_tokens: dict, batch_size: int = 24) 
     return result
 
 
-def _refuse(failed: list[str], train_log: dict, threads: int, load_before: dict, load_after: dict,
-            steps_key: str) -> None:
-    """Raise with the figures to act on when the gate refused the model."""
+def _refuse(failed: list[str], recipe: dict, quality: dict, train_log: dict, threads: int, load_before: dict,
+            load_after: dict, steps_key: str, log) -> None:
+    """Raise with the figures to act on when the gate refused the model. The model is not
+    kept, but what was measured is: every figure is printed and written to
+    ``<builds>/<data hash>.refused.json`` (a record, never a model to use), since a refused
+    build of hours is itself a measurement."""
     if failed:
+        from medwb import sysinfo
+        log(format_quality(quality, recipe.get("targets", {})))
+        record = builds_dir() / f"{data_hash(recipe)}.refused.json"
+        write_json_atomic(record, {"data_hash": data_hash(recipe), "refused_at": now(), "failed": failed,
+                                   "quality": quality, "training": train_log,
+                                   "machine_load": {"before": load_before, "after": load_after},
+                                   "cpu": sysinfo.cpu().get("model"), "isa": sysinfo.isa_flags()})
         raise MedwbError(
             "the demo model failed its quality gate, so it was not kept: " + "; ".join(failed)
             + f". Trained {train_log['steps']} steps at {train_log['steps_per_s']} steps/s on "
             f"{threads} thread(s) (load average {load_before['loadavg_1m']} before, "
             f"{load_after['loadavg_1m']} after, on {load_before['cores']} cores). The step count is "
             f"fixed, so a busy machine makes it slower, not worse: raise {steps_key} in the recipe, "
-            "or check the knowledge-table edit that changed the data")
+            f"or check the knowledge-table edit that changed the data. Every figure: {record}")
 
 
 def _manifest(recipe, tmp: Path, model, quality, train_log, calibration, started, load_before, load_after,

@@ -107,7 +107,8 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
           batch_tokens: int, seed: int, pad_id: int, bf16_autocast: bool, threads: int = 1,
           loss_on_prompt: bool = False, key_weight: float = 1.0, progress: bool = True,
           on_step=None, state_path=None, fingerprint: str = "", save_every: int = 200,
-          pause_after_s: float | None = None, first: tuple[int, list[int]] | None = None) -> dict:
+          pause_after_s: float | None = None, first: tuple[int, list[int]] | None = None,
+          sitting: dict | None = None) -> dict:
     """Train in place for exactly ``steps`` steps on ``threads`` threads; return a log
     (seconds, step rate, tokens, loss history).
 
@@ -119,7 +120,10 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
     refused, never continued. ``pause_after_s``: save and raise ``Paused`` at the first
     step boundary after that many seconds (when to stop is the clock's; what is learned
     never is). ``first`` = (k, indices): a curriculum, the first k steps drawn from those
-    examples only, the rest from all of them."""
+    examples only, the rest from all of them. ``sitting``: what the caller records about
+    this machine (its CPU); the log's ``sittings`` lists every sitting's steps, seconds and
+    precision, since one continued on a CPU of another kind (BF16 autocast there, FP32 here)
+    does not end with the weights of an uninterrupted build on either."""
     import torch
     from tqdm.auto import tqdm
 
@@ -132,6 +136,7 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
     batches: list[list[int]] = []
     history, tokens_seen, start = [], 0, time.perf_counter()
     running, resumed, before = None, 0, 0.0
+    sittings: list[dict] = []
     if state_path is not None and Path(state_path).exists():
         state = load_state(state_path, fingerprint, threads)
         model.load_state_dict(state["model"])
@@ -139,16 +144,22 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
         rng.setstate(state["rng"])
         batches, history, tokens_seen = state["batches"], state["history"], state["tokens_seen"]
         running, resumed, before = state["running"], state["step"], state["seconds"]
+        # States saved before sittings were recorded: their steps' precision is unknown.
+        sittings = state.get("sittings") or [{"from_step": 0, "to_step": resumed, "bf16_autocast": None}]
     bar = tqdm(range(resumed, steps), desc="training demo model", unit="step", disable=not progress,
                initial=resumed, total=steps)
     switch, subset = first if first else (0, None)
+
+    def this_sitting(done: int) -> list[dict]:
+        return sittings + [{"from_step": resumed, "to_step": done, "bf16_autocast": bf16_autocast,
+                            "seconds": round(time.perf_counter() - start, 1), **(sitting or {})}]
 
     def save(done: int) -> None:
         save_state(state_path, {
             "fingerprint": fingerprint, "threads": threads, "step": done, "steps": steps,
             "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng.getstate(),
             "batches": batches, "history": history, "tokens_seen": tokens_seen, "running": running,
-            "seconds": before + time.perf_counter() - start})
+            "seconds": before + time.perf_counter() - start, "sittings": this_sitting(done)})
 
     for step in bar:
         pause = pause_after_s is not None and time.perf_counter() - start >= pause_after_s
@@ -185,7 +196,7 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
     log = {"steps": steps, "threads": threads, "seconds": round(seconds, 1),
            "steps_per_s": round(steps / seconds, 3) if seconds else None,
            "tokens_seen": tokens_seen, "final_loss": round(running, 4) if running is not None else None,
-           "loss_history": history}
+           "loss_history": history, "sittings": this_sitting(steps)}
     if resumed:
         log["resumed_at"] = resumed  # seconds: all sittings together
     return log
