@@ -237,10 +237,9 @@ def _train(model, examples, steps: int, threads: int, kwargs: dict, state: Path,
     if state.exists():
         log(f"going on from the training state in {state}")
     pause_after_s = None if deadline is None else max(0.0, deadline - time.monotonic())
-    from medwb import sysinfo
     train_log = training.train(model, examples, steps=steps, threads=threads, progress=progress, state_path=state,
                                fingerprint=fingerprint, pause_after_s=pause_after_s, first=first,
-                               sitting={"cpu": sysinfo.cpu().get("model"), "isa": sysinfo.isa_flags()}, **kwargs)
+                               sitting=_machine(), **kwargs)
     # One precision for the record; a build whose sittings differ says so (training.train).
     used = {s["bf16_autocast"] for s in train_log["sittings"]}
     train_log["bf16_autocast_used"] = used.pop() if len(used) == 1 else "mixed"
@@ -330,6 +329,12 @@ def evaluate_tasks(model_dir: Path, max_new_tokens: dict, batch_size: int = 24) 
     return result
 
 
+def _machine() -> dict:
+    """The CPU a record names: a training sitting, a refused build."""
+    from medwb import sysinfo
+    return {"cpu": sysinfo.cpu().get("model"), "isa": sysinfo.isa_flags()}
+
+
 def _refuse(failed: list[str], recipe: dict, quality: dict, train_log: dict, threads: int, load_before: dict,
             load_after: dict, steps_key: str, log) -> None:
     """Raise with the figures to act on when the gate refused the model. The model is not
@@ -337,13 +342,12 @@ def _refuse(failed: list[str], recipe: dict, quality: dict, train_log: dict, thr
     ``<builds>/<data hash>.refused.json`` (a record, never a model to use), since a refused
     build of hours is itself a measurement."""
     if failed:
-        from medwb import sysinfo
         log(format_quality(quality, recipe.get("targets", {})))
-        record = builds_dir() / f"{data_hash(recipe)}.refused.json"
-        write_json_atomic(record, {"data_hash": data_hash(recipe), "refused_at": now(), "failed": failed,
-                                   "quality": quality, "training": train_log,
-                                   "machine_load": {"before": load_before, "after": load_after},
-                                   "cpu": sysinfo.cpu().get("model"), "isa": sysinfo.isa_flags()})
+        key = data_hash(recipe)
+        record = builds_dir() / f"{key}.refused.json"
+        write_json_atomic(record, {"data_hash": key, "refused_at": now(), "failed": failed, "quality": quality,
+                                   "training": train_log,
+                                   "machine_load": {"before": load_before, "after": load_after}, **_machine()})
         raise MedwbError(
             "the demo model failed its quality gate, so it was not kept: " + "; ".join(failed)
             + f". Trained {train_log['steps']} steps at {train_log['steps_per_s']} steps/s on "
