@@ -48,7 +48,10 @@ def cmd_demo_model(args) -> int:
         from medwb.eval import doctor_style
         figures = doctor_style.evaluate(PyTorchBackend.load(path, "float32"), manifest["recipe"]["eval"]["max_new_tokens"])
         print(doctor_style.format_figures(figures) + f"\n(measured now, greedy FP32, on {sysinfo.cpu()['model']})")
-    elif "doctor_style" not in manifest["quality"]:
+    elif "doctor_style" in manifest["quality"]:
+        from medwb.eval import doctor_style
+        print(doctor_style.format_figures(manifest["quality"]["doctor_style"]) + "\n(measured when it was built)")
+    else:
         print("cases written the way doctors write (data/heldout/doctor_style.jsonl): not measured when this model "
               "was built; --doctor-style measures them now (about two minutes)")
     print(f"demo model: {path}")

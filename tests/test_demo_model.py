@@ -187,19 +187,33 @@ def test_a_rebuild_that_passes_is_kept_verified_and_reused(empty_cache):
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
     with pytest.raises(MedwbError, match="stage-1 states"):
         demo_build.checkpoint_from_state(passing, kept, probe)
+    # An earlier refused build of the same data left its record: a build that passes removes it.
+    stale = [demo_model.builds_dir() / f"{h}.refused.json" for h in (first, demo_model.data_hash(passing))]
+    for record in stale:
+        record.write_text("{}")
     path = demo_build.rebuild(passing, progress=False, log=lambda *_: None, state_dir=kept)
-    assert demo_model.verify(path) is None
+    assert demo_model.verify(path) is None and not any(record.exists() for record in stale)
     manifest = demo_model.read_manifest(path)
     assert manifest["training"]["steps"] == 3 and manifest["data_hash"] == demo_model.data_hash(passing)
     # Two stages: the stage-1 build is kept under its own data hash and named in the manifest,
     # and copied beside the (now deleted) states, for a later sitting elsewhere to continue.
     assert manifest["stage1"]["data_hash"] == first and demo_model.verify(demo_model.builds_dir() / first) is None
-    assert [p.name for p in kept.iterdir()] == [first] and demo_model.verify(kept / first, derived=False) is None
+    both = sorted([first, manifest["data_hash"]])
+    assert sorted(p.name for p in kept.iterdir()) == both
+    assert all(demo_model.verify(kept / h, derived=False) is None for h in both)
+    # A machine whose cache lacks the finished build takes the committed one: nothing retrained.
+    shutil.rmtree(path)
+    logs = []
+    assert demo_build.rebuild(passing, progress=False, log=logs.append, state_dir=kept) == path
+    assert any("reusing the build kept in" in line for line in logs) and demo_model.verify(path, derived=False) is None
     shutil.rmtree(demo_model.builds_dir() / first)  # another machine: only the committed folder has it
     logs = []
     demo_build.rebuild(passing, force=True, progress=False, log=logs.append, state_dir=kept)
     assert not any("training it first" in line for line in logs)
     assert set(manifest["quality"]["tasks"]) == set(evalset.TASKS)
+    # The doctor-written set is measured with the build and reported beside the gate.
+    doctors = manifest["quality"]["doctor_style"]
+    assert doctors["diagnosis"]["task_format"]["n"] > 0 and "rate" in doctors["discharge"]["grounding"]
     logs = []
     assert demo_build.rebuild(passing, progress=False, log=logs.append) == path
     assert "reusing" in logs[0]
@@ -361,6 +375,24 @@ def test_the_copy_drill_can_only_be_answered_by_copying():
     # Values are drawn, not typical ones: recall cannot answer (blood pressures rarely repeat).
     pressures = [v for p, _ in drills for v in grounding.findings(p) if v.endswith("mmHg")]
     assert len(pressures) > 40 and len(set(pressures)) > 0.9 * len(pressures)
+
+
+def test_a_shuffled_replay_reorders_each_cases_findings_and_keeps_them():
+    recipe = copy.deepcopy(demo_model.CANDIDATE)
+    c = recipe["continued"]
+    c.update(tasks={}, replay={"diagnosis": 150})
+    c.pop("layouts"), c.pop("copy_drill")
+    assert c["replay_shuffled"] == {"diagnosis": ["signs", "tests"]}
+    shuffled = demo_model.continued_texts(recipe)
+    c.pop("replay_shuffled")
+    as_generated = demo_model.continued_texts(recipe)
+    # The same cases (same characters in each prompt), many in another order.
+    assert sorted("".join(sorted(p)) for _, p, _ in shuffled) == sorted("".join(sorted(p)) for _, p, _ in as_generated)
+    assert len({p for _, p, _ in shuffled} - {p for _, p, _ in as_generated}) > 30
+    # The basis still copies the case's words: its first sign and first test, as shown.
+    for _, prompt, answer in shuffled:
+        basis = answer.split("\n")[1].split("：", 1)[1].split("；", 1)[1]
+        assert basis and all(sentence in prompt for sentence in basis.split("。") if sentence)
 
 
 def test_the_candidate_recipe_is_a_shape_every_route_takes():

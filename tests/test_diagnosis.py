@@ -276,6 +276,7 @@ def test_back_to_back_rounds_lose_no_action(app):
         app.report_error(0, "nonsense")
 
 
+@pytest.mark.slow  # 10-16 s (AVX2-only EPYC): kept out of the 3-minute tier
 def test_a_slow_or_dead_model_fails_in_its_card_and_restarts(app):
     app.wait_ready(300)
     app.workers[0].generate_timeout_s = 0.01
@@ -300,6 +301,7 @@ def test_a_slow_or_dead_model_fails_in_its_card_and_restarts(app):
 
 # ------------------------------------------------------------------ notebook 04 under papermill
 
+@pytest.mark.slow  # 10-16 s (AVX2-only EPYC): kept out of the 3-minute tier
 def test_notebook_with_a_broken_model_path_still_shows_the_others(tmp_path, demo_model_dir):
     nb = Path(runner.NOTEBOOKS_DIR) / "04_differential_diagnosis.ipynb"
     models = OV_MODELS + [f"bigdl:sym_int4@{tmp_path / 'no-such-model'}"]

@@ -94,6 +94,7 @@ def test_a_record_whose_protected_parts_overrun_any_context_is_refused(encode):
         record.fit_prompt(record.check_record(record.record_text(RECORD)), encode, 512, 500)
 
 
+@pytest.mark.slow  # 10-16 s (AVX2-only EPYC): kept out of the 3-minute tier
 def test_the_fitting_study_scores_both_methods_on_held_out_long_records(tmp_path, demo_model_dir):
     result = fitting_study.measure(demo_model_dir, limit=3, log=lambda *_: None)
     assert result["records"] == 3 and set(result["methods"]) == {"key_days", "truncate"}

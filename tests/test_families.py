@@ -153,6 +153,7 @@ def test_the_default_matrix_keeps_the_routes_that_take_the_family(tiny_dirs):
     assert "predates this architecture (added in 4.51)" in qwen3["ipex-llm:sym_int4"]
 
 
+@pytest.mark.slow  # 10-16 s (AVX2-only EPYC): kept out of the 3-minute tier
 def test_doctor_prints_each_folders_route_matrix(tiny_dirs):
     proc = subprocess.run([sys.executable, "-m", "medwb", "doctor", "--json", "--model", str(tiny_dirs["qwen3"]),
                            str(tiny_dirs["llama"])], cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -56,18 +56,28 @@ def rebuild(recipe: dict = RECIPE, out=None, force: bool = False, progress: bool
     (``state_file``) and a rerun goes on from it; with ``pause_after_s`` it stops there and
     raises ``training.Paused`` (the same command continues it). The seconds count for the
     whole command (both stages of a two-stage recipe): ``deadline`` is that moment on
-    ``time.monotonic``'s clock."""
+    ``time.monotonic``'s clock. With ``state_dir`` (a committed folder), a build that passes
+    is also kept in ``state_dir/<data hash>/``, and one found there is used, not retrained."""
     from filelock import FileLock
 
     if deadline is None and pause_after_s is not None:
         deadline = time.monotonic() + pause_after_s
-    path = builds_dir() / data_hash(recipe)
+    key = data_hash(recipe)
+    path = builds_dir() / key
+    kept = Path(state_dir) / key if state_dir else None
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists() and not force and verify(path, derived=False) is None:
             log(f"reusing the build at {path} (pass --force to train again)")
+        elif kept is not None and not force and _verified(kept, key):
+            # A build a sitting elsewhere finished and committed: the same weights, not retrained.
+            copy_model(kept, path, True, SHIPPED_FILES, "--state-dir")
+            log(f"reusing the build kept in {kept} (pass --force to train again)")
         else:
             build(path, recipe, progress=progress, log=log, state_dir=state_dir, deadline=deadline)
+            if kept is not None:  # the sitting that commits the states commits what they made
+                copy_model(path, kept, True, SHIPPED_FILES, "--state-dir")
+                log(f"build kept in {kept} (commit it: a later sitting or stage goes on from it)")
     if out:
         copy_model(path, out, True, SHIPPED_FILES, "--out")
         log(f"copied to {out}")
@@ -189,22 +199,20 @@ def stage1_model(recipe: dict = RECIPE, progress: bool = True, log=print, state_
                  deadline: float | None = None) -> Path:
     """A verified model built from ``stage1(recipe)``: the shipped one, a local build or
     one kept in ``state_dir`` when their data hash matches, else trained now (the
-    ~80-minute stage; hours for the candidate). With ``state_dir``, a stage 1 trained now
-    is also copied to ``state_dir/<data hash>/``, so that the sitting that commits the
-    stage-2 state commits the weights it continues as well."""
+    ~80-minute stage; hours for the candidate; ``rebuild`` keeps it in ``state_dir``)."""
     first = stage1(recipe)
     wanted = data_hash(first)
     kept = Path(state_dir) / wanted if state_dir else None
     for candidate in (SHIPPED_DIR, builds_dir() / wanted, kept):
-        if candidate is not None and verify(candidate, derived=False) is None \
-                and read_manifest(candidate).get("data_hash") == wanted:
+        if candidate is not None and _verified(candidate, wanted):
             return candidate
     log(f"no stage-1 build with data hash {wanted}: training it first")
-    path = rebuild(first, progress=progress, log=log, state_dir=state_dir, deadline=deadline)
-    if kept is not None:
-        copy_model(path, kept, True, SHIPPED_FILES, "--state-dir")
-        log(f"stage 1 kept in {kept} (commit it with the stage-2 state)")
-    return path
+    return rebuild(first, progress=progress, log=log, state_dir=state_dir, deadline=deadline)
+
+
+def _verified(path: Path, key: str) -> bool:
+    """``path`` holds a complete, unaltered build of the data hash ``key``."""
+    return verify(path, derived=False) is None and read_manifest(path).get("data_hash") == key
 
 
 def _fingerprint(recipe: dict, tokenizer_file: Path, base: Path | None = None) -> str:
@@ -288,6 +296,7 @@ def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True,
 
         quality = evaluate_model(tmp, recipe["eval"], progress=progress)
         quality["tasks"] = evaluate_tasks(tmp, c["max_new_tokens"])
+        quality["doctor_style"] = evaluate_doctor_style(tmp, recipe["eval"]["max_new_tokens"])
         load_after = sysinfo.machine_load()
         failed = gate(quality, recipe.get("targets", {})) + task_gate(quality["tasks"], c["task_floors"])
         state.unlink(missing_ok=True)
@@ -300,6 +309,8 @@ def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True,
         write_json_atomic(tmp / MANIFEST, manifest)
     log(f"demo model written to {out_dir} in {manifest['build_seconds']:.0f} s")
     log(format_quality(quality, recipe.get("targets", {})))
+    from medwb.eval import doctor_style
+    log(doctor_style.format_figures(quality["doctor_style"]))
     return manifest
 
 
@@ -329,6 +340,15 @@ def evaluate_tasks(model_dir: Path, max_new_tokens: dict, batch_size: int = 24) 
     return result
 
 
+def evaluate_doctor_style(model_dir: Path, max_new_tokens: dict) -> dict:
+    """The hand-written doctor-style set's figures (eval.doctor_style), reported beside the
+    gate, not gated: ~30 cases give intervals too wide to refuse a build on."""
+    from medwb.backends.pytorch import PyTorchBackend
+    from medwb.eval import doctor_style
+    figures = doctor_style.evaluate(PyTorchBackend.load(model_dir, "float32"), max_new_tokens)
+    return {k: v for k, v in figures.items() if k != "examples"}
+
+
 def _machine() -> dict:
     """The CPU a record names: a training sitting, a refused build."""
     from medwb import sysinfo
@@ -340,11 +360,14 @@ def _refuse(failed: list[str], recipe: dict, quality: dict, train_log: dict, thr
     """Raise with the figures to act on when the gate refused the model. The model is not
     kept, but what was measured is: every figure is printed and written to
     ``<builds>/<data hash>.refused.json`` (a record, never a model to use), since a refused
-    build of hours is itself a measurement."""
-    if failed:
+    build of hours is itself a measurement. A build that passes removes the record an earlier
+    refused build of the same data left, so what the folder holds stays true."""
+    key = data_hash(recipe)
+    record = builds_dir() / f"{key}.refused.json"
+    if not failed:
+        record.unlink(missing_ok=True)
+    else:
         log(format_quality(quality, recipe.get("targets", {})))
-        key = data_hash(recipe)
-        record = builds_dir() / f"{key}.refused.json"
         write_json_atomic(record, {"data_hash": key, "refused_at": now(), "failed": failed, "quality": quality,
                                    "training": train_log,
                                    "machine_load": {"before": load_before, "after": load_after}, **_machine()})
