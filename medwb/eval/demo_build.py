@@ -149,7 +149,7 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
         write_json_atomic(tmp / MANIFEST, manifest)
     log(f"demo model written to {out_dir} in {manifest['build_seconds']:.0f} s "
         f"({manifest['parameters'] / 1e6:.2f} M parameters)")
-    log(format_quality(quality, recipe.get("targets", {})))
+    log(_figures(quality, recipe))
     return manifest
 
 
@@ -308,9 +308,7 @@ def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True,
                                  "build_seconds", "cpu")})
         write_json_atomic(tmp / MANIFEST, manifest)
     log(f"demo model written to {out_dir} in {manifest['build_seconds']:.0f} s")
-    log(format_quality(quality, recipe.get("targets", {})))
-    from medwb.eval import doctor_style
-    log(doctor_style.format_figures(quality["doctor_style"]))
+    log(_figures(quality, recipe))
     return manifest
 
 
@@ -349,6 +347,16 @@ def evaluate_doctor_style(model_dir: Path, max_new_tokens: dict) -> dict:
     return {k: v for k, v in figures.items() if k != "examples"}
 
 
+def _figures(quality: dict, recipe: dict) -> str:
+    """Every figure a build measured, as printed when it is kept or refused: the gate's and,
+    for a two-stage build, the doctor-written set's."""
+    text = format_quality(quality, recipe.get("targets", {}))
+    if "doctor_style" in quality:
+        from medwb.eval import doctor_style
+        text += "\n" + doctor_style.format_figures(quality["doctor_style"])
+    return text
+
+
 def _machine() -> dict:
     """The CPU a record names: a training sitting, a refused build."""
     from medwb import sysinfo
@@ -367,7 +375,7 @@ def _refuse(failed: list[str], recipe: dict, quality: dict, train_log: dict, thr
     if not failed:
         record.unlink(missing_ok=True)
     else:
-        log(format_quality(quality, recipe.get("targets", {})))
+        log(_figures(quality, recipe))
         write_json_atomic(record, {"data_hash": key, "refused_at": now(), "failed": failed, "quality": quality,
                                    "training": train_log,
                                    "machine_load": {"before": load_before, "after": load_after}, **_machine()})
