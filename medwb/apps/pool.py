@@ -85,12 +85,14 @@ class _Slot:
         msg = {**msg, "job": item["job"]}
         if kind == "done":
             msg["queue_s"] = item["queue_s"]
-        item["page"].send({"event": "job", "slot": self.index, "kind": kind, "msg": msg})
-        if kind == "done":
+            # The slot is free before the page hears "done", so a status read then is current
+            # (it counted the finished answer as still running).
             with self.lock:
                 if self.running is item:
                     self.running = None
-                self._dispatch()
+        item["page"].send({"event": "job", "slot": self.index, "kind": kind, "msg": msg})
+        if kind == "done":
+            self._dispatch()
 
     def cancel(self, page: "_Page", job: int) -> None:
         with self.lock:
