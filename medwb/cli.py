@@ -44,9 +44,8 @@ def cmd_demo_model(args) -> int:
           f"{manifest['parameters'] / 1e6:.2f} M parameters)")
     if args.doctor_style:
         from medwb import sysinfo
-        from medwb.backends.pytorch import PyTorchBackend
-        from medwb.eval import doctor_style
-        figures = doctor_style.evaluate(PyTorchBackend.load(path, "float32"), manifest["recipe"]["eval"]["max_new_tokens"])
+        from medwb.eval import demo_build, doctor_style
+        figures = demo_build.evaluate_doctor_style(path, manifest["recipe"]["eval"]["max_new_tokens"])
         print(doctor_style.format_figures(figures) + f"\n(measured now, greedy FP32, on {sysinfo.cpu()['model']})")
     elif "doctor_style" in manifest["quality"]:
         from medwb.eval import doctor_style
