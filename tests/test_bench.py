@@ -80,7 +80,7 @@ def test_a_tuning_run_measures_each_knob_against_its_default_in_the_same_run(tmp
     the effects pool every trial of every round."""
     from medwb.bench import tuning
     cfg = tmp_path / "tune.yaml"
-    cfg.write_text("token_pairs: [[16, 8]]\ntrials: 2\nrounds: 2\nquality_cases: 0\n"
+    cfg.write_text("token_pairs: [[16, 8]]\ntrials: 2\nrounds: 2\nquality_cases: 0\ncompute_floor: false\n"
                    "variants:\n"
                    "  - {backend: openvino-optimum, weights: int4, precision: f32}\n"
                    "  - {backend: openvino-optimum, weights: int4, precision: f32, int4_sym: false, int4_group_size: 32,"
@@ -132,6 +132,7 @@ def test_a_crashing_variant_becomes_a_record_and_the_run_goes_on(tmp_path, demo_
     (model / "pytorch_model.bin").write_bytes(b"not a checkpoint")  # only llm-convert reads it
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"model": str(model), "token_pairs": [[16, 8]], "trials": 1, "quality_cases": 1,
+                               "compute_floor": False,
                                "artifacts_dir": str(tmp_path / "artifacts"),
                                "variants": [{"backend": "pytorch", "precision": "fp32"},
                                             {"backend": "bigdl-cli", "precision": "int4"},

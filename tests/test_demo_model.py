@@ -99,7 +99,34 @@ def test_loaded_files_are_byte_identical_to_the_committed_ones(demo_model_dir):
 def test_shipped_model_was_built_from_this_recipe_and_data():
     """Editing the knowledge table, the corpus or the recipe without rebuilding would ship
     a model that never saw the change: `make demo-model-rebuild`, then commit data/demo-model."""
-    assert demo_model.read_manifest(demo_model.SHIPPED_DIR)["data_hash"] == demo_model.data_hash()
+    assert demo_model.read_manifest(demo_model.SHIPPED_DIR)["data_hash"] == demo_model.data_hash(memo=False)
+
+
+def test_the_data_hash_is_kept_per_input_and_computed_again_when_one_changes(tmp_path, monkeypatch):
+    """Every process resolving the demo model needs the data hash (seconds of text generation):
+    kept in the cache under the digest of its inputs, a damaged entry computed again, and an
+    edit of any data file the generators read giving another entry."""
+    monkeypatch.setenv("MEDWB_CACHE", str(tmp_path / "cache"))
+    fresh = demo_model.data_hash(memo=False)
+    assert demo_model.data_hash() == fresh
+    (kept,) = (tmp_path / "cache" / "data-hash").iterdir()
+    assert kept.read_text().strip() == fresh
+    kept.write_text("0123")  # damaged: computed again, and the entry repaired
+    assert demo_model.data_hash() == fresh and kept.read_text().strip() == fresh
+    other = {**demo_model.RECIPE, "corpus": {**demo_model.RECIPE["corpus"], "seed": "another"}}
+    assert demo_model._inputs_digest(json.dumps(other, sort_keys=True)) != kept.stem
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(demo_model.DATA_DIR / "heldout", data / "heldout")
+    shutil.copytree(demo_model.DATA_DIR / "eval", data / "eval")
+    edited = next(p for p in sorted((data / "heldout").rglob("*")) if p.is_file())
+    edited.write_bytes(edited.read_bytes() + b"\n")
+    monkeypatch.setattr(demo_model, "DATA_DIR", data)
+    demo_model._inputs_digest.cache_clear()
+    try:
+        assert demo_model._inputs_digest(json.dumps(demo_model.RECIPE, sort_keys=True)) != kept.stem
+    finally:
+        demo_model._inputs_digest.cache_clear()
 
 
 @pytest.fixture()
