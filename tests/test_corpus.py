@@ -85,3 +85,24 @@ def test_bad_knowledge_file_names_file_and_field(tmp_path):
         encoding="utf-8")
     with pytest.raises(MedwbError, match="bad.yaml, disease '测试病': field 'durations'"):
         corpus.load_knowledge(tmp_path)
+
+
+def test_a_novel_case_keeps_its_patient_and_can_only_be_copied():
+    """#36: a training case whose record lists hold no sentence of the knowledge table and whose
+    numbers are drawn again; the discharge record written from it states only what it holds."""
+    from medwb.quality import grounding
+    from medwb.tasks import novel_text
+    cases = corpus.heldout_cases("standard")[:20]
+    novel = novel_text.novel_cases(cases, "test")
+    assert novel == novel_text.novel_cases(cases, "test") != novel_text.novel_cases(cases, "other")
+    known = novel_text.table_sentences()
+    for case, new in zip(cases, novel):
+        assert (new.disease, new.age, new.sex, new.chief_complaint) == (case.disease, case.age, case.sex,
+                                                                        case.chief_complaint)
+        for field in novel_text.LIST_FIELDS:
+            assert len(getattr(new, field)) == len(getattr(case, field))
+            assert not set(getattr(new, field)) & known
+        assert new.discharge_condition not in known
+        source = corpus.task_prompt(new, "discharge")
+        answer = corpus.discharge_target(new)
+        assert grounding.findings(answer) and not grounding.ungrounded(answer, source)

@@ -1,0 +1,81 @@
+"""Records whose sentences no knowledge table holds: training cases that can only be copied.
+
+Why: the candidate demo model writes a discharge record from memory of the knowledge table,
+steered by the case, rather than copying it (docs/demo-model.md, #36): of 60 findings in its
+drafts that the case does not have, 56 were sentences the table lists for the case's own
+disease. Every sentence it had to copy was one it had memorized, so recalling and copying
+gave the same text and training could not tell them apart. In a *novel* case every list of
+the record (signs, tests, treatment, course, discharge condition, orders) is rewritten:
+
+- each sentence joins 2-3 clauses taken from different sentences of the table (any disease),
+  so its words are the corpus's words but the sentence is not one the table holds;
+- every number in it is drawn again (same digits and decimals, same unit), so no value can
+  be recalled either.
+
+The discharge record of such a case (``corpus.discharge_target``, unchanged) is right only
+when copied. The disease, age, sex and chief complaint stay the case's own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+
+from medwb.tasks import corpus
+
+LIST_FIELDS = ("signs", "tests", "treatment", "progress", "discharge_orders")
+TEXT_FIELDS = ("discharge_condition",)
+_CLAUSE_END = re.compile(r"[，；。]")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def clause_pools(diseases=None) -> dict[str, list[tuple[str, str]]]:
+    """Per field, every (disease, clause) of the table's sentences: split at ，；。"""
+    pools: dict[str, list[tuple[str, str]]] = {}
+    for d in diseases or corpus.load_knowledge():
+        for field in LIST_FIELDS + TEXT_FIELDS:
+            for sentence in getattr(d, field):
+                for clause in _CLAUSE_END.split(sentence):
+                    if clause.strip():
+                        pools.setdefault(field, []).append((d.name, clause.strip()))
+    return pools
+
+
+def table_sentences(diseases=None) -> set[str]:
+    return {s for d in diseases or corpus.load_knowledge() for f in LIST_FIELDS + TEXT_FIELDS for s in getattr(d, f)}
+
+
+def redraw_numbers(text: str, rng: random.Random) -> str:
+    """Every number in ``text`` drawn again with the same number of digits and decimals."""
+    def draw(m: re.Match) -> str:
+        whole, _, frac = m.group(0).partition(".")
+        lead = str(rng.randint(1, 9))  # no leading zero; a lone digit not 0 either ("0周后")
+        out = lead + "".join(str(rng.randint(0, 9)) for _ in whole[1:])
+        return out + ("." + "".join(str(rng.randint(0, 9)) for _ in frac) if frac else "")
+    return _NUMBER.sub(draw, text)
+
+
+def novel_sentence(rng: random.Random, pool: list[tuple[str, str]], known: set[str]) -> str:
+    """2-3 clauses of different diseases' sentences, numbers redrawn, never a table sentence."""
+    while True:
+        picked = rng.sample(pool, rng.randint(2, 3))
+        if len({d for d, _ in picked}) < len(picked):
+            continue
+        sentence = redraw_numbers("，".join(c for _, c in picked), rng) + "。"
+        if sentence not in known:
+            return sentence
+
+
+def novel_case(case: corpus.Case, rng: random.Random, pools: dict, known: set[str]) -> corpus.Case:
+    """``case`` with every list and the discharge condition rewritten (the same lengths)."""
+    changed = {f: tuple(novel_sentence(rng, pools[f], known) for _ in getattr(case, f)) for f in LIST_FIELDS}
+    changed.update({f: novel_sentence(rng, pools[f], known) for f in TEXT_FIELDS})
+    return dataclasses.replace(case, **changed)
+
+
+def novel_cases(cases: list[corpus.Case], seed: str) -> list[corpus.Case]:
+    """Each of ``cases`` rewritten, the same for the same seed."""
+    rng = random.Random(seed)
+    diseases = corpus.load_knowledge()
+    pools, known = clause_pools(diseases), table_sentences(diseases)
+    return [novel_case(c, rng, pools, known) for c in cases]
