@@ -101,9 +101,13 @@ def execute(notebook: Path, run: Path, parameters: dict | None = None,
     record = {"notebook": notebook.name, "kernel": kernel_of(notebook), "output": str(output),
               "parameters": params}
     try:
+        # The kernel over IPC sockets, not TCP ports: nothing to listen on, and no "running over
+        # TCP without encryption" warning in a hospital's run log (the ports were loopback only).
+        from traitlets.config import Config
         pm.execute_notebook(str(notebook), str(output), parameters=params,
                             kernel_name=record["kernel"], cwd=str(run), progress_bar=False,
-                            execution_timeout=timeout_s, log_output=False)
+                            execution_timeout=timeout_s, log_output=False,
+                            config=Config({"KernelManager": {"transport": "ipc"}}))
         record["status"] = "ok"
     except Exception as e:  # papermill raises PapermillExecutionError with the cell's error
         record["status"] = "failed"
