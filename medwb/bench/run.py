@@ -81,6 +81,17 @@ def _kv_bytes(v: Variant, result: ProbeResult) -> float:
     return registry.get(v["backend"]).kv_element_bytes(v["precision"])
 
 
+def weights_read_per_token(art: dict, size: float, shape) -> tuple[float, str]:
+    """Bytes a token reads and where the figure comes from: every weight once, the input
+    embedding table one row (a tied table whole, as the output layer). From the artifact's own
+    tensor table where the backend reads it (GGUF: each tensor in the type the file keeps it);
+    otherwise ``size`` scaled by the family's share of weights read per token
+    (medwb.models.architectures)."""
+    if art.get("weights_read_bytes") is not None:
+        return art["weights_read_bytes"], "the artifact's tensor table"
+    return size * shape.read_share, f"size x the weights a {shape.family} token reads ({shape.read_share:.3f})"
+
+
 def records_for(v: Variant, art: dict, result: ProbeResult, reference: ProbeResult | None, cases: list[dict],
                 ctx: dict) -> list[Record]:
     """One record per token pair (or one error record)."""
@@ -98,15 +109,8 @@ def records_for(v: Variant, art: dict, result: ProbeResult, reference: ProbeResu
         return [variant_record(family, route, v["precision"], result, None, **base)]
     size = result.get("saved_bytes") or art.get("bytes") or 0
     base["size_bytes"] = size
-    # Bytes read per token: every weight once, the input embedding table one row (a tied
-    # table whole, as the output layer). From the artifact's own tensor table where the
-    # backend reads it (GGUF: each tensor in the type the file keeps it); otherwise the size
-    # scaled by the family's share of weights read per token (medwb.models.architectures).
     shape = architectures.shape(cfg_model)
-    weights_read, basis = art.get("weights_read_bytes"), "the artifact's tensor table"
-    if weights_read is None:
-        basis = f"size x the weights a {shape.family} token reads ({shape.read_share:.3f})"
-        weights_read = size * shape.read_share
+    weights_read, basis = weights_read_per_token(art, size, shape)
     kv_elem = _kv_bytes(v, result)
     compute = compute_fields(shape, result)
     qual = None
