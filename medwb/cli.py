@@ -390,8 +390,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--rebuild", action="store_true", help="train the recipe here (about an hour on 2 cores)")
     d.add_argument("--force", action="store_true", help="with --rebuild: train even if this machine has "
                                                         "a verified build; with --out: replace the folder")
-    d.add_argument("--recipe", choices=("shipped", "candidate"), default="shipped",
-                   help="with --rebuild: the shipped model's recipe, or the candidate that is to replace it "
+    # demo_model.RECIPES' names, written out: importing it here would cost every command 0.1 s.
+    d.add_argument("--recipe", choices=("shipped", "candidate", "candidate-copy"), default="shipped",
+                   help="with --rebuild: the shipped model's recipe, or a candidate that is to replace it "
                         "(wider, with a copy drill: several hours; docs/demo-model.md)")
     d.add_argument("--pause-after", type=float, metavar="HOURS",
                    help="with --rebuild: save the training state and stop after about this long (the whole "
@@ -612,6 +613,8 @@ def main(argv=None) -> int:
         from medwb.models import architectures
         architectures.trust_remote_code()
     try:
+        from medwb import sysinfo
+        sysinfo.default_threads()  # a bad MEDWB_THREADS is refused before any command starts work
         return args.func(args)
     except MedwbError as e:
         print(f"medwb: error: {e}", file=sys.stderr)

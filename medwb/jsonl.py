@@ -48,12 +48,16 @@ def read_tolerant(path) -> list[dict]:
 
 
 def end_with_newline(path) -> None:
-    """A crash can leave a half line: start the next append on a line of its own."""
+    """A crash can leave a half line: start the next append on a line of its own. The newline
+    is appended (O_APPEND), not written at the end this process saw: another process may
+    have appended a line since (at worst that leaves a blank line, which readers skip)."""
     path = Path(path)
     if path.exists() and path.stat().st_size:
-        with open(path, "rb+") as f:
+        with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
+            last = f.read(1)
+        if last != b"\n":
+            with open(path, "ab") as f:
                 f.write(b"\n")
 
 

@@ -174,6 +174,32 @@ def linear_input_dims(model_dir) -> dict:
 
 
 @contextlib.contextmanager
+def build_lock(lock_file: Path, waiting: str, log=print):
+    """Held while one process checks for an artifact and builds it, so that a second process
+    asking for the same one waits (and ``log``s ``waiting``) and then finds it built, instead of
+    building it beside the first (atomic_dir keeps a reader from a half-written folder, not
+    two builders from each other). The lock goes with its holder's process, killed or not.
+    Where the lock cannot be created (a read-only shared cache, only read from) it goes on
+    unlocked."""
+    from filelock import FileLock, Timeout
+    try:
+        Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_file))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log(waiting)
+            lock.acquire()
+    except OSError:
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+@contextlib.contextmanager
 def atomic_dir(final: Path, overwrite: bool = False):
     """Build a directory under a temporary name next to ``final``, rename on success.
 

@@ -65,6 +65,22 @@ def cpu() -> dict:
 
 
 RAM_CAP_ENV = "MEDWB_MAX_RAM_GB"
+THREADS_ENV = "MEDWB_THREADS"
+
+
+def default_threads() -> int:
+    """Threads a model process (or a conversion) uses when none is asked for: every core, or
+    ``MEDWB_THREADS`` when it is set (a server shared with other services; a test run that
+    runs two tests at once, where two OpenMP pools of every core would collapse). A thread
+    count given explicitly (a variant's ``threads``, ``--threads``) is used as given."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return os.cpu_count() or 1
+    if not raw.isdigit() or int(raw) < 1:
+        from medwb.errors import MedwbError
+        raise MedwbError(f"{THREADS_ENV}={raw!r}: give a whole number of threads, 1 or more, e.g. {THREADS_ENV}=4 "
+                         "(or unset it to use every core)")
+    return int(raw)
 
 
 def ram_available() -> tuple[int, str]:

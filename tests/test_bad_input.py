@@ -260,6 +260,25 @@ def test_bad_input_is_one_line_naming_the_parameter_status_2_and_nothing_written
     assert _tree(inputs) == before  # nothing half-written, nothing new
 
 
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_a_bad_thread_cap_is_refused_before_any_command_runs(value, inputs, monkeypatch, capsys):
+    """MEDWB_THREADS caps the threads of every model process where none is asked for (a shared
+    server; two tests at once); a value that is not a whole number >= 1 is one line, status 2."""
+    from medwb import sysinfo
+    monkeypatch.chdir(inputs)
+    monkeypatch.setenv("MEDWB_RUNS", str(inputs / "runs"))
+    monkeypatch.setenv("MEDWB_THREADS", value)
+    before = _tree(inputs)
+    status = cli.main(["bench", "--variants", "pytorch:fp32"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and "MEDWB_THREADS" in lines[0] and "whole number" in lines[0], lines
+    assert _tree(inputs) == before
+    monkeypatch.setenv("MEDWB_THREADS", "3")
+    assert sysinfo.default_threads() == 3
+    monkeypatch.delenv("MEDWB_THREADS")
+    assert sysinfo.default_threads() == (os.cpu_count() or 1)
+
+
 def test_the_table_is_long_enough_and_in_the_docs():
     assert len(CASES) >= 30
     page = (Path(__file__).resolve().parents[1] / "docs" / "reliability-and-privacy.md").read_text(encoding="utf-8")

@@ -106,3 +106,21 @@ def test_a_novel_case_keeps_its_patient_and_can_only_be_copied():
         source = corpus.task_prompt(new, "discharge")
         answer = corpus.discharge_target(new)
         assert grounding.findings(answer) and not grounding.ungrounded(answer, source)
+    # values are drawn again, the base and exponent of a unit are not (×10^9/L stays as written)
+    import random
+    drawn = novel_text.redraw_numbers("白细胞8.5×10^9/L，血压120/80mmHg，住院3天", random.Random(0))
+    assert "×10^9/L" in drawn and "8.5×" not in drawn and "120/80" not in drawn
+
+
+def test_a_passage_drill_is_answered_by_copying_the_asked_section_verbatim():
+    """#36: the passage drill (novel_text.passage_drills) asks for one section of a record of
+    novel sentences by its heading; the answer is that section as written, found by content."""
+    from medwb.tasks import novel_text
+    drills = novel_text.passage_drills(50, "test")
+    assert drills == novel_text.passage_drills(50, "test") != novel_text.passage_drills(50, "other")
+    known = novel_text.table_sentences()
+    for prompt, answer in drills:
+        heading = prompt.rsplit("请原文摘录：", 1)[1].rstrip("。")
+        assert f"\n{heading}：{answer}\n" in prompt
+        sentences = [s + "。" for s in answer.split("。") if s]
+        assert sentences and not set(sentences) & known

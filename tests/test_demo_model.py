@@ -456,3 +456,32 @@ def test_cli_prints_quality_figures_and_copies_with_out(demo_model_dir, tmp_path
     assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
     alone = subprocess.run([sys.executable, "-m", "medwb", "demo-model", "--force"], capture_output=True, text=True)
     assert alone.returncode == 2 and "--force" in alone.stderr
+
+
+def test_the_cli_offers_every_recipe():
+    from medwb import cli
+    demo = next(a for a in cli.parser()._subparsers._group_actions[0].choices["demo-model"]._actions
+                if a.dest == "recipe")
+    assert tuple(demo.choices) == tuple(demo_model.RECIPES)
+
+
+def test_the_copy_candidate_trains_on_records_that_can_only_be_copied():
+    """candidate-copy: every stage-1 discharge record novel (no sentence of the knowledge table,
+    numbers redrawn), each diagnosis case's signs and tests in another order; the candidate's
+    own texts are not touched (its committed builds are found by their data hash)."""
+    from medwb.tasks import novel_text
+    copy_texts = demo_model.training_texts(demo_model.COPY_CANDIDATE)
+    cand_texts = demo_model.training_texts(demo_model.CANDIDATE)
+    assert len(copy_texts) == len(cand_texts)
+    known = novel_text.table_sentences()
+    discharge = [(p, a) for p, a in copy_texts if a.startswith(prompts.DISCHARGE_SECTIONS[0])]
+    assert len(discharge) > 2000
+    for prompt, answer in discharge[:200]:
+        course = answer.split("\n")[2]
+        sentences = [s + "。" for s in course.split("：", 1)[1].removeprefix("入院后").split("。") if s]
+        assert sentences and not set(sentences) & known
+        assert all(s in prompt for s in sentences)  # and it is in the record: copying is right
+    dx_copy = [p for p, a in copy_texts if not a.startswith(prompts.DISCHARGE_SECTIONS[0])][:300]
+    dx_cand = [p for p, a in cand_texts if not a.startswith(prompts.DISCHARGE_SECTIONS[0])][:300]
+    assert sum(a != b for a, b in zip(dx_copy, dx_cand)) > 150  # same cases, lists reordered
+    assert sorted(dx_copy[0]) == sorted(dx_cand[0])

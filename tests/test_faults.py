@@ -215,3 +215,32 @@ def test_work_that_does_not_fit_in_memory_is_refused_before_it_starts(tmp_path, 
     monkeypatch.setenv("MEDWB_MAX_RAM_GB", "lots")
     with pytest.raises(MedwbError, match="MEDWB_MAX_RAM_GB='lots': give a number of GiB"):
         oe.check_memory(demo_model_dir)
+
+
+def test_two_processes_preparing_one_model_take_turns(tmp_path, demo_model_dir):
+    """A notebook's benchmark, an evaluation and the app's workers may ask for the same
+    artifact at once: variants.prepare converts one variant at a time per model folder, so a
+    second process waits (and says so) instead of converting the same folder beside the first."""
+    from medwb.backends import variants
+    root = variants.artifacts_dir(demo_model_dir, str(tmp_path / "arts"))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom pathlib import Path\nfrom medwb.backends.variants import conversion_lock\n"
+        f"with conversion_lock(Path({str(root)!r})):\n"
+        "    print('holding', flush=True)\n    time.sleep(1.5)\n"
+        f"    Path({str(root)!r}, 'converted').write_text('x')\n")],
+        stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        said = []
+        arts = variants.prepare(demo_model_dir, [{"backend": "pytorch", "precision": "fp32"}],
+                                {"artifacts_dir": str(tmp_path / "arts")}, log=said.append)
+        assert (root / "converted").exists(), "prepare went on while another process held the folder"
+        assert any("another process is converting" in s for s in said), said
+        assert arts["pytorch:fp32"]["path"] == demo_model_dir
+    finally:
+        assert holder.wait(30) == 0
+    # Free again: no wait, nothing said.
+    said.clear()
+    variants.prepare(demo_model_dir, [{"backend": "pytorch", "precision": "fp32"}],
+                     {"artifacts_dir": str(tmp_path / "arts")}, log=said.append)
+    assert not said

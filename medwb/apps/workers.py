@@ -25,6 +25,7 @@ from pathlib import Path
 
 from medwb.errors import MedwbError
 from medwb.paths import model_identity
+from medwb.sysinfo import default_threads
 
 # Two workers may need the same artifact (e.g. one IR under optimum and genai): building
 # them one at a time keeps two exports from writing the same cache folder.
@@ -76,7 +77,7 @@ def parse_model(item, index: int, parameter: str = "models") -> dict:
 def split_threads(n_workers: int, threads: int = 0) -> int:
     """Threads per worker: the cores shared out (at least one each) unless ``threads`` is set.
     Oversubscribed cores hurt most with bigdl, whose kernel threads spin while they wait."""
-    return threads if threads > 0 else max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    return threads if threads > 0 else max(1, default_threads() // max(1, n_workers))
 
 
 def thread_env(threads: int, spec: dict | None = None) -> dict:

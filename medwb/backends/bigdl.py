@@ -8,7 +8,6 @@ Generation reuses the transformers ``generate`` of :class:`PyTorchBackend`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from medwb.backends.toolchain.bigdl_kernels import BUILDS
 from medwb.errors import MedwbError
 from medwb.paths import atomic_dir, check_model_dir, linear_input_dims, model_config
 from medwb.backends.protocol import ProbeSpec, Variant
+from medwb.sysinfo import default_threads
 
 # Measured with bigdl-llm 2.4.0 on CPU (see the stack notes): these load and generate.
 CPU_LOW_BITS = ("sym_int4", "asym_int4", "sym_int5", "sym_int8")
@@ -147,7 +147,7 @@ class BigDLBackend(PyTorchBackend):
 
         model_dir = check_model_dir(model_dir, parameter)
         optimize_model = optimize_model and cls.fused(model_dir)
-        threads = threads or os.cpu_count() or 1
+        threads = threads or default_threads()
         torch.set_num_threads(threads)
         from medwb.models.architectures import trust_kwargs
         saved = is_low_bit_dir(model_dir)
@@ -249,7 +249,7 @@ class BigDL(Backend):
     def process_env(self, spec: ProbeSpec) -> dict:
         from medwb import envs
         return init_env(knobs.value(self, spec, "bigdl_init"), envs.python_of(self.env),
-                        spec.get("threads") or os.cpu_count() or 1, self.kernel_package)
+                        spec.get("threads") or default_threads(), self.kernel_package)
 
     def load(self, spec: ProbeSpec) -> BigDLBackend:
         return self.runtime.load(spec["model_path"], spec["precision"], spec.get("threads"))

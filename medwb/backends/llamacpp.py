@@ -16,13 +16,13 @@ prompt's first token look free. Each call starts from an empty cache (``reset``)
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from medwb.backends.registry import Backend, register
 from medwb.errors import MedwbError
 from medwb.backends.protocol import ProbeSpec, StreamResult, TimedRun, Variant
+from medwb.sysinfo import default_threads
 
 ENV = "llamacpp"
 BENCH_CONTEXT = 4096  # llama-cli's and llama-server's default --ctx-size
@@ -43,7 +43,7 @@ class LlamaCppBackend:
             gguf_file = gguf_file / "model.gguf"
         if not gguf_file.exists():
             raise MedwbError(f"model_path '{gguf_file}' is not a GGUF file (gguf_export makes one)")
-        threads = threads or os.cpu_count() or 1
+        threads = threads or default_threads()
         # n_ctx 0: the checkpoint's context (config.json beside the GGUF), else the GGUF's
         # own. llama.cpp's converter writes a native glm folder's context as its hidden size
         # (it looks for ChatGLM's seq_length), so the file's figure is not trusted first.

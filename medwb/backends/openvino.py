@@ -5,7 +5,6 @@ study's zero-copy KV cache), so ``generate`` only feeds the new token each step.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from medwb.backends import knobs
@@ -16,6 +15,7 @@ from medwb.errors import MedwbError
 from medwb.backends.toolchain import openvino_export as oe
 from medwb.backends.toolchain.openvino_export import check_ir_dir
 from medwb.backends.protocol import ProbeSpec, Variant
+from medwb.sysinfo import default_threads
 
 PRECISIONS = ("f32", "bf16")
 # KV_CACHE_PRECISION values the CPU plugin takes (unset: the plugin's default).
@@ -90,7 +90,7 @@ def cpu_properties(inference_precision: str, kv_cache_precision: str | None, thr
 def load_properties(entry, spec: ProbeSpec) -> dict:
     """A probe spec's properties: its load knobs, defaults filled in."""
     tuned = knobs.settings(entry, spec, "load")
-    return cpu_properties(spec["precision"], tuned.get("kv_cache_precision"), spec.get("threads") or os.cpu_count() or 1,
+    return cpu_properties(spec["precision"], tuned.get("kv_cache_precision"), spec.get("threads") or default_threads(),
                           tuned)
 
 
@@ -172,7 +172,7 @@ class OptimumOVBackend(PyTorchBackend):
         from optimum.intel import OVModelForCausalLM
 
         ir_dir = check_ir_dir(ir_dir, parameter)
-        threads = threads or os.cpu_count() or 1
+        threads = threads or default_threads()
         # CACHE_DIR "": no compiled-model cache written next to the IR by optimum.
         props = {**(props or cpu_properties(inference_precision, kv_cache_precision, threads)), "CACHE_DIR": ""}
         model = OVModelForCausalLM.from_pretrained(str(ir_dir), export=False, ov_config=props,

@@ -7,7 +7,6 @@ prompt's first token look about 3x faster than it is.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from medwb.backends.openvino import OpenVINOOptimum, cpu_properties, load_properties
@@ -15,6 +14,7 @@ from medwb.backends.registry import register
 from medwb.errors import MedwbError
 from medwb.backends.toolchain.openvino_export import check_ir_dir
 from medwb.backends.protocol import ProbeSpec, StreamResult, TimedRun
+from medwb.sysinfo import default_threads
 
 
 def _greedy_config(max_new_tokens: int, force_length: bool):
@@ -43,7 +43,7 @@ class GenAIBackend:
             if not (ir_dir / f).exists():
                 raise MedwbError(f"{parameter} '{ir_dir}' has no {f}: openvino-genai needs the "
                                  "converted tokenizer (medwb.backends.toolchain.openvino_export writes it)")
-        threads = threads or os.cpu_count() or 1
+        threads = threads or default_threads()
         props = props or cpu_properties(inference_precision, kv_cache_precision, threads)
         scheduler = og.SchedulerConfig()
         scheduler.enable_prefix_caching = False

@@ -1,12 +1,12 @@
 """PyTorch / transformers backend: the FP32 reference every other route is compared to."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from medwb.backends.registry import Backend, register
 from medwb.paths import check_model_dir
 from medwb.backends.protocol import ProbeSpec, StreamResult, TimedRun
+from medwb.sysinfo import default_threads
 
 
 def dtype_kwarg(dtype) -> dict:
@@ -50,7 +50,7 @@ class PyTorchBackend:
         model_dir = check_model_dir(model_dir, parameter)
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype {dtype!r} is not supported on CPU: use float32 or bfloat16")
-        threads = threads or os.cpu_count() or 1
+        threads = threads or default_threads()
         torch.set_num_threads(threads)
         tokenizer = load_tokenizer(model_dir)
         from medwb.models.architectures import trust_kwargs

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medwb.backends import knobs, registry
 from medwb.errors import MedwbError
-from medwb.paths import cache_dir, check_model_dir
+from medwb.paths import build_lock, cache_dir, check_model_dir
 from medwb.backends.protocol import ProbeSpec, Variant
 
 
@@ -168,9 +168,24 @@ def artifacts_dir(model_dir: Path, root: str = "") -> Path:
 def prepare(model_dir: Path, variants: list[Variant], cfg: dict, log=print) -> dict[str, dict]:
     """Per variant label: the artifact it loads ({"path", "bytes", ...}), made once, in a
     fresh process where a conversion needs one; a failure becomes that variant's
-    {"error"} and the others carry on."""
+    {"error"} and the others carry on.
+
+    One variant at a time per model folder across processes (a lock in its artifacts folder):
+    a notebook's benchmark, an evaluation and the app's workers may ask for the same artifact
+    at once, and two builders of one folder would convert it twice, the later one swapping its
+    copy in under a reader, or fail when both rename into the empty slot."""
     root = artifacts_dir(model_dir, cfg.get("artifacts_dir", ""))
-    return {label(v): registry.get(v["backend"]).prepare(Path(model_dir), v, root, cfg, log) for v in variants}
+    out = {}
+    for v in variants:
+        with conversion_lock(root, log):
+            out[label(v)] = registry.get(v["backend"]).prepare(Path(model_dir), v, root, cfg, log)
+    return out
+
+
+def conversion_lock(root: Path, log=print):
+    """Held while one variant of the model whose artifacts live in ``root`` is prepared."""
+    return build_lock(root / ".medwb-prepare.lock",
+                      f"waiting: another process is converting the model whose artifacts are in {root}", log)
 
 
 def load_spec(v: Variant, art: dict, threads: int, kernel_build: str | None) -> ProbeSpec:

@@ -21,7 +21,6 @@ nothing here asserts a speed.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 from medwb.errors import MedwbError
+from medwb.sysinfo import default_threads
 
 
 def _records(n: int) -> list[dict]:
@@ -90,7 +90,7 @@ def measure(models: list[str], n_records: int = 8, max_new_tokens: int = 200, th
     from medwb.backends import registry
     from medwb.tasks import prompts
     records, template = _records(n_records), prompts.DIAGNOSIS_PROMPT
-    threads = threads or os.cpu_count() or 1
+    threads = threads or default_threads()
     out = []
     for model in models:
         spec = workers.parse_model(model, 0)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import sys
 import time
@@ -40,6 +39,7 @@ from medwb.paths import model_config, write_text_atomic
 from medwb.tasks.workflow import score_outputs
 from medwb.tasks.corpus import heldout_prompts
 from medwb.backends.protocol import ProbeResult, ProbeSpec, Record, Variant
+from medwb.sysinfo import default_threads
 
 
 # ---------------------------------------------------------------- quality
@@ -172,7 +172,7 @@ def run(cfg: dict, run_dir=None, log=print, progress: bool = True) -> list[Recor
         from medwb.paths import check_writable_dir
         check_writable_dir(run_dir, "--run-dir")
     model_dir = checked["model_dir"]
-    threads = cfg["threads"] or os.cpu_count() or 1
+    threads = cfg["threads"] or default_threads()
     cfg = {**cfg, "threads": threads, "variants": checked["variants"]}
     if run_dir:
         run_dir = Path(run_dir)

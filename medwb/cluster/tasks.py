@@ -7,7 +7,6 @@ backend's environment on that node.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from medwb.clock import now
 from medwb.cluster import nodes
 from medwb.paths import model_identity
 from medwb.errors import MedwbError
+from medwb.sysinfo import default_threads
 
 # Ray retries a task whose node or worker process died (not one that returned an error),
 # on any node offering what it asks for: for a timing task, another node of its kind.
@@ -47,7 +47,7 @@ def _started(tracker, key: str) -> str:
 def _threads(asked: int) -> int:
     """The task's threads: as asked, else every CPU Ray gave this task (the node's)."""
     given = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
-    return asked or given or os.cpu_count() or 1
+    return asked or given or default_threads()
 
 
 def _model_here(model: str, identity: str) -> Path:
@@ -60,15 +60,11 @@ def _model_here(model: str, identity: str) -> Path:
 
 
 def _prepare(model_dir: Path, v: dict, cfg: dict, log) -> dict:
-    """The variant's artifact, made once per node (once in all with shared storage): one
-    conversion at a time per model folder, so tasks packed on one node never race."""
-    from filelock import FileLock
-
-    from medwb.backends.variants import artifacts_dir, label, prepare
-    root = artifacts_dir(model_dir, cfg.get("artifacts_dir", ""))
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".medwb-prepare.lock")):
-        return prepare(model_dir, [v], cfg, log)[label(v)]
+    """The variant's artifact, made once per node (once in all with shared storage):
+    ``variants.prepare`` converts one variant at a time per model folder, so tasks packed
+    on one node never race."""
+    from medwb.backends.variants import label, prepare
+    return prepare(model_dir, [v], cfg, log)[label(v)]
 
 
 def start_tracker():

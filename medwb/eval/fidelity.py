@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 from medwb.errors import MedwbError
+from medwb.sysinfo import default_threads
 
 CONTEXT = 512      # tokens per window (llama.cpp's default for --kl-divergence)
 WINDOWS = 8        # windows scored: 8 x 256 = 2,048 tokens
@@ -163,7 +164,8 @@ def reference_child(spec: dict) -> dict:
     runtime = load_in_child(spec).runtime
     pos = list(scored(len(spec["windows"][0])))
     out = np.stack([log_softmax(runtime.sequence_logits(ids)[pos]).astype(np.float32) for ids in spec["windows"]])
-    tmp = Path(spec["out"]).with_suffix(".tmp.npy")
+    # This process's own temporary name: two runs may compute one cached reference at once.
+    tmp = Path(spec["out"]).with_suffix(f".tmp-{os.getpid()}.npy")
     np.save(tmp, out)
     os.replace(tmp, spec["out"])
     return {"shape": list(out.shape)}
@@ -286,7 +288,7 @@ def run(model: str = "demo", variants: str | list = "", texts: str = "", context
     if not variants:  # the default matrix: the routes that take the model's family
         chosen, left_out = routes_taking(model_dir, chosen)
     speed_only = random_weights.is_speed_only(model_dir)
-    threads = threads or os.cpu_count() or 1
+    threads = threads or default_threads()
     context = context or min(CONTEXT, int(model_config(model_dir).get("max_position_embeddings") or CONTEXT))
     if not run_dir:  # a run of its own (notebook 03 without a run folder too): never the working directory
         from medwb import provenance, runner

@@ -41,6 +41,7 @@ from medwb.eval import dataset, guard, scoring
 from medwb.models import chat
 from medwb.paths import REPO_DIR, cache_dir, model_identity, runs_dir, write_json_atomic
 from medwb.tasks import evalset
+from medwb.sysinfo import default_threads
 
 # The compare matrix's variants that answer prompts: FP32, one low-bit variant of each
 # route and runtime (bf16 PyTorch and the OpenVINO f32 IR add little to an accuracy check).
@@ -407,7 +408,7 @@ def check_config(cfg: dict, need_model: bool = True) -> dict:
                          "PromptCBLUE repository's current rules)")
     check_count("threads", cfg["threads"], 0, "0: all cores")
     # On a cluster, 0 means one thread per shard: shards then pack one per core of every node.
-    cfg["threads"] = cfg["threads"] or (1 if cfg.get("cluster") else os.cpu_count() or 1)
+    cfg["threads"] = cfg["threads"] or (1 if cfg.get("cluster") else default_threads())
     cfg["data"] = dataset.load(cfg["eval_file"] or evalset.EVAL_FILE, task_map=cfg["task_map"] or None)
     if need_model:
         cfg["model_dir"] = resolve_model(cfg["model"])

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from medwb.errors import MedwbError
-from medwb.paths import atomic_dir, cache_dir
+from medwb.paths import atomic_dir, build_lock, cache_dir
 
 _LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_act": "silu",
           "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
@@ -160,11 +160,16 @@ def ensure(name: str, with_bin: bool = False, log=print) -> Path:
     except (OSError, ValueError):
         built = {}
     params = parameter_count(config)
-    if built.get("dtype", "float32") != dtype or built.get("shape") != name:
-        log(f"building random-weight checkpoint '{name}' ({params / 1e9:.2f} B parameters, {dtype}, speed only) ...")
-        _build(name, config, dtype, params, out)
-    if with_bin and not (out / "pytorch_model.bin").exists():
-        _add_bin(name, out, log)
+    with build_lock(out.parent / f".{name}.lock", f"waiting: another process is building model shape {name!r}", log):
+        try:  # read again under the lock: the process we waited for may have built it
+            built = json.loads((out / "medwb_shape.json").read_text())
+        except (OSError, ValueError):
+            built = {}
+        if built.get("dtype", "float32") != dtype or built.get("shape") != name:
+            log(f"building random-weight checkpoint '{name}' ({params / 1e9:.2f} B parameters, {dtype}, speed only) ...")
+            _build(name, config, dtype, params, out)
+        if with_bin and not (out / "pytorch_model.bin").exists():
+            _add_bin(name, out, log)
     return out
 
 
@@ -285,7 +290,7 @@ def tiny(family: str, log=print) -> Path:
     into the cache (``<cache>/tiny/<family>``): what the tests and the route matrix run
     every route on. Speed only, like the shapes. A remote-code family's folder carries the
     modeling code written for it here (medwb.models.remote_code)."""
-    from medwb.models import architectures, demo_model, remote_code
+    from medwb.models import architectures, remote_code
     arch = architectures.ARCHITECTURES.get(family)
     if arch is None or not (arch.transformers_class or remote_code.code_dir(family)):
         buildable = [a.name for a in architectures.ARCHITECTURES.values()
@@ -295,7 +300,17 @@ def tiny(family: str, log=print) -> Path:
     out = cache_dir() / "tiny" / family
     if (out / "medwb_shape.json").exists():
         return out
+    with build_lock(out.parent / f".{family}.lock", f"waiting: another process is building the tiny {family} folder",
+                    log):
+        if not (out / "medwb_shape.json").exists():  # the process we waited for may have built it
+            _build_tiny(family, arch, out, log)
+    return out
+
+
+def _build_tiny(family: str, arch, out: Path, log) -> None:
     import torch
+
+    from medwb.models import architectures, demo_model
     demo = demo_model.ensure()
     with atomic_dir(out, overwrite=True) as tmp:
         # The tokenizer first (with the special tokens a real folder of the family carries):
@@ -319,7 +334,6 @@ def tiny(family: str, log=print) -> Path:
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         (tmp / "medwb_shape.json").write_text(json.dumps({"shape": f"tiny-{family}", "speed_only": True,
                                                           "parameters": architectures.shape(config).parameters}))
-    return out
 
 
 def _write_remote_code_tiny(family: str, config: dict, out: Path) -> dict:

@@ -7,7 +7,6 @@ export beside the stateful one, each in a fresh process (``medwb.bench.probe``).
 """
 from __future__ import annotations
 
-import os
 import types
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from medwb.errors import MedwbError
 from medwb.paths import checkpoint_bytes, check_model_dir, check_writable_dir
 from medwb.bench.probe import against_reference, run_probe
 from medwb.bench.records import table as records_table, variant_record
+from medwb.sysinfo import default_threads
 
 RUNTIMES = ("openvino-optimum", "openvino-genai")
 # The layer types that show the fusions in the compiled graph.
@@ -53,7 +53,7 @@ def prepare(model_path, weight_formats, int4_group_size, int4_sym, inference_pre
     if kv_cache_precision and kv_cache_precision not in KV_CACHE_PRECISIONS:
         raise MedwbError(f"kv_cache_precision {kv_cache_precision!r} is unknown; use one of "
                          f"{KV_CACHE_PRECISIONS} or empty for the plugin's default")
-    threads = threads or os.cpu_count() or 1
+    threads = threads or default_threads()
     if not isinstance(threads, int) or threads < 1:
         raise MedwbError(f"threads must be a positive integer, got {threads!r}")
     out = Path(out_dir) if out_dir else (Path(run_dir) / "openvino" if run_dir else Path("openvino_out"))

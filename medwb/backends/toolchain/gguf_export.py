@@ -34,6 +34,7 @@ from pathlib import Path
 
 from medwb.errors import MedwbError
 from medwb.paths import VENVS_DIR, atomic_dir, write_json_atomic
+from medwb.sysinfo import default_threads
 
 MODEL_FILE = "model.gguf"
 MANIFEST = "medwb_gguf.json"
@@ -255,7 +256,7 @@ def quantize(converted_dir: Path, out_dir: Path, precision: str, threads: int = 
     with atomic_dir(out_dir, overwrite=True) as tmp:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = FTYPES[precision]
-        params.nthread = threads or os.cpu_count() or 1
+        params.nthread = threads or default_threads()
         rc = llama_cpp.llama_model_quantize(str(Path(converted_dir) / MODEL_FILE).encode(),
                                             str(tmp / MODEL_FILE).encode(), params)
         if rc != 0:
