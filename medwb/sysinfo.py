@@ -5,9 +5,7 @@ environment-check notebook calls it in the bigdl env from the main kernel.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import os
-import platform
 import sys
 
 # CPU flags that decide which kernels the routes can use (Linux /proc/cpuinfo names).
@@ -50,6 +48,8 @@ def _cpuinfo_field(name: str) -> str:
 
 
 def cpu() -> dict:
+    import platform
+
     import psutil
     mem = psutil.virtual_memory()
     return {
@@ -176,6 +176,7 @@ def isa_features(flags: set[str] | None = None) -> list[dict]:
 
 
 def versions(packages: list[str]) -> dict:
+    import importlib.metadata  # here, not at the top: every command and backend imports this module
     out = {"python": sys.version.split()[0]}
     for name in packages:
         try:

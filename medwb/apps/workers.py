@@ -27,8 +27,9 @@ from medwb.errors import MedwbError
 from medwb.paths import model_identity
 from medwb.sysinfo import default_threads
 
-# Two workers may need the same artifact (e.g. one IR under optimum and genai): building
-# them one at a time keeps two exports from writing the same cache folder.
+# This process's workers prepare their model and reserve its memory one at a time (the
+# memory check below needs the pair together); other processes asking for the same artifact
+# are kept apart by variants.prepare's own file lock.
 _PREPARE_LOCK = threading.Lock()
 # RAM promised to workers of this process that are still loading (worker -> bytes, under
 # _PREPARE_LOCK): three models starting at once are checked against the memory together,

@@ -22,6 +22,7 @@ data is never taken for this one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -242,7 +243,6 @@ def training_texts(recipe: dict = RECIPE) -> list[tuple[str, str]]:
 
 def _shuffled(case: corpus.Case, parts, rng) -> corpus.Case:
     """``case`` with each of its lists ``parts`` (e.g. signs, tests) in a random order."""
-    import dataclasses
     return dataclasses.replace(case, **{p: tuple(rng.sample(getattr(case, p), len(getattr(case, p)))) for p in parts})
 
 

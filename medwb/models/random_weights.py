@@ -155,13 +155,9 @@ def ensure(name: str, with_bin: bool = False, log=print) -> Path:
     config = SHAPES[name]
     dtype = config.get("torch_dtype", "float32")
     out = cache_dir() / "shapes" / name
-    try:
-        built = json.loads((out / "medwb_shape.json").read_text())
-    except (OSError, ValueError):
-        built = {}
     params = parameter_count(config)
     with build_lock(out.parent / f".{name}.lock", f"waiting: another process is building model shape {name!r}", log):
-        try:  # read again under the lock: the process we waited for may have built it
+        try:  # read under the lock: the process we waited for may have built it
             built = json.loads((out / "medwb_shape.json").read_text())
         except (OSError, ValueError):
             built = {}

@@ -19,7 +19,6 @@ from medwb.paths import checkpoint_bytes, check_model_dir, check_writable_dir
 from medwb.bench.probe import against_reference, run_probe
 from medwb.bench.records import table as records_table, variant_record
 from medwb.clock import now
-from medwb.sysinfo import default_threads
 
 
 def check_parameters(model_path, model_family: str, low_bits, out_dir, threads) -> dict:
@@ -172,7 +171,7 @@ def prepare(model_path, model_family, low_bits, out_dir, threads, run_dir, promp
     check_count("threads", threads, 0, "0: all cores")
     if not model_path:
         model_path = demo_model.ensure()
-    threads = threads or default_threads()
+    threads = threads or sysinfo.default_threads()
     out_dir = out_dir or (Path(run_dir) / "bigdl" if run_dir else Path("bigdl_out"))
     checked = check_parameters(model_path, model_family, low_bits, out_dir, threads)
     if kernel_build == "match":
