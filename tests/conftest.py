@@ -9,6 +9,16 @@ import pytest
 import medwb  # noqa: F401  (offline switches first)
 from medwb import envs
 
+# `make test` runs two test processes at once (pytest-xdist). Each gets its share of the cores
+# for the model processes it starts (sysinfo.default_threads, inherited by every child) and for
+# the libraries that size themselves (torch, MKL, tokenizers): two OpenMP pools spinning on
+# every core of a 2-core machine run 5-40x slower than one pool per core. A value set by the
+# caller is kept.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    for _name in ("MEDWB_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
+        os.environ.setdefault(_name, str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 REPO = Path(__file__).resolve().parents[1]
 
 

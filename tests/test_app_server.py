@@ -19,7 +19,9 @@ from medwb.apps.diagnosis.app import DiagnosisApp
 from medwb.apps.diagnosis import record as diagnosis
 from medwb.tasks import prompts
 
-pytestmark = pytest.mark.slow  # loads or converts models, runs notebooks or servers
+# `make test` runs two pytest-xdist workers; this module's tests stay on one of them:
+# its two browser runs each start a three-model pool: one at a time.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("app_server")]  # slow: loads or converts models, runs notebooks or servers
 
 CASE = "h010001"
 OV_MODELS = ["openvino-genai:int8/f32", "openvino-genai:int4/f32"]

@@ -14,7 +14,10 @@ import pytest
 
 from medwb.cluster import nodes as cluster_nodes
 
-pytestmark = pytest.mark.slow  # loads or converts models, runs notebooks or servers
+# `make test` runs two pytest-xdist workers; this module's tests stay on one of them:
+# in file order, since `medwb cluster stop` ends all of this machine's Ray before the module's
+# cluster starts, and the module's probe checks look at this machine's processes.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]  # slow: loads or converts models, runs notebooks or servers
 
 REPO = Path(__file__).resolve().parents[1]
 MEDWB = [sys.executable, "-m", "medwb.cli"]
@@ -113,12 +116,18 @@ def running(run_dir: Path, proc: subprocess.Popen) -> dict:
 
 
 def probes() -> list:
-    """The benchmark probes running now, anywhere on this machine."""
+    """The benchmark probes running now on this machine that this test process started (through
+    its Ray nodes): they inherit its PYTEST_XDIST_WORKER, so another worker's probes are not
+    counted (without xdist, every probe)."""
     import psutil
-    found = []
+    found, ours = [], os.environ.get("PYTEST_XDIST_WORKER")
     for p in psutil.process_iter(["cmdline"]):
         if "medwb.bench.probe" in " ".join(p.info["cmdline"] or []):
-            found.append(p)
+            try:
+                if p.environ().get("PYTEST_XDIST_WORKER") == ours:
+                    found.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass  # ended meanwhile, or not ours to read
     return found
 
 

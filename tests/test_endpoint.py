@@ -17,7 +17,9 @@ import httpx
 import psutil
 import pytest
 
-pytestmark = pytest.mark.slow  # starts a model process and a server
+# `make test` runs two pytest-xdist workers; this module's tests stay on one of them:
+# its module fixture starts one `medwb serve` for the module.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("endpoint")]  # slow: starts a model process and a server
 
 TOKEN = "medwb-endpoint-test-token-0123"
 MODEL = "pytorch:fp32"  # the demo model's reference variant: quick to load and to answer

@@ -15,6 +15,9 @@ from medwb.errors import MedwbError
 from medwb.models import architectures, random_weights
 
 REPO = Path(__file__).resolve().parents[1]
+# `make test` runs two pytest-xdist workers; this module's tests stay on one of them: its module
+# fixtures convert every tiny family on every route once, for the worker that has them.
+pytestmark = pytest.mark.xdist_group("families")
 NATIVE = [a.name for a in architectures.ARCHITECTURES.values() if a.transformers_class]
 
 

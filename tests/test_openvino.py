@@ -16,7 +16,9 @@ from medwb.backends.pytorch import PyTorchBackend
 from medwb.errors import MedwbError
 
 # INT4 is signed when medwb's default is symmetric (medwb.backends.openvino's tuned knobs).
-pytestmark = pytest.mark.slow  # loads or converts models, runs notebooks or servers
+# `make test` runs two pytest-xdist workers; this module's tests stay on one of them:
+# its module fixtures export three IRs once, for this worker only.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("openvino")]  # slow: loads or converts models, runs notebooks or servers
 
 EXPECTED_WEIGHTS = {"fp16": "f16", "int8": "u8", "int4": "i4" if oe.INT4_DEFAULTS["int4_sym"] else "u4"}
 # Stated rate: int8 weights at f32 precision vs FP32 PyTorch, 8 prompts x 32 tokens, exactly
