@@ -7,8 +7,11 @@ import papermill as pm
 import pytest
 
 from medwb import runner
+from medwb.sysinfo import default_threads
 
 from conftest import run_python
+
+THREADS = default_threads()  # every core; the worker's share under make test (conftest)
 
 # Stated rates for sym_int8 vs FP32 on 8 held-out prompts (both workflows), 32 greedy
 # tokens each. Measured on the demo model: prefix agreement 0.85, logit cosine 0.99989.
@@ -22,7 +25,7 @@ def test_sym_int8_agrees_with_fp32_and_low_bit_round_trip_is_exact(demo_model_di
     code = f"""
 import json, medwb
 from medwb.routes import bigdl as bigdl_route
-recs = bigdl_route.api_route({str(demo_model_dir)!r}, ["sym_int8"], {str(tmp_path)!r}, 2,
+recs = bigdl_route.api_route({str(demo_model_dir)!r}, ["sym_int8"], {str(tmp_path)!r}, {THREADS},
                              n_prompts=8, max_new_tokens=32, log=lambda *a: None)
 from medwb.child import write_result; write_result(recs)
 """
@@ -43,7 +46,7 @@ def test_kernel_build_is_reported_and_override_loads_the_requested_build(demo_mo
 import json, medwb
 from medwb.routes import bigdl as bigdl_route
 from medwb.child import write_result
-write_result(bigdl_route.kernel_comparison({str(demo_model_dir)!r}, "sym_int4", 2, "avx2",
+write_result(bigdl_route.kernel_comparison({str(demo_model_dir)!r}, "sym_int4", {THREADS}, "avx2",
                                            n_prompts=1, max_new_tokens=4))
 """
     default, override = run_python("bigdl", code)
@@ -55,7 +58,7 @@ def test_cli_route_converts_and_runs_llm_cli(demo_model_dir, tmp_path):
     code = f"""
 import json, medwb
 from medwb.routes import bigdl as bigdl_route
-recs, why = bigdl_route.cli_route({str(demo_model_dir)!r}, "llama", {str(tmp_path)!r}, 2,
+recs, why = bigdl_route.cli_route({str(demo_model_dir)!r}, "llama", {str(tmp_path)!r}, {THREADS},
                                   "【医生】任务：鉴别诊断\\n主诉：胸痛2小时\\n【助手】", n_predict=8, log=lambda *a: None)
 from medwb.child import write_result; write_result({{"recs": recs, "why": why}})
 """

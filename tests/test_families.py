@@ -501,7 +501,8 @@ print(json.dumps(res))
 """
 _GGUF_CHILD = r"""
 import json, sys, llama_cpp
-m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_threads=2, verbose=False)
+from medwb.sysinfo import default_threads  # the worker's share under make test
+m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_threads=default_threads(), verbose=False)
 m.eval(json.loads(sys.argv[2])); out = []
 for _ in range(12):
     out.append(m.sample(temp=0.0)); m.eval([out[-1]])
@@ -628,7 +629,8 @@ def test_a_baichuan2_folder_is_read_as_its_own_code_reads_it(baichuan_dir, tmp_p
 
 _GGUF_LOGITS = r"""
 import json, sys, llama_cpp
-m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_threads=2, verbose=False)
+from medwb.sysinfo import default_threads  # the worker's share under make test
+m = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_threads=default_threads(), verbose=False)
 ids = m.tokenize(sys.argv[2].encode("utf-8"), add_bos=True, special=True)
 m.eval(ids); out = []
 for _ in range(12):

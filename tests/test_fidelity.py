@@ -162,10 +162,11 @@ def test_fidelity_of_the_demo_models_variants_int8_closer_than_int4(tmp_path, de
         assert eight["tokens"] == four["tokens"] == 256
     # The reference against itself, through the same child code path a variant takes.
     from medwb.backends.variants import prepare
+    from medwb.sysinfo import default_threads  # the worker's share under make test
     wins = [list(range(1, 9)) * 16]  # one window of 128 ids
     ref = tmp_path / "ref.npy"
-    art = prepare(demo_model_dir, [{"backend": "pytorch", "precision": "fp32"}], {"threads": 2})["pytorch:fp32"]
-    spec = {"backend": "pytorch", "precision": "fp32", "model_path": str(art["path"]), "threads": 2,
+    art = prepare(demo_model_dir, [{"backend": "pytorch", "precision": "fp32"}], {"threads": default_threads()})["pytorch:fp32"]
+    spec = {"backend": "pytorch", "precision": "fp32", "model_path": str(art["path"]), "threads": default_threads(),
             "windows": wins, "check_text": "初步诊断", "reference": str(ref), "out": str(tmp_path / "self.jsonl")}
     from medwb.backends.pytorch import load_tokenizer
     spec["check_ids"] = list(load_tokenizer(demo_model_dir)("初步诊断")["input_ids"])
