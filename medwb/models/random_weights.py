@@ -316,8 +316,8 @@ def _build_tiny(family: str, arch, out: Path, log) -> None:
         else:
             n_tokens = write_tokenizer(arch, demo, tmp)
         config = {"vocab_size": -(-n_tokens // 64) * 64, **arch.tiny, "architectures": list(arch.classes[:1])}
-        log(f"building a tiny random-weight {family} checkpoint "
-            f"({architectures.shape(config).parameters:,} parameters)")
+        parameters = architectures.shape(config).parameters
+        log(f"building a tiny random-weight {family} checkpoint ({parameters:,} parameters)")
         torch.manual_seed(0)
         if arch.transformers_class:
             model = build(arch, config)
@@ -329,7 +329,7 @@ def _build_tiny(family: str, arch, out: Path, log) -> None:
         cfg.update(medwb_speed_only=True, medwb_shape=f"tiny-{family}")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
         (tmp / "medwb_shape.json").write_text(json.dumps({"shape": f"tiny-{family}", "speed_only": True,
-                                                          "parameters": architectures.shape(config).parameters}))
+                                                          "parameters": parameters}))
 
 
 def _write_remote_code_tiny(family: str, config: dict, out: Path) -> dict:
