@@ -132,7 +132,9 @@ run: setup bytecode
 # for model threads. Modules whose fixtures build something once stay on one worker
 # (xdist_group marks, --dist loadgroup).
 TEST_WORKERS ?= 2
-XDIST = -n $(TEST_WORKERS) --dist loadgroup
+# A worker that dies (a crash, a hard timeout) ends the run with that test failed: a replaced
+# worker under --dist loadgroup waits forever (pytest-xdist), and CI would only see its time limit.
+XDIST = -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart=0
 
 # The whole suite (CI's command): the linter first, then every test.
 test: setup browser cluster $(MAIN)/.medwb-serve lint bytecode
