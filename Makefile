@@ -126,23 +126,27 @@ $(UV):
 run: setup bytecode
 	$(MAIN)/bin/medwb run
 
-# Tests run in TEST_WORKERS processes at once (pytest-xdist; 0: in pytest's own process). Most
+# Tests can run in several processes at once (pytest-xdist; 0: in pytest's own process). Most
 # of a test's time is starting interpreters, kernels and conversions on one core, so two
 # overlap well on a 2-core machine; tests/conftest.py gives each worker its share of the cores
 # for model threads. Modules whose fixtures build something once stay on one worker
 # (xdist_group marks, --dist loadgroup).
-TEST_WORKERS ?= 2
+# The whole suite runs one test at a time unless asked: with two at once, notebook 04's
+# scripted doctor actions hung in 2 of 3 clean-clone runs (the cell done in the kernel, its
+# reply never read by papermill; docs/architecture.md#tests). The fast tier runs no notebook.
+TEST_WORKERS ?= 0
+FAST_WORKERS ?= 2
 # A worker that dies (a crash, a hard timeout) ends the run with that test failed: a replaced
 # worker under --dist loadgroup waits forever (pytest-xdist), and CI would only see its time limit.
-XDIST = -n $(TEST_WORKERS) --dist loadgroup --max-worker-restart=0
+XDIST = --dist loadgroup --max-worker-restart=0
 
 # The whole suite (CI's command): the linter first, then every test.
 test: setup browser cluster $(MAIN)/.medwb-serve lint bytecode
-	$(MAIN)/bin/python -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(MAIN)/bin/python -m pytest -n $(TEST_WORKERS) $(XDIST) $(PYTEST_ARGS)
 
 # The edit loop: every test not marked slow (under 3 minutes on 2 cores once set up).
 test-fast: setup lint bytecode
-	$(MAIN)/bin/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
+	$(MAIN)/bin/python -m pytest -n $(FAST_WORKERS) $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # MedWB's own modules compiled once (under a second; only changed files after that): where
 # PYTHONDONTWRITEBYTECODE is set (this machine's image sets it) no process writes them, so
