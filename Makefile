@@ -133,7 +133,8 @@ run: setup bytecode
 # (xdist_group marks, --dist loadgroup).
 # The whole suite runs one test at a time unless asked: with two at once, notebook 04's
 # scripted doctor actions hung in 2 of 3 clean-clone runs (the cell done in the kernel, its
-# reply never read by papermill; docs/architecture.md#tests). The fast tier runs no notebook.
+# reply never read by papermill). The cause found is mended (medwb.apps.core copy), but no
+# clean two-worker suite has run since (docs/architecture.md#tests). The fast tier runs no notebook.
 TEST_WORKERS ?= 0
 FAST_WORKERS ?= 2
 # A worker that dies (a crash, a hard timeout) ends the run with that test failed: a replaced

@@ -252,6 +252,11 @@ def test_back_to_back_rounds_lose_no_action(app):
         app.cards[slot].view_button.click()
         app.cards[slot].like_button.click()
     app.cards[1].backfill_button.click()
+    # copy: the copy box, and the clipboard script set as the Output widget's outputs (not shown
+    # inside `with clipboard:`, which hung notebook 04 under papermill; medwb.apps.core.copy)
+    app.cards[0].copy_button.click()
+    script = app.clipboard.outputs[0]["data"]["application/javascript"]
+    assert app.copy_area.value == app.cards[0].text and json.dumps(app.cards[0].text) in script
     # the doctor edits and regenerates twice in a row, while still clicking on round 1's answers
     round1_outputs = [c.output_id for c in app.cards]
     app.inputs["present_history"].value += "近3日加重。"
@@ -270,7 +275,7 @@ def test_back_to_back_rounds_lose_no_action(app):
     assert {o["status"] for o in outputs if o["round_id"] == third} == {"ok"}
     assert {o["status"] for o in outputs if o["round_id"] == second} <= {"ok", "cancelled"}
     counts = app.stored_counts()["actions"]
-    assert counts == {"view": 2, "like": 2, "backfill": 1, "copy": 20, "regenerate": 2}
+    assert counts == {"view": 2, "like": 2, "backfill": 1, "copy": 21, "regenerate": 2}
     assert [w.info["pid"] for w in app.workers] == pids  # started once, reused
     with pytest.raises(MedwbError, match="error category"):
         app.report_error(0, "nonsense")
