@@ -431,7 +431,6 @@ class ClinicalApp:
 
     def copy(self, slot: int) -> str:
         """Copy: the text goes to the copy box and, in a browser, to the clipboard."""
-        from IPython.display import Javascript
         card = self._card(slot, "copy")
         self.store.action("copy", card.round_id, card.output_id)
         self.copy_area.value = card.text
@@ -439,9 +438,9 @@ class ClinicalApp:
         # under papermill that context makes nbclient answer on the shell channel while it awaits
         # the cell's reply, and under load the reply's wake-up was lost (notebook 04 hung in the
         # test suite; a 150 s cell timeout then found the reply waiting). Same result in a browser.
-        self.clipboard.outputs = ()
-        self.clipboard.append_display_data(
-            Javascript(f"navigator.clipboard && navigator.clipboard.writeText({json.dumps(card.text)});"))
+        script = f"navigator.clipboard && navigator.clipboard.writeText({json.dumps(card.text)});"
+        self.clipboard.outputs = ({"output_type": "display_data", "metadata": {},
+                                   "data": {"application/javascript": script}},)
         return card.text
 
     def vote(self, slot: int, like: bool) -> None:
