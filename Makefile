@@ -131,11 +131,11 @@ run: setup bytecode
 # overlap well on a 2-core machine; tests/conftest.py gives each worker its share of the cores
 # for model threads. Modules whose fixtures build something once stay on one worker
 # (xdist_group marks, --dist loadgroup).
-# The whole suite runs one test at a time unless asked: with two at once, notebook 04's
-# scripted doctor actions hung in 2 of 3 clean-clone runs (the cell done in the kernel, its
-# reply never read by papermill). The cause found is mended (medwb.apps.core copy), but no
-# clean two-worker suite has run since (docs/architecture.md#tests). The fast tier runs no notebook.
-TEST_WORKERS ?= 0
+# Two at a time for the whole suite too: the notebook 04 hang that kept it serial (the copy
+# button displayed inside an Output widget context; papermill lost the cell's reply) is mended in
+# medwb.apps.core copy, and a clean-clone two-worker suite then ran through: 455 passed in
+# 29 min 27 s, AMD EPYC AVX2 only (docs/architecture.md#tests). TEST_WORKERS=0: one at a time.
+TEST_WORKERS ?= 2
 FAST_WORKERS ?= 2
 # A worker that dies (a crash, a hard timeout) ends the run with that test failed: a replaced
 # worker under --dist loadgroup waits forever (pytest-xdist), and CI would only see its time limit.
