@@ -16,15 +16,23 @@ from medwb.errors import MedwbError
 
 def cmd_demo_model(args) -> int:
     from medwb.models import demo_model
-    if (args.recipe != "shipped" or args.pause_after is not None or args.state_dir) and not args.rebuild:
-        raise MedwbError("--recipe, --pause-after and --state-dir choose how --rebuild trains: add --rebuild")
+    if (args.recipe != "shipped" or args.pause_after is not None or args.state_dir
+            or args.device != "cpu") and not args.rebuild:
+        raise MedwbError("--recipe, --pause-after, --state-dir and --device choose how --rebuild trains: "
+                         "add --rebuild")
     if args.pause_after is not None and not 0 < args.pause_after <= 1000:
         raise MedwbError(f"--pause-after {args.pause_after} is not a number of hours above 0: e.g. --pause-after 2")
     if args.rebuild:
         from medwb.eval import demo_build
         from medwb.models.training import Paused
+        if args.device == "cuda":
+            import torch
+            if not torch.cuda.is_available():
+                raise MedwbError("--device cuda: PyTorch sees no CUDA GPU on this machine; "
+                                 "leave --device out to train on the CPU")
         try:
-            path = demo_build.rebuild(demo_model.RECIPES[args.recipe], out=args.out, force=args.force,
+            path = demo_build.rebuild(demo_model.on_device(demo_model.RECIPES[args.recipe], args.device),
+                                      out=args.out, force=args.force,
                                       state_dir=args.state_dir,
                                       pause_after_s=None if args.pause_after is None else args.pause_after * 3600)
         except Paused as p:
@@ -401,6 +409,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--state-dir", metavar="DIR",
                    help="with --rebuild: keep the training state here (e.g. data/demo-model-training, to "
                         "commit it and go on in another session) instead of the medwb cache")
+    d.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="with --rebuild: train on this machine's GPU (a build of its own data hash, never "
+                        "taken for the CPU build, which stays the reproducible definition)")
     d.add_argument("--doctor-style", action="store_true",
                    help="also answer the cases written the way doctors write (data/heldout/doctor_style.jsonl) "
                         "and print task-format, primary-diagnosis and grounding rates with 95%% intervals")

@@ -60,6 +60,7 @@ CASES = [
     ("demo model force alone", ["demo-model", "--force"], "--force"),
     ("demo model recipe without rebuild", ["demo-model", "--recipe", "candidate"], "--rebuild"),
     ("demo model pause not positive", ["demo-model", "--rebuild", "--pause-after", "0"], "--pause-after"),
+    ("demo model device without rebuild", ["demo-model", "--device", "cuda"], "--rebuild"),
     ("data out is a file", ["data", "--out", "{tmp}/a_file.txt"], "--out"),
     ("report out is a file", ["feedback", "{tmp}/real.sqlite", "--report", "--out", "{tmp}/a_file.txt"], "--out"),
     # --- feedback databases

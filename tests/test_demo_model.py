@@ -327,6 +327,25 @@ def _tiny_training(state_path=None, **kw):
     return log, model.state_dict()
 
 
+def test_a_gpu_build_is_a_recipe_of_its_own_and_refused_without_a_gpu(monkeypatch, capsys):
+    """`--rebuild --device cuda` (#36: train on a GPU when a session is lent one): its recipe
+    hashes apart from the CPU build's, which stays unchanged, and a machine without a CUDA
+    GPU refuses it in one line, exit status 2, before anything is trained."""
+    import torch
+
+    from medwb import cli
+    gpu = demo_model.on_device(demo_model.CANDIDATE, "cuda")
+    assert demo_model.on_device(demo_model.CANDIDATE, "cpu") is demo_model.CANDIDATE
+    assert "device" not in demo_model.CANDIDATE["train"] and gpu["train"]["device"] == "cuda"
+    assert {k: v for k, v in gpu["train"].items() if k != "device"} == demo_model.CANDIDATE["train"]
+    assert json.dumps(gpu, sort_keys=True) != json.dumps(demo_model.CANDIDATE, sort_keys=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(demo_build, "rebuild", lambda *a, **k: pytest.fail("trained without a GPU"))
+    assert cli.main(["demo-model", "--rebuild", "--recipe", "candidate", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda" in err[0] and "leave --device out" in err[0]
+
+
 def test_training_interrupted_and_resumed_ends_with_the_same_weights(tmp_path):
     """A build that outlives a session goes on from its saved state to exactly the weights
     of an uninterrupted one: killed mid-way, paused by the clock, or both."""
@@ -349,6 +368,7 @@ def test_training_interrupted_and_resumed_ends_with_the_same_weights(tmp_path):
     # Every sitting is on record: the killed one's steps up to its last save, then one step.
     assert [(x["from_step"], x["to_step"]) for x in log["sittings"]] == [(0, 3), (3, 4), (4, 8)]
     assert {x["bf16_autocast"] for x in log["sittings"]} == {False}
+    assert {x["device"] for x in log["sittings"]} == {"cpu"}
     # A state saved for other data or another thread count is refused, never continued.
     training.save_state(state, dict(torch.load(state, weights_only=False), fingerprint="data-b"))
     with pytest.raises(MedwbError, match="saved for other data"):

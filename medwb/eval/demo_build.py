@@ -123,10 +123,11 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
                 for layer in model.model.layers:
                     layer.self_attn.o_proj.weight.zero_()
                     layer.mlp.down_proj.weight.zero_()
-        bf16 = tr["bf16_autocast"] and _cpu_has_bf16()
+        bf16 = _bf16(tr)
         kwargs = dict(lr=tr["lr"], warmup_steps=tr["warmup_steps"], weight_decay=tr["weight_decay"],
                       batch_tokens=tr["batch_tokens"], seed=tr["seed"], pad_id=tokenizer.pad_token_id,
-                      bf16_autocast=bf16, loss_on_prompt=tr["loss_on_prompt"], key_weight=tr["key_weight"])
+                      bf16_autocast=bf16, loss_on_prompt=tr["loss_on_prompt"], key_weight=tr["key_weight"],
+                      device=tr.get("device", "cpu"))
         calibration = _calibrate(model, examples, tr, kwargs, log)
         state = state_file(recipe, state_dir)
         first = None
@@ -228,7 +229,7 @@ def _calibrate(model, examples, tr: dict, kwargs: dict, log) -> list[dict]:
     """The step rate alone and beside a busy core (``training.contention``), ~30 s: only
     for a real build."""
     from medwb.models import training
-    if tr["steps"] < 200:
+    if tr["steps"] < 200 or tr.get("device", "cpu") != "cpu":  # a GPU has no busy core to measure
         return []
     rows = training.contention(model, examples, thread_counts=sorted({1, 2, tr["threads"]}), **kwargs)
     for row in rows:
@@ -247,7 +248,7 @@ def _train(model, examples, steps: int, threads: int, kwargs: dict, state: Path,
     pause_after_s = None if deadline is None else max(0.0, deadline - time.monotonic())
     train_log = training.train(model, examples, steps=steps, threads=threads, progress=progress, state_path=state,
                                fingerprint=fingerprint, pause_after_s=pause_after_s, first=first,
-                               sitting=_machine(), **kwargs)
+                               sitting=_machine(kwargs.get("device", "cpu")), **kwargs)
     # One precision for the record; a build whose sittings differ says so (training.train).
     used = {s["bf16_autocast"] for s in train_log["sittings"]}
     train_log["bf16_autocast_used"] = used.pop() if len(used) == 1 else "mixed"
@@ -282,10 +283,11 @@ def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True,
         log(f"continued training from {base} (data hash {base_manifest['data_hash']}): "
             f"{len(examples)} examples, {n_tokens} tokens, {c['steps']} steps")
         model = LlamaForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
-        bf16 = tr["bf16_autocast"] and _cpu_has_bf16()
+        bf16 = _bf16(tr)
         kwargs = dict(lr=c["lr"], warmup_steps=c["warmup_steps"], weight_decay=tr["weight_decay"],
                       batch_tokens=tr["batch_tokens"], seed=tr["seed"], pad_id=tokenizer.pad_token_id,
-                      bf16_autocast=bf16, loss_on_prompt=tr["loss_on_prompt"], key_weight=tr["key_weight"])
+                      bf16_autocast=bf16, loss_on_prompt=tr["loss_on_prompt"], key_weight=tr["key_weight"],
+                      device=tr.get("device", "cpu"))
         calibration = _calibrate(model, examples, dict(tr, steps=c["steps"]), kwargs, log)
         state = state_file(recipe, state_dir)
         train_log = _train(model, examples, c["steps"], tr["threads"], kwargs, state,
@@ -357,10 +359,14 @@ def _figures(quality: dict, recipe: dict) -> str:
     return text
 
 
-def _machine() -> dict:
-    """The CPU a record names: a training sitting, a refused build."""
+def _machine(device: str = "cpu") -> dict:
+    """The CPU (and GPU) a record names: a training sitting, a refused build."""
     from medwb import sysinfo
-    return {"cpu": sysinfo.cpu().get("model"), "isa": sysinfo.isa_flags()}
+    machine = {"cpu": sysinfo.cpu().get("model"), "isa": sysinfo.isa_flags()}
+    if device != "cpu":
+        import torch
+        machine["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return machine
 
 
 def _refuse(failed: list[str], recipe: dict, quality: dict, train_log: dict, threads: int, load_before: dict,
@@ -405,6 +411,14 @@ def _manifest(recipe, tmp: Path, model, quality, train_log, calibration, started
         "cpu": sysinfo.cpu().get("model"), "python": sys.version.split()[0],
         "machine": platform.machine(), "torch": torch.__version__,
     }
+
+
+def _bf16(tr: dict) -> bool:
+    """BF16 autocast where the recipe asks for it and the training device has it."""
+    if tr.get("device", "cpu") != "cpu":
+        import torch
+        return tr["bf16_autocast"] and torch.cuda.is_bf16_supported()
+    return tr["bf16_autocast"] and _cpu_has_bf16()
 
 
 def _cpu_has_bf16() -> bool:

@@ -146,6 +146,16 @@ COPY_CANDIDATE["name"] = "medwb-demo-llama-128-copy"
 COPY_CANDIDATE["corpus"]["novel_discharge"] = {"seed": "medwb-novel-v1"}
 COPY_CANDIDATE["corpus"]["shuffled"] = {"diagnosis": ["signs", "tests"], "seed": "medwb-shuffle-v1"}
 RECIPES = {"shipped": RECIPE, "candidate": CANDIDATE, "candidate-copy": COPY_CANDIDATE}
+
+
+def on_device(recipe: dict, device: str) -> dict:
+    """``recipe`` trained on ``device`` ("cpu" or "cuda"). A GPU build is another recipe:
+    its float arithmetic differs, so it gets its own data hash (build folder, training
+    state, kept copy) and is never taken for the CPU build, which stays the reproducible
+    definition (issue #36)."""
+    if device == "cpu":
+        return recipe
+    return dict(recipe, train=dict(recipe["train"], device=device))
 # Label tasks: every answer token carries the decision (loss weight key_weight).
 LABEL_TASKS = ("MedWB-CDN", "MedWB-QIC", "MedWB-STS")
 # Where the figures should be (the reproducibility issue's targets); shown beside the

@@ -108,7 +108,7 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
           loss_on_prompt: bool = False, key_weight: float = 1.0, progress: bool = True,
           on_step=None, state_path=None, fingerprint: str = "", save_every: int = 200,
           pause_after_s: float | None = None, first: tuple[int, list[int]] | None = None,
-          sitting: dict | None = None) -> dict:
+          sitting: dict | None = None, device: str = "cpu") -> dict:
     """Train in place for exactly ``steps`` steps on ``threads`` threads; return a log
     (seconds, step rate, tokens, loss history).
 
@@ -123,11 +123,14 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
     examples only, the rest from all of them. ``sitting``: what the caller records about
     this machine (its CPU); the log's ``sittings`` lists every sitting's steps, seconds and
     precision, since one continued on a CPU of another kind (BF16 autocast there, FP32 here)
-    does not end with the weights of an uninterrupted build on either."""
+    does not end with the weights of an uninterrupted build on either. ``device``: "cuda"
+    trains on a GPU (BF16 autocast there when ``bf16_autocast``); the model is on the CPU
+    again when this returns, so callers save and evaluate it as they do a CPU build."""
     import torch
     from tqdm.auto import tqdm
 
     torch.set_num_threads(threads)
+    model.to(device)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95),
@@ -140,7 +143,7 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
     if state_path is not None and Path(state_path).exists():
         state = load_state(state_path, fingerprint, threads)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"])  # moments follow the parameters' device
         rng.setstate(state["rng"])
         batches, history, tokens_seen = state["batches"], state["history"], state["tokens_seen"]
         running, resumed, before = state["running"], state["step"], state["seconds"]
@@ -152,7 +155,8 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
 
     def this_sitting(done: int) -> list[dict]:
         return sittings + [{"from_step": resumed, "to_step": done, "bf16_autocast": bf16_autocast,
-                            "seconds": round(time.perf_counter() - start, 1), **(sitting or {})}]
+                            "seconds": round(time.perf_counter() - start, 1), "device": device,
+                            **(sitting or {})}]
 
     def save(done: int) -> None:
         save_state(state_path, {
@@ -172,10 +176,11 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
             batches = []
         if not batches:
             batches = make_batches(examples, batch_tokens, rng, subset if step < switch else None)
-        ids, mask, weights = collate(examples, batches.pop(), pad_id, loss_on_prompt, key_weight)
+        ids, mask, weights = (t.to(device) for t in collate(examples, batches.pop(), pad_id,
+                                                             loss_on_prompt, key_weight))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup_steps)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_autocast):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16_autocast):
             logits = model(input_ids=ids, attention_mask=mask).logits
         loss = weighted_loss(logits, ids, weights)
         loss.backward()
@@ -191,6 +196,7 @@ def train(model, examples, *, steps: int, lr: float, warmup_steps: int, weight_d
         if on_step is not None:
             on_step(step, model)
     bar.close()
+    model.to("cpu")
     model.eval()
     seconds = before + time.perf_counter() - start
     log = {"steps": steps, "threads": threads, "seconds": round(seconds, 1),
@@ -218,7 +224,7 @@ def load_state(path, fingerprint: str, threads: int) -> dict:
 
     from medwb.errors import MedwbError
     try:
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location="cpu")  # saved on a GPU, read anywhere
     except Exception as e:  # a truncated or foreign file: say which and how to start over
         raise MedwbError(f"training state {path} cannot be read ({e}): delete it to train from the start") from None
     if state.get("fingerprint") != fingerprint or state.get("threads") != threads:
