@@ -156,6 +156,8 @@ def on_device(recipe: dict, device: str) -> dict:
     if device == "cpu":
         return recipe
     return dict(recipe, train=dict(recipe["train"], device=device))
+
+
 # Label tasks: every answer token carries the decision (loss weight key_weight).
 LABEL_TASKS = ("MedWB-CDN", "MedWB-QIC", "MedWB-STS")
 # Where the figures should be (the reproducibility issue's targets); shown beside the
