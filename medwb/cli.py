@@ -25,11 +25,6 @@ def cmd_demo_model(args) -> int:
     if args.rebuild:
         from medwb.eval import demo_build
         from medwb.models.training import Paused
-        if args.device == "cuda":
-            import torch
-            if not torch.cuda.is_available():
-                raise MedwbError("--device cuda: PyTorch sees no CUDA GPU on this machine; "
-                                 "leave --device out to train on the CPU")
         try:
             path = demo_build.rebuild(demo_model.on_device(demo_model.RECIPES[args.recipe], args.device),
                                       out=args.out, force=args.force,

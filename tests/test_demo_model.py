@@ -340,7 +340,8 @@ def test_a_gpu_build_is_a_recipe_of_its_own_and_refused_without_a_gpu(monkeypatc
     assert {k: v for k, v in gpu["train"].items() if k != "device"} == demo_model.CANDIDATE["train"]
     assert json.dumps(gpu, sort_keys=True) != json.dumps(demo_model.CANDIDATE, sort_keys=True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(demo_build, "rebuild", lambda *a, **k: pytest.fail("trained without a GPU"))
+    monkeypatch.setattr(demo_build, "build", lambda *a, **k: pytest.fail("trained without a GPU"))
+    monkeypatch.setattr(demo_build, "data_hash", lambda *a, **k: pytest.fail("generated data without a GPU"))
     assert cli.main(["demo-model", "--rebuild", "--recipe", "candidate", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--device cuda" in err[0] and "leave --device out" in err[0]

@@ -60,6 +60,12 @@ def rebuild(recipe: dict = RECIPE, out=None, force: bool = False, progress: bool
     is also kept in ``state_dir/<data hash>/``, and one found there is used, not retrained."""
     from filelock import FileLock
 
+    device = recipe["train"].get("device", "cpu")
+    if device != "cpu":
+        import torch
+        if not torch.cuda.is_available():  # before seconds of corpus generation and a lock
+            raise MedwbError(f"--device {device}: PyTorch sees no CUDA GPU on this machine; "
+                             "leave --device out to train on the CPU")
     if deadline is None and pause_after_s is not None:
         deadline = time.monotonic() + pause_after_s
     key = data_hash(recipe)
@@ -123,11 +129,7 @@ def build(out_dir: Path, recipe: dict = RECIPE, progress: bool = True, log=print
                 for layer in model.model.layers:
                     layer.self_attn.o_proj.weight.zero_()
                     layer.mlp.down_proj.weight.zero_()
-        bf16 = _bf16(tr)
-        kwargs = dict(lr=tr["lr"], warmup_steps=tr["warmup_steps"], weight_decay=tr["weight_decay"],
-                      batch_tokens=tr["batch_tokens"], seed=tr["seed"], pad_id=tokenizer.pad_token_id,
-                      bf16_autocast=bf16, loss_on_prompt=tr["loss_on_prompt"], key_weight=tr["key_weight"],
-                      device=tr.get("device", "cpu"))
+        kwargs = _train_kwargs(tr, tr["lr"], tr["warmup_steps"], tokenizer.pad_token_id)
         calibration = _calibrate(model, examples, tr, kwargs, log)
         state = state_file(recipe, state_dir)
         first = None
@@ -229,7 +231,7 @@ def _calibrate(model, examples, tr: dict, kwargs: dict, log) -> list[dict]:
     """The step rate alone and beside a busy core (``training.contention``), ~30 s: only
     for a real build."""
     from medwb.models import training
-    if tr["steps"] < 200 or tr.get("device", "cpu") != "cpu":  # a GPU has no busy core to measure
+    if tr["steps"] < 200 or kwargs["device"] != "cpu":  # a GPU has no busy core to measure
         return []
     rows = training.contention(model, examples, thread_counts=sorted({1, 2, tr["threads"]}), **kwargs)
     for row in rows:
@@ -248,7 +250,7 @@ def _train(model, examples, steps: int, threads: int, kwargs: dict, state: Path,
     pause_after_s = None if deadline is None else max(0.0, deadline - time.monotonic())
     train_log = training.train(model, examples, steps=steps, threads=threads, progress=progress, state_path=state,
                                fingerprint=fingerprint, pause_after_s=pause_after_s, first=first,
-                               sitting=_machine(kwargs.get("device", "cpu")), **kwargs)
+                               sitting=_machine(kwargs["device"]), **kwargs)
     # One precision for the record; a build whose sittings differ says so (training.train).
     used = {s["bf16_autocast"] for s in train_log["sittings"]}
     train_log["bf16_autocast_used"] = used.pop() if len(used) == 1 else "mixed"
@@ -283,11 +285,7 @@ def build_continued(out_dir: Path, recipe: dict = RECIPE, progress: bool = True,
         log(f"continued training from {base} (data hash {base_manifest['data_hash']}): "
             f"{len(examples)} examples, {n_tokens} tokens, {c['steps']} steps")
         model = LlamaForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
-        bf16 = _bf16(tr)
-        kwargs = dict(lr=c["lr"], warmup_steps=c["warmup_steps"], weight_decay=tr["weight_decay"],
-                      batch_tokens=tr["batch_tokens"], seed=tr["seed"], pad_id=tokenizer.pad_token_id,
-                      bf16_autocast=bf16, loss_on_prompt=tr["loss_on_prompt"], key_weight=tr["key_weight"],
-                      device=tr.get("device", "cpu"))
+        kwargs = _train_kwargs(tr, c["lr"], c["warmup_steps"], tokenizer.pad_token_id)
         calibration = _calibrate(model, examples, dict(tr, steps=c["steps"]), kwargs, log)
         state = state_file(recipe, state_dir)
         train_log = _train(model, examples, c["steps"], tr["threads"], kwargs, state,
@@ -413,12 +411,19 @@ def _manifest(recipe, tmp: Path, model, quality, train_log, calibration, started
     }
 
 
-def _bf16(tr: dict) -> bool:
-    """BF16 autocast where the recipe asks for it and the training device has it."""
-    if tr.get("device", "cpu") != "cpu":
+def _train_kwargs(tr: dict, lr: float, warmup_steps: int, pad_id: int) -> dict:
+    """``training.train``'s settings for a stage of the recipe's ``train`` section (stage 2
+    brings its own lr and warm-up), on the recipe's device (``demo_model.on_device``), with
+    BF16 autocast where the recipe asks for it and that device has it."""
+    device = tr.get("device", "cpu")
+    if device != "cpu":
         import torch
-        return tr["bf16_autocast"] and torch.cuda.is_bf16_supported()
-    return tr["bf16_autocast"] and _cpu_has_bf16()
+        bf16 = tr["bf16_autocast"] and torch.cuda.is_bf16_supported()
+    else:
+        bf16 = tr["bf16_autocast"] and _cpu_has_bf16()
+    return dict(lr=lr, warmup_steps=warmup_steps, weight_decay=tr["weight_decay"], batch_tokens=tr["batch_tokens"],
+                seed=tr["seed"], pad_id=pad_id, bf16_autocast=bf16, loss_on_prompt=tr["loss_on_prompt"],
+                key_weight=tr["key_weight"], device=device)
 
 
 def _cpu_has_bf16() -> bool:
