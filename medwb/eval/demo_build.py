@@ -250,7 +250,7 @@ def _train(model, examples, steps: int, threads: int, kwargs: dict, state: Path,
     pause_after_s = None if deadline is None else max(0.0, deadline - time.monotonic())
     train_log = training.train(model, examples, steps=steps, threads=threads, progress=progress, state_path=state,
                                fingerprint=fingerprint, pause_after_s=pause_after_s, first=first,
-                               sitting=_machine(kwargs["device"]), **kwargs)
+                               sitting=_machine(kwargs.get("device", "cpu")), **kwargs)
     # One precision for the record; a build whose sittings differ says so (training.train).
     used = {s["bf16_autocast"] for s in train_log["sittings"]}
     train_log["bf16_autocast_used"] = used.pop() if len(used) == 1 else "mixed"
